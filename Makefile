@@ -1,0 +1,48 @@
+# Entry points. Everything installs into .venv from the package registries (torch from local wheels
+# where the machine has them); nothing else is needed on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# dvc.yaml commands call `python`: make it the virtual environment's.
+export PATH := $(BIN):$(PATH)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo flow test test-unit test-e2e lint sample-data install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## Create the sample dataset (only when data/dataset is absent) and track it with DVC.
+sample-data: install
+	test -d data/dataset || $(BIN)/python -m stages.sample_data --out data/dataset
+	$(BIN)/dvc add --quiet data/dataset
+
+## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote.
+demo: sample-data
+	$(BIN)/dvc repro
+	$(BIN)/dvc push --quiet
+
+## Run the same pipeline as a Prefect flow (shares DVC's cache: cached stages are not re-run).
+flow: sample-data
+	$(BIN)/python -m flows.pipeline --workspace .
+
+test: install
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-e2e: install
+	$(BIN)/python -m pytest tests/e2e
+
+lint: install
+	$(BIN)/ruff check stages flows tests
+	$(BIN)/ruff format --check stages flows tests
+
+clean:
+	rm -rf data/prepared models metrics reports plots .cache

@@ -1,0 +1,101 @@
+"""Prefect artifacts of a pipeline run: gate verdict, metrics, latency table and stage runs.
+
+They are read from the files the stages wrote, so they show exactly what DVC cached.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flows.dvc_runner import StageRun
+from stages.config import Params
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def gate_rows(evaluate: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per gate check."""
+    return [
+        {"check": c["name"], "value": c["value"], "threshold": c["threshold"], "passed": c["passed"]}
+        for c in evaluate["gate"]["checks"]
+    ]
+
+
+def latency_rows(benchmark: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per backend measured."""
+    return [
+        {
+            "backend": r["backend"],
+            "provider": r["provider"],
+            "precision": r["precision"],
+            "batch": r["batch"],
+            "p50_ms": r["latency_ms"]["p50"],
+            "p90_ms": r["latency_ms"]["p90"],
+            "p99_ms": r["latency_ms"]["p99"],
+            "throughput_ips": r["throughput_ips"],
+        }
+        for r in benchmark.get("rows", [])
+    ]
+
+
+def metrics_markdown(evaluate: dict[str, Any], export: dict[str, Any] | None) -> str:
+    """A short markdown summary of the evaluation (and export parity when there is one)."""
+    verdict = "PASSED" if evaluate["gate"]["passed"] else "FAILED"
+    lines = [
+        f"## Gate {verdict}",
+        "",
+        f"mAP50 **{evaluate['map50']:.4f}**, mAP50-95 **{evaluate['map50_95']:.4f}**, "
+        f"precision {evaluate['precision']:.4f}, recall {evaluate['recall']:.4f}",
+        "",
+    ]
+    lines += [f"- {'✅' if c['passed'] else '❌'} {c['message']}" for c in evaluate["gate"]["checks"]]
+    if export:
+        p = export["parity"]
+        lines += [
+            "",
+            f"Export parity {'passed' if p['passed'] else 'FAILED'}: max |Δbox| {p['max_abs_diff_boxes_px']:.3g} px, "
+            f"max |Δscore| {p['max_abs_diff_scores']:.3g}",
+        ]
+    return "\n".join(lines)
+
+
+def publish(workspace: Path, params: Params, runs: list[StageRun]) -> list[str]:
+    """Create the run's artifacts from the stage outputs present in ``workspace``.
+
+    Returns:
+        The keys of the artifacts created.
+    """
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    paths = params.paths
+    created = []
+    create_table_artifact(
+        key="stage-runs",
+        table=[{"stage": r.stage, "ran": r.ran, "seconds": r.seconds} for r in runs],
+        description="Stages DVC ran in this flow run (ran=false: cached results reused)",
+    )
+    created.append("stage-runs")
+    evaluate = _read(paths.resolve("evaluate_metrics", workspace))
+    if evaluate is not None:
+        create_table_artifact(key="gate-verdict", table=gate_rows(evaluate), description="Quality gate checks")
+        export = _read(paths.resolve("export_metrics", workspace))
+        create_markdown_artifact(
+            key="evaluation-metrics", markdown=metrics_markdown(evaluate, export), description="Evaluation"
+        )
+        created += ["gate-verdict", "evaluation-metrics"]
+    benchmark = _read(paths.resolve("benchmark_metrics", workspace))
+    if benchmark is not None:
+        create_table_artifact(key="latency", table=latency_rows(benchmark), description="Latency per backend")
+        created.append("latency")
+    card = paths.resolve("model_card", workspace)
+    if card.is_file():
+        create_markdown_artifact(key="model-card", markdown=card.read_text(encoding="utf-8"), description=str(card))
+        created.append("model-card")
+    return created

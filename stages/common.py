@@ -1,0 +1,99 @@
+"""Helpers shared by every stage: JSON output, the workspace root and the thin CLI wrapper."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from stages.config import DEFAULT_PARAMS, Params, load_params
+from stages.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically: readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: BaseModel | dict[str, Any] | list[Any]) -> None:
+    """Write a result model or plain data as indented JSON (atomically)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path, *, stage: str | None = None) -> Any:
+    """Read a JSON file written by an earlier stage.
+
+    Raises:
+        PipelineError: When the file is missing or is not JSON, naming the file.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError("expected output of an earlier stage is missing", stage=stage, path=path) from None
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"not valid JSON: {exc}", stage=stage, path=path) from None
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr with a compact format; called by CLIs only, never at import."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def stage_main(
+    name: str,
+    build: Callable[[Params, Path], Any],
+    run: Callable[[Any], ResultT],
+    argv: list[str] | None = None,
+) -> int:
+    """The whole CLI of a stage: parse arguments, load params, build the config, run, report.
+
+    Args:
+        name: The stage name (as in ``dvc.yaml``).
+        build: Turns the params and the workspace root into the stage's typed config.
+        run: The stage's ``run(cfg)``.
+        argv: Arguments (defaults to ``sys.argv[1:]``).
+
+    Returns:
+        The process exit code: 0 on success, 1 when the stage raised a :class:`PipelineError`.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=f"Run the '{name}' stage.")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        params = load_params(args.params)
+        cfg = build(params, args.params.resolve().parent)
+        run(cfg)
+    except PipelineError as exc:
+        if exc.stage is None:
+            exc.stage = name
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,253 @@
+"""Typed configuration: ``params.yaml`` parsed once into frozen pydantic models.
+
+``params.yaml`` is the only configuration of the pipeline. Each stage has a section named after it;
+``paths`` holds every input and output location, and ``dvc.yaml`` reads the same values through DVC
+templating, so a path is written down exactly once. Unknown or misspelled keys are refused with an
+error naming the key and the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stages.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    """Base of every params section: frozen, and unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsParams(_Section):
+    """Where every stage reads and writes, relative to the workspace root (the folder of ``dvc.yaml``)."""
+
+    dataset: str = "data/dataset"
+    prepared: str = "data/prepared"
+    weights: str = "weights"
+    environment: str = "reports/environment.json"
+    validate_report: str = "reports/validate.json"
+    validate_summary: str = "reports/validate.md"
+    train_dir: str = "models/train"
+    model: str = "models/best.pt"
+    train_metrics: str = "metrics/train.json"
+    train_plot: str = "plots/train_curves.csv"
+    evaluate_metrics: str = "metrics/evaluate.json"
+    onnx: str = "models/model.onnx"
+    export_metrics: str = "metrics/export.json"
+    engine_dir: str = "models/engine"
+    engine_metrics: str = "metrics/engine.json"
+    benchmark_metrics: str = "metrics/benchmark.json"
+    model_card: str = "reports/model_card.md"
+
+    @field_validator("*")
+    @classmethod
+    def _relative_inside_workspace(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            raise ValueError(f"must be a relative path inside the workspace, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _outputs_outside_dataset(self) -> PathsParams:
+        # The input dataset is never modified: no output may live inside it.
+        dataset = PurePosixPath(self.dataset)
+        for name, value in self:
+            if name in {"dataset"}:
+                continue
+            path = PurePosixPath(value)
+            if path == dataset or dataset in path.parents:
+                raise ValueError(f"paths.{name} ({value}) lies inside paths.dataset ({self.dataset})")
+        return self
+
+    def resolve(self, name: str, root: Path) -> Path:
+        """Absolute path of the entry ``name`` under the workspace ``root``."""
+        return (root / getattr(self, name)).resolve()
+
+
+class PrepareParams(_Section):
+    """How the input dataset is turned into the YOLO layout that training reads."""
+
+    format: Literal["yolo"] = "yolo"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+    link: Literal["symlink", "hardlink", "copy"] = "symlink"
+
+
+class ValidateParams(_Section):
+    """Dataset checks and their thresholds."""
+
+    workers: int = Field(0, ge=0, description="processes for image checks; 0 means one per core")
+    min_box_pixels: float = Field(2.0, ge=0.0, description="boxes narrower or shorter than this warn")
+    duplicate_iou: float = Field(0.95, gt=0.0, le=1.0, description="IoU above which two boxes are duplicates")
+    examples_per_code: int = Field(5, ge=1, description="files listed per problem code in the summary")
+
+
+class TrainParams(_Section):
+    """Ultralytics training settings, passed explicitly to ``YOLO.train``."""
+
+    model: str = "yolo11n.yaml"
+    epochs: int = Field(30, ge=1)
+    imgsz: int = Field(160, ge=32)
+    batch: int = Field(16, ge=1)
+    device: str = "cpu"
+    workers: int = Field(2, ge=0)
+    seed: int = 0
+    deterministic: bool = True
+    optimizer: Literal["auto", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp"] = "auto"
+    lr0: float = Field(0.01, gt=0.0)
+    patience: int = Field(100, ge=0)
+    amp: bool = True
+    cache: bool = False
+    mosaic: float = Field(1.0, ge=0.0, le=1.0)
+    close_mosaic: int = Field(10, ge=0)
+
+    @field_validator("imgsz")
+    @classmethod
+    def _stride_multiple(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"must be a multiple of 32 (the model stride), got {value}")
+        return value
+
+
+class EvaluateParams(_Section):
+    """Validation settings and the quality gates the model must pass."""
+
+    min_map50: float = Field(0.0, ge=0.0, le=1.0)
+    min_map50_95: float = Field(0.0, ge=0.0, le=1.0)
+    min_class_map50: dict[str, float] = Field(default_factory=dict)
+    batch: int = Field(16, ge=1)
+    conf: float = Field(0.001, gt=0.0, lt=1.0)
+    iou: float = Field(0.7, gt=0.0, le=1.0)
+
+    @field_validator("min_class_map50")
+    @classmethod
+    def _floors_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, floor in value.items():
+            if not 0.0 <= floor <= 1.0:
+                raise ValueError(f"floor for class {name!r} must be within [0, 1], got {floor}")
+        return value
+
+
+class ExportParams(_Section):
+    """ONNX export and the parity check against PyTorch."""
+
+    opset: int = Field(17, ge=11)
+    simplify: bool = True
+    dynamic: bool = Field(False, description="dynamic batch and image size axes")
+    batch: int = Field(1, ge=1, description="static batch size of the exported model")
+    parity_images: int = Field(8, ge=1, description="validation images used for the parity check")
+    max_box_diff_px: float = Field(0.05, gt=0.0, description="largest allowed |ONNX - PyTorch| on box outputs, px")
+    max_score_diff: float = Field(1e-3, gt=0.0, description="largest allowed |ONNX - PyTorch| on class scores")
+
+
+class EngineParams(_Section):
+    """TensorRT engine build."""
+
+    required: bool = False
+    precision: Literal["fp16", "fp32"] = "fp16"
+    workspace_gib: float = Field(2.0, gt=0.0)
+
+
+class BenchmarkParams(_Section):
+    """Latency and throughput measurement."""
+
+    iterations: int = Field(50, ge=1)
+    warmup: int = Field(10, ge=0)
+    batch: int = Field(1, ge=1)
+    threads: int = Field(0, ge=0, description="CPU threads for CPU backends; 0 means the library default")
+    backends: list[Literal["onnxruntime-cpu", "pytorch-cpu", "onnxruntime-cuda", "pytorch-cuda", "tensorrt"]] = (
+        Field(
+            default_factory=lambda: ["onnxruntime-cpu", "pytorch-cpu"],
+            description="backends to measure; GPU ones fail the stage when unavailable",
+        )
+    )
+    auto_gpu: bool = Field(True, description="also measure every GPU backend that is available here")
+
+
+class ReportParams(_Section):
+    """Model card contents."""
+
+    title: str = "YOLO detector"
+
+
+class Params(_Section):
+    """All of ``params.yaml``."""
+
+    paths: PathsParams = Field(default_factory=PathsParams)
+    prepare: PrepareParams = Field(default_factory=PrepareParams)
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    export: ExportParams = Field(default_factory=ExportParams)
+    engine: EngineParams = Field(default_factory=EngineParams)
+    benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
+    report: ReportParams = Field(default_factory=ReportParams)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The params as plain data, with the section names used in ``params.yaml``."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def parse_params(data: Any, source: Path | str = DEFAULT_PARAMS) -> Params:
+    """Validate already-loaded params data.
+
+    Args:
+        data: The mapping read from ``params.yaml``.
+        source: Where it came from, for error messages.
+
+    Returns:
+        The validated params.
+
+    Raises:
+        ConfigError: When a key is unknown or a value is invalid; names the key and the file.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping of sections", path=source)
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        first_key = None
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"])
+            first_key = first_key or key
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                problems.append(f"'{key}': {err['msg']}")
+        raise ConfigError("; ".join(problems), path=source, key=first_key) from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate ``params.yaml``.
+
+    Args:
+        path: The params file.
+
+    Returns:
+        The validated params.
+
+    Raises:
+        ConfigError: When the file is missing, is not YAML, or fails validation.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("params file not found", path=path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", path=path) from None
+    return parse_params(data, source=path)

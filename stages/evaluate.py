@@ -1,0 +1,205 @@
+"""Stage ``evaluate``: measure the trained model on the validation split and apply the quality gates.
+
+Writes ``metrics/evaluate.json`` (overall and per-class metrics, and the gate verdict with every
+check) before deciding; a failed gate then exits non-zero naming each failed check, so ``dvc repro``
+stops before ``export``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from stages.common import stage_main, write_json
+from stages.config import EvaluateParams, Params
+from stages.datasets import read_prepared_yaml
+from stages.errors import ConfigError, GateFailed, PipelineError
+from stages.runtime import import_ultralytics
+
+log = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+
+
+class EvaluateConfig(BaseModel):
+    """Inputs, outputs and gates of ``evaluate``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: Path
+    data_yaml: Path
+    metrics: Path
+    workspace: Path
+    imgsz: int
+    device: str
+    gates: EvaluateParams
+
+    @classmethod
+    def from_params(cls, params: Params, root: Path) -> EvaluateConfig:
+        """Build the config from ``params.yaml`` values and the workspace root."""
+        return cls(
+            model=params.paths.resolve("model", root),
+            data_yaml=params.paths.resolve("prepared", root) / "data.yaml",
+            metrics=params.paths.resolve("evaluate_metrics", root),
+            workspace=root,
+            imgsz=params.train.imgsz,
+            device=params.train.device,
+            gates=params.evaluate,
+        )
+
+
+class ClassMetrics(BaseModel):
+    """Metrics of one class on the validation split (``None`` when it has no validation boxes)."""
+
+    instances: int
+    precision: float | None
+    recall: float | None
+    ap50: float | None
+    ap50_95: float | None
+
+
+class Check(BaseModel):
+    """One gate check."""
+
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool
+    message: str
+
+
+class Gate(BaseModel):
+    """The gate verdict."""
+
+    passed: bool
+    checks: list[Check]
+
+
+class EvaluateResult(BaseModel):
+    """What ``metrics/evaluate.json`` holds."""
+
+    map50: float
+    map50_95: float
+    precision: float
+    recall: float
+    fitness: float
+    per_class: dict[str, ClassMetrics]
+    instances: int
+    gate: Gate
+
+
+def _at_least(name: str, value: float | None, threshold: float) -> Check:
+    if value is None:
+        return Check(
+            name=name, value=None, threshold=threshold, passed=False,
+            message=f"{name}: no validation boxes to measure it on (needs ≥ {threshold})",
+        )
+    passed = value >= threshold
+    relation = "≥" if passed else "<"
+    return Check(
+        name=name, value=value, threshold=threshold, passed=passed,
+        message=f"{name} {value:.4f} {relation} {threshold}",
+    )
+
+
+def build_checks(
+    map50: float, map50_95: float, per_class: dict[str, ClassMetrics], gates: EvaluateParams
+) -> list[Check]:
+    """Evaluate every configured gate.
+
+    Args:
+        map50: Overall mAP at IoU 0.5.
+        map50_95: Overall mAP at IoU 0.5:0.95.
+        per_class: Metrics per class name.
+        gates: The thresholds from ``params.yaml``.
+
+    Returns:
+        One check per gate, in a stable order.
+
+    Raises:
+        ConfigError: When a per-class floor names a class the dataset does not have.
+    """
+    checks = [_at_least("map50", map50, gates.min_map50), _at_least("map50_95", map50_95, gates.min_map50_95)]
+    for name, floor in gates.min_class_map50.items():
+        if name not in per_class:
+            raise ConfigError(
+                f"per-class floor for unknown class {name!r}; classes are {sorted(per_class)}",
+                key=f"evaluate.min_class_map50.{name}",
+            )
+        checks.append(_at_least(f"ap50[{name}]", per_class[name].ap50, floor))
+    return checks
+
+
+def run(cfg: EvaluateConfig) -> EvaluateResult:
+    """Validate the model, write the metrics and gate verdict, and enforce the gate.
+
+    Args:
+        cfg: Paths, validation settings and gates.
+
+    Returns:
+        The metrics and verdict.
+
+    Raises:
+        GateFailed: When any check fails (after ``cfg.metrics`` is written).
+    """
+    if not cfg.model.is_file():
+        raise PipelineError("trained model is missing; run 'train' first", stage=STAGE, path=cfg.model)
+    names = read_prepared_yaml(cfg.data_yaml)["names"]
+    ultralytics = import_ultralytics(cfg.workspace)
+    model = ultralytics.YOLO(str(cfg.model), task="detect")
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
+        metrics = model.val(
+            data=str(cfg.data_yaml),
+            split="val",
+            imgsz=cfg.imgsz,
+            batch=cfg.gates.batch,
+            device=cfg.device,
+            conf=cfg.gates.conf,
+            iou=cfg.gates.iou,
+            plots=False,
+            save_json=False,
+            project=tmp,
+            name="val",
+            verbose=False,
+        )
+    box = metrics.box
+    counts = [int(n) for n in metrics.nt_per_class]
+    per_class: dict[str, ClassMetrics] = {}
+    measured = {int(c): i for i, c in enumerate(box.ap_class_index)}
+    for cls, name in enumerate(names):
+        if cls in measured and counts[cls] > 0:
+            p, r, ap50, ap = (float(v) for v in box.class_result(measured[cls]))
+            per_class[name] = ClassMetrics(instances=counts[cls], precision=p, recall=r, ap50=ap50, ap50_95=ap)
+        else:
+            per_class[name] = ClassMetrics(instances=counts[cls], precision=None, recall=None, ap50=None, ap50_95=None)
+
+    checks = build_checks(float(box.map50), float(box.map), per_class, cfg.gates)
+    result = EvaluateResult(
+        map50=float(box.map50),
+        map50_95=float(box.map),
+        precision=float(box.mp),
+        recall=float(box.mr),
+        fitness=float(metrics.fitness),
+        per_class=per_class,
+        instances=sum(counts),
+        gate=Gate(passed=all(c.passed for c in checks), checks=checks),
+    )
+    write_json(cfg.metrics, result)
+    for check in checks:
+        log.info("gate %-12s %s", "passed:" if check.passed else "FAILED:", check.message)
+    if not result.gate.passed:
+        raise GateFailed([c.message for c in checks if not c.passed], path=cfg.metrics)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    return stage_main(STAGE, EvaluateConfig.from_params, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

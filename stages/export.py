@@ -1,0 +1,188 @@
+"""Stage ``export``: export the trained model to ONNX and measure its parity with PyTorch.
+
+Ultralytics performs the export; this stage then runs the ONNX file with ONNX Runtime (CPU) and the
+checkpoint with PyTorch (CPU) on the same real validation images and records how far their raw
+outputs differ, separately for box coordinates (pixels) and class scores. Differences beyond the
+tolerances in ``params.yaml`` fail the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from stages.common import stage_main, write_json
+from stages.config import ExportParams, Params
+from stages.errors import ExportError, PipelineError
+from stages.inference import batches, load_inputs, onnx_session, torch_forward, torch_model, validation_images
+from stages.runtime import import_ultralytics
+
+log = logging.getLogger(__name__)
+
+STAGE = "export"
+
+
+class ExportConfig(BaseModel):
+    """Inputs, outputs and options of ``export``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: Path
+    data_yaml: Path
+    onnx: Path
+    metrics: Path
+    workspace: Path
+    imgsz: int
+    options: ExportParams
+
+    @classmethod
+    def from_params(cls, params: Params, root: Path) -> ExportConfig:
+        """Build the config from ``params.yaml`` values and the workspace root."""
+        return cls(
+            model=params.paths.resolve("model", root),
+            data_yaml=params.paths.resolve("prepared", root) / "data.yaml",
+            onnx=params.paths.resolve("onnx", root),
+            metrics=params.paths.resolve("export_metrics", root),
+            workspace=root,
+            imgsz=params.train.imgsz,
+            options=params.export,
+        )
+
+
+class Parity(BaseModel):
+    """How far ONNX Runtime's raw outputs are from PyTorch's on the same inputs."""
+
+    images: int
+    output_shape: list[int]
+    max_abs_diff_boxes_px: float
+    max_abs_diff_scores: float
+    mean_abs_diff: float
+    top_class_agreement: float
+    passed: bool
+
+
+class ExportResult(BaseModel):
+    """What ``metrics/export.json`` holds."""
+
+    onnx: str
+    size_mb: float
+    opset: int
+    imgsz: int
+    batch: int
+    dynamic: bool
+    simplify: bool
+    export_seconds: float
+    onnxruntime_provider: str
+    parity: Parity
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float, float]:
+    """Compare raw detection outputs of shape (batch, 4 + classes, anchors).
+
+    Returns:
+        Max |diff| over box rows (pixels), max |diff| over score rows, mean |diff| over all, and the
+        fraction of images whose highest-scoring anchor and class agree.
+    """
+    if reference.shape != candidate.shape:
+        raise ExportError(f"output shapes differ: PyTorch {reference.shape}, ONNX {candidate.shape}", stage=STAGE)
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    boxes, scores = diff[:, :4], diff[:, 4:]
+    ref_top = reference[:, 4:].reshape(len(reference), -1).argmax(axis=1)
+    cand_top = candidate[:, 4:].reshape(len(candidate), -1).argmax(axis=1)
+    return float(boxes.max()), float(scores.max()), float(diff.mean()), float(np.mean(ref_top == cand_top))
+
+
+def run(cfg: ExportConfig) -> ExportResult:
+    """Export to ONNX, check parity, and write ``cfg.onnx`` and ``cfg.metrics``.
+
+    Args:
+        cfg: Paths and options.
+
+    Returns:
+        Export facts and the parity measurement.
+
+    Raises:
+        ExportError: When export fails or parity exceeds the tolerances (after writing the metrics).
+    """
+    if not cfg.model.is_file():
+        raise PipelineError("trained model is missing; run 'train' first", stage=STAGE, path=cfg.model)
+    o = cfg.options
+    ultralytics = import_ultralytics(cfg.workspace)
+    started = time.perf_counter()
+    exported = ultralytics.YOLO(str(cfg.model), task="detect").export(
+        format="onnx",
+        imgsz=cfg.imgsz,
+        opset=o.opset,
+        simplify=o.simplify,
+        dynamic=o.dynamic,
+        batch=o.batch,
+        device="cpu",
+        verbose=False,
+    )
+    seconds = time.perf_counter() - started
+    if not exported or not Path(exported).is_file():
+        raise ExportError(f"Ultralytics export returned no file ({exported!r})", stage=STAGE, path=cfg.model)
+    cfg.onnx.parent.mkdir(parents=True, exist_ok=True)
+    if Path(exported).resolve() != cfg.onnx.resolve():
+        shutil.move(exported, cfg.onnx)
+
+    session = onnx_session(cfg.onnx, "CPUExecutionProvider")
+    input_name = session.get_inputs()[0].name
+    images = validation_images(cfg.data_yaml, o.parity_images)
+    inputs = load_inputs(images, cfg.imgsz)
+    model = torch_model(cfg.model, cfg.workspace, "cpu")
+    torch_out, onnx_out = [], []
+    for batch in batches(inputs, o.batch):
+        torch_out.append(torch_forward(model, batch))
+        onnx_out.append(session.run(None, {input_name: batch})[0])
+    reference, candidate = np.concatenate(torch_out), np.concatenate(onnx_out)
+    box_diff, score_diff, mean_diff, agreement = compare_outputs(reference, candidate)
+    passed = box_diff <= o.max_box_diff_px and score_diff <= o.max_score_diff
+    result = ExportResult(
+        onnx=str(cfg.onnx.relative_to(cfg.workspace) if cfg.onnx.is_relative_to(cfg.workspace) else cfg.onnx),
+        size_mb=round(cfg.onnx.stat().st_size / 1e6, 3),
+        opset=o.opset,
+        imgsz=cfg.imgsz,
+        batch=o.batch,
+        dynamic=o.dynamic,
+        simplify=o.simplify,
+        export_seconds=round(seconds, 2),
+        onnxruntime_provider=session.get_providers()[0],
+        parity=Parity(
+            images=len(reference),
+            output_shape=list(reference.shape[1:]),
+            max_abs_diff_boxes_px=box_diff,
+            max_abs_diff_scores=score_diff,
+            mean_abs_diff=mean_diff,
+            top_class_agreement=agreement,
+            passed=passed,
+        ),
+    )
+    write_json(cfg.metrics, result)
+    log.info(
+        "exported %s (%.2f MB); parity on %d images: max |Δbox| %.2e px, max |Δscore| %.2e, top-1 agreement %.0f%%",
+        cfg.onnx, result.size_mb, len(reference), box_diff, score_diff, 100 * agreement,
+    )
+    if not passed:
+        raise ExportError(
+            f"ONNX output differs from PyTorch: max |Δbox| {box_diff:.3g} px (allowed {o.max_box_diff_px}), "
+            f"max |Δscore| {score_diff:.3g} (allowed {o.max_score_diff})",
+            stage=STAGE,
+            path=cfg.metrics,
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    return stage_main(STAGE, ExportConfig.from_params, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

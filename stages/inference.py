@@ -1,0 +1,125 @@
+"""Shared inference plumbing: preprocessing and the runtimes used by ``export`` and ``benchmark``.
+
+Both stages feed every backend exactly the same tensors, produced here, so that output differences
+and latencies compare backends and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.datasets import iter_images, read_prepared_yaml, split_dirs
+from stages.errors import BackendUnavailable, PipelineError
+
+
+def letterbox(image: np.ndarray, size: int, fill: int = 114) -> np.ndarray:
+    """Resize an HxWx3 RGB uint8 image to fit ``size``x``size`` keeping its aspect, padding the rest.
+
+    Returns:
+        A 3x``size``x``size`` float32 array scaled to [0, 1], the layout YOLO models take.
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = min(size / h, size / w)
+    nh, nw = round(h * scale), round(w * scale)
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
+    canvas = np.full((size, size, 3), fill, dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    canvas[top : top + nh, left : left + nw] = resized
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def validation_images(data_yaml: Path, limit: int) -> list[Path]:
+    """The first ``limit`` validation images of the prepared dataset, in a stable order.
+
+    Raises:
+        PipelineError: When the dataset has no validation image.
+    """
+    splits = split_dirs(read_prepared_yaml(data_yaml))
+    if "val" not in splits:
+        raise PipelineError("the prepared dataset has no 'val' split", path=data_yaml)
+    images = []
+    for path in iter_images(splits["val"][0]):
+        images.append(path)
+        if len(images) >= limit:
+            break
+    if not images:
+        raise PipelineError("the validation split has no images", path=splits["val"][0])
+    return images
+
+
+def load_inputs(paths: Sequence[Path], size: int) -> np.ndarray:
+    """Read and letterbox images into one N x 3 x size x size float32 array."""
+    from PIL import Image
+
+    arrays = []
+    for path in paths:
+        with Image.open(path) as im:
+            arrays.append(letterbox(np.asarray(im.convert("RGB")), size))
+    return np.stack(arrays)
+
+
+def batches(inputs: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Cut ``inputs`` into full batches of ``batch``, cycling through the images when there are too few."""
+    count = max(1, len(inputs) // batch) if len(inputs) >= batch else 1
+    reps = -(-batch * count // len(inputs))
+    pool = np.concatenate([inputs] * reps)[: batch * count]
+    return [pool[i * batch : (i + 1) * batch] for i in range(count)]
+
+
+def onnx_session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0) -> Any:
+    """An ONNX Runtime session that uses ``provider`` or fails.
+
+    Raises:
+        BackendUnavailable: When ONNX Runtime or the provider is not installed here.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendUnavailable(f"onnxruntime is not installed: {exc}") from None
+    if provider not in ort.get_available_providers():
+        raise BackendUnavailable(
+            f"ONNX Runtime provider {provider} is not available here (available: {ort.get_available_providers()}); "
+            "install the 'gpu' extra for CUDA"
+        )
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+    if session.get_providers()[0] != provider:
+        raise BackendUnavailable(f"ONNX Runtime fell back to {session.get_providers()[0]} instead of {provider}")
+    return session
+
+
+def onnx_input_batch(session: Any) -> int | None:
+    """The static batch size of a session's first input, or ``None`` when it is dynamic."""
+    dim = session.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) else None
+
+
+def torch_model(weights: Path, workspace: Path, device: str = "cpu") -> Any:
+    """The detection ``nn.Module`` inside an Ultralytics checkpoint: eval mode, float32, on ``device``."""
+    from stages.runtime import import_ultralytics
+
+    ultralytics = import_ultralytics(workspace)
+    model = ultralytics.YOLO(str(weights), task="detect").model
+    return model.float().eval().to(device)
+
+
+def torch_forward(model: Any, x: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Raw predictions (the tensor ONNX export produces) for a float32 batch."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(torch.from_numpy(x).to(device))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    return out.float().cpu().numpy()

@@ -1,0 +1,242 @@
+"""Stage ``report``: write the model card, ``reports/model_card.md``.
+
+The card gathers what a reviewer needs to decide whether to deploy: the data version (DVC's hash of
+the input dataset, read from ``dvc.lock``, or from ``data/dataset.dvc`` outside a DVC run), the
+params, the dataset validation summary, training and evaluation metrics, the gate verdict, export
+parity, the engine build and the latency table, and the machine the numbers come from.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from stages.common import read_json, stage_main, write_text
+from stages.config import Params
+
+log = logging.getLogger(__name__)
+
+STAGE = "report"
+
+
+class ReportConfig(BaseModel):
+    """Every input of the model card and its output path."""
+
+    model_config = ConfigDict(frozen=True)
+
+    title: str
+    params: dict[str, Any]
+    workspace: Path
+    dataset: str
+    validate_report: Path
+    validate_summary: Path
+    train_metrics: Path
+    evaluate_metrics: Path
+    export_metrics: Path
+    engine_metrics: Path
+    benchmark_metrics: Path
+    environment: Path
+    output: Path
+
+    @classmethod
+    def from_params(cls, params: Params, root: Path) -> ReportConfig:
+        """Build the config from ``params.yaml`` values and the workspace root."""
+        p = params.paths
+        return cls(
+            title=params.report.title,
+            params=params.as_dict(),
+            workspace=root,
+            dataset=p.dataset,
+            validate_report=p.resolve("validate_report", root),
+            validate_summary=p.resolve("validate_summary", root),
+            train_metrics=p.resolve("train_metrics", root),
+            evaluate_metrics=p.resolve("evaluate_metrics", root),
+            export_metrics=p.resolve("export_metrics", root),
+            engine_metrics=p.resolve("engine_metrics", root),
+            benchmark_metrics=p.resolve("benchmark_metrics", root),
+            environment=p.resolve("environment", root),
+            output=p.resolve("model_card", root),
+        )
+
+
+class ReportResult(BaseModel):
+    """Where the card went and the headline facts in it."""
+
+    path: Path
+    data_version: str
+    gate_passed: bool
+
+
+def data_version(workspace: Path, dataset: str) -> str:
+    """DVC's hash of the dataset this pipeline ran on.
+
+    ``dvc.lock`` records the hash of every stage dependency as DVC saw it when the stage ran, so the
+    ``prepare`` entry is the exact version used. Outside a DVC run, the dataset's ``.dvc`` file is used.
+    """
+    lock = workspace / "dvc.lock"
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+        for dep in stages.get("prepare", {}).get("deps", []):
+            if dep.get("path") == dataset and dep.get("md5"):
+                return f"{dep['md5']} ({dep.get('nfiles', '?')} files, {dep.get('size', '?')} bytes; from dvc.lock)"
+    dvc_file = workspace / f"{dataset}.dvc"
+    if dvc_file.is_file():
+        outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
+        if outs and outs[0].get("md5"):
+            return f"{outs[0]['md5']} (from {dataset}.dvc)"
+    return "unknown: the dataset is not tracked by DVC and the pipeline did not run through DVC"
+
+
+def git_commit(workspace: Path) -> str:
+    """The workspace's git commit (with ``+dirty`` when there are uncommitted changes), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return "unknown (no commit)"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=workspace, capture_output=True, text=True, timeout=30,
+        ).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def latency_table(benchmark: dict[str, Any]) -> list[str]:
+    """Markdown rows of the latency table (also used for the Prefect artifact)."""
+    lines = [
+        "| backend | provider | device | precision | batch | imgsz | p50 ms | p90 ms | p99 ms | mean ms | std ms | img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in benchmark.get("rows", []):
+        lat = r["latency_ms"]
+        lines.append(
+            f"| {r['backend']} | {r['provider']} | {r['device']} | {r['precision']} | {r['batch']} | {r['imgsz']} | "
+            f"{lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['mean']:.2f} | {lat['std']:.2f} | "
+            f"{r['throughput_ips']:.1f} |"
+        )
+    return lines
+
+
+def render(cfg: ReportConfig) -> tuple[str, str, bool]:
+    """The card's markdown, the data version, and the gate verdict."""
+    validate = read_json(cfg.validate_report, stage=STAGE)
+    train = read_json(cfg.train_metrics, stage=STAGE)
+    evaluate = read_json(cfg.evaluate_metrics, stage=STAGE)
+    export = read_json(cfg.export_metrics, stage=STAGE)
+    engine = read_json(cfg.engine_metrics, stage=STAGE)
+    benchmark = read_json(cfg.benchmark_metrics, stage=STAGE)
+    env = read_json(cfg.environment, stage=STAGE)
+    version = data_version(cfg.workspace, cfg.dataset)
+    gate = evaluate["gate"]
+    parity = export["parity"]
+
+    out = [
+        f"# Model card: {cfg.title}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Data version (DVC) | `{version}` |",
+        f"| Code version (git) | `{git_commit(cfg.workspace)}` |",
+        f"| Model | `{train['model']}`, {train['epochs_run']} epochs, imgsz {cfg.params['train']['imgsz']} |",
+        f"| Gate | **{'PASSED' if gate['passed'] else 'FAILED'}** |",
+        f"| mAP50 / mAP50-95 | {_fmt(evaluate['map50'])} / {_fmt(evaluate['map50_95'])} |",
+        f"| Export parity | {'passed' if parity['passed'] else 'FAILED'} "
+        f"(max Δbox {parity['max_abs_diff_boxes_px']:.2e} px, max Δscore {parity['max_abs_diff_scores']:.2e}) |",
+        f"| TensorRT engine | {engine['status']}{': ' + engine['reason'] if engine.get('reason') else ''} |",
+        "",
+        "## Evaluation",
+        "",
+        f"Precision {_fmt(evaluate['precision'])}, recall {_fmt(evaluate['recall'])}, "
+        f"{evaluate['instances']} validation boxes.",
+        "",
+        "| class | boxes | precision | recall | AP50 | AP50-95 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in evaluate["per_class"].items():
+        out.append(
+            f"| {name} | {c['instances']} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | "
+            f"{_fmt(c['ap50'])} | {_fmt(c['ap50_95'])} |"
+        )
+    out += ["", "### Gate", "", "| check | value | threshold | result |", "|---|---|---|---|"]
+    for check in gate["checks"]:
+        out.append(
+            f"| {check['name']} | {_fmt(check['value'])} | {check['threshold']} | "
+            f"{'pass' if check['passed'] else '**FAIL**'} |"
+        )
+    out += [
+        "",
+        "## Training",
+        "",
+        f"{train['epochs_run']} epochs in {train['seconds']:.0f} s on `{train['device']}` "
+        f"(AMP {'on' if train['amp'] else 'off'}); best epoch {train['best_epoch']}.",
+        "",
+        "## Export",
+        "",
+        f"ONNX opset {export['opset']}, {export['size_mb']} MB, batch {export['batch']}"
+        f"{' (dynamic)' if export['dynamic'] else ''}; parity measured with {export['onnxruntime_provider']} "
+        f"against PyTorch on {parity['images']} validation images: max |Δ| boxes "
+        f"{parity['max_abs_diff_boxes_px']:.3g} px, scores {parity['max_abs_diff_scores']:.3g}, "
+        f"top-1 agreement {100 * parity['top_class_agreement']:.0f}%.",
+        "",
+        "## Latency",
+        "",
+        *latency_table(benchmark),
+        "",
+    ]
+    if benchmark.get("skipped"):
+        out += ["Not measured here: " + ", ".join(f"{k} ({v})" for k, v in benchmark["skipped"].items()) + ".", ""]
+    gpus = ", ".join(f"{g['name']} (driver {g['driver']})" for g in env["gpus"]) or "none"
+    pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    out += [
+        f"Machine: {env['cpu']} ({env['cpu_count']} cores), GPUs: {gpus}; {env['system']}, Python {env['python']}; {pkgs}.",
+        "",
+    ]
+    summary = cfg.validate_summary.read_text(encoding="utf-8") if cfg.validate_summary.is_file() else ""
+    out += [summary.rstrip(), "", "## Params", "", "```yaml", yaml.safe_dump(cfg.params, sort_keys=False).rstrip(), "```", ""]
+    if not validate.get("ok", False):
+        out.insert(2, "> **Warning:** the dataset validation report has errors.\n")
+    return "\n".join(out), version, bool(gate["passed"])
+
+
+def run(cfg: ReportConfig) -> ReportResult:
+    """Write the model card.
+
+    Args:
+        cfg: Inputs and output path.
+
+    Returns:
+        The card's path and headline facts.
+
+    Raises:
+        PipelineError: When an earlier stage's output is missing.
+    """
+    text, version, passed = render(cfg)
+    write_text(cfg.output, text)
+    log.info("wrote %s (data %s, gate %s)", cfg.output, version, "passed" if passed else "failed")
+    return ReportResult(path=cfg.output, data_version=version, gate_passed=passed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    return stage_main(STAGE, ReportConfig.from_params, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Run Ultralytics offline and quietly, configured by the project rather than the user's global files.
+
+Ultralytics reads its settings and looks for fonts in ``YOLO_CONFIG_DIR`` at import time, asks the
+network for fonts while checking a dataset, and downloads ``yolo26n.pt`` for its AMP check on CUDA.
+``YOLO_OFFLINE=true`` stops only some of this. :func:`import_ultralytics` points Ultralytics at a
+project-local settings folder with telemetry and integrations off and with fonts already in place, and
+:func:`offline_amp_check` replaces the downloading AMP check by the same comparison on the model being
+trained. The user's own ``~/.config/Ultralytics`` is never read or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Ultralytics looks these names up before it considers downloading them.
+_FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
+
+_SETTINGS_OFF = {
+    "sync": False,
+    "hub": False,
+    "clearml": False,
+    "comet": False,
+    "dvc": False,
+    "mlflow": False,
+    "neptune": False,
+    "raytune": False,
+    "tensorboard": False,
+    "wandb": False,
+    "vscode_msg": False,
+    "openvino_msg": False,
+}
+
+
+def ultralytics_config_dir(workspace: Path) -> Path:
+    """The project-local folder that holds Ultralytics' settings, fonts and caches."""
+    return workspace / ".cache" / "ultralytics"
+
+
+def offline_environment(workspace: Path) -> dict[str, str]:
+    """Environment variables that keep Ultralytics and its dependencies off the network."""
+    return {
+        "YOLO_CONFIG_DIR": str(ultralytics_config_dir(workspace)),
+        "YOLO_OFFLINE": "true",
+        "YOLO_AUTOINSTALL": "false",
+        "MPLBACKEND": "Agg",
+    }
+
+
+def _place_fonts(config_dir: Path) -> None:
+    """Put a local font under the names Ultralytics would otherwise try to download.
+
+    The font only labels plots; matplotlib's bundled DejaVu Sans covers the glyphs of both names.
+    """
+    import matplotlib
+
+    source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in _FONT_NAMES:
+        target = config_dir / name
+        if not target.exists():
+            shutil.copyfile(source, target)
+
+
+def import_ultralytics(workspace: Path) -> ModuleType:
+    """Import Ultralytics configured for offline, project-local use.
+
+    Args:
+        workspace: The workspace root; settings live in ``<workspace>/.cache/ultralytics``.
+
+    Returns:
+        The ``ultralytics`` module.
+    """
+    config_dir = ultralytics_config_dir(workspace)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    if "ultralytics" in sys.modules:
+        current = os.environ.get("YOLO_CONFIG_DIR")
+        if current != str(config_dir):
+            log.debug("ultralytics already imported with YOLO_CONFIG_DIR=%s; keeping it", current)
+    else:
+        os.environ.update(offline_environment(workspace))
+    _place_fonts(Path(os.environ["YOLO_CONFIG_DIR"]))
+
+    import ultralytics
+    from ultralytics.utils import SETTINGS
+
+    wanted: dict[str, Any] = {k: v for k, v in _SETTINGS_OFF.items() if k in SETTINGS}
+    wanted.update(
+        datasets_dir=str(config_dir / "datasets"),
+        weights_dir=str(config_dir / "weights"),
+        runs_dir=str(config_dir / "runs"),
+    )
+    if any(SETTINGS.get(k) != v for k, v in wanted.items()):
+        SETTINGS.update(wanted)
+    return ultralytics
+
+
+def _amp_outputs_close(model: Any) -> bool:
+    """Compare FP32 and autocast outputs of ``model`` on one batch; the check Ultralytics runs, offline."""
+    import copy
+
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return False  # Ultralytics uses AMP on accelerators only
+    probe = copy.deepcopy(model).eval()
+    x = torch.rand(2, 3, 256, 256, device=device, generator=torch.Generator(device).manual_seed(0))
+    with torch.no_grad():
+        full = probe(x)
+        with torch.autocast("cuda", enabled=True):
+            mixed = probe(x)
+    full_t = full[0] if isinstance(full, (tuple, list)) else full
+    mixed_t = mixed[0] if isinstance(mixed, (tuple, list)) else mixed
+    if isinstance(full_t, dict):  # end-to-end heads return a dict of tensors
+        full_t, mixed_t = next(iter(full_t.values())), next(iter(mixed_t.values()))
+    ok = bool(torch.allclose(full_t.float(), mixed_t.float(), atol=0.5, rtol=0.05))
+    log.info("AMP check on the training model: %s", "passed" if ok else "failed, AMP disabled")
+    return ok
+
+
+@contextlib.contextmanager
+def offline_amp_check() -> Iterator[None]:
+    """While active, Ultralytics' trainer runs :func:`_amp_outputs_close` instead of its downloading check."""
+    from ultralytics.engine import trainer
+
+    original = trainer.check_amp
+    trainer.check_amp = _amp_outputs_close
+    try:
+        yield
+    finally:
+        trainer.check_amp = original

@@ -1,0 +1,251 @@
+"""Stage ``train``: train an Ultralytics YOLO detector on the prepared dataset.
+
+Everything Ultralytics needs is passed explicitly; its outputs are read back and copied to the
+pipeline's own paths: ``models/best.pt``, ``metrics/train.json`` and the training curves
+``plots/train_curves.csv`` (a DVC plot). The model is built from a model YAML (no download) or loaded
+from a local ``.pt`` file; a name that would make Ultralytics download weights is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from stages.common import stage_main, write_json, write_text
+from stages.config import Params, TrainParams
+from stages.errors import ConfigError, TrainingError
+from stages.runtime import import_ultralytics, offline_amp_check
+
+log = logging.getLogger(__name__)
+
+STAGE = "train"
+
+# Ultralytics results.csv columns -> names used in metrics/train.json and the curves file.
+_COLUMNS = {
+    "epoch": "epoch",
+    "time": "time_s",
+    "train/box_loss": "train_box_loss",
+    "train/cls_loss": "train_cls_loss",
+    "train/dfl_loss": "train_dfl_loss",
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+    "metrics/mAP50(B)": "map50",
+    "metrics/mAP50-95(B)": "map50_95",
+    "val/box_loss": "val_box_loss",
+    "val/cls_loss": "val_cls_loss",
+    "val/dfl_loss": "val_dfl_loss",
+}
+
+
+class TrainConfig(BaseModel):
+    """Inputs, outputs and hyper-parameters of ``train``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data_yaml: Path
+    run_dir: Path
+    best: Path
+    metrics: Path
+    curves: Path
+    workspace: Path
+    hyper: TrainParams
+
+    @classmethod
+    def from_params(cls, params: Params, root: Path) -> TrainConfig:
+        """Build the config from ``params.yaml`` values and the workspace root."""
+        paths = params.paths
+        return cls(
+            data_yaml=paths.resolve("prepared", root) / "data.yaml",
+            run_dir=paths.resolve("train_dir", root),
+            best=paths.resolve("model", root),
+            metrics=paths.resolve("train_metrics", root),
+            curves=paths.resolve("train_plot", root),
+            workspace=root,
+            hyper=params.train,
+        )
+
+
+class TrainResult(BaseModel):
+    """Summary written to ``metrics/train.json``."""
+
+    model: str
+    epochs_run: int
+    best_epoch: int | None
+    device: str
+    amp: bool
+    seconds: float
+    final: dict[str, float]
+    best: dict[str, float]
+
+
+def resolve_model(model: str, workspace: Path, ultralytics_root: Path) -> str:
+    """Where the model comes from: a local file, or a model YAML shipped with Ultralytics.
+
+    Args:
+        model: The ``train.model`` param.
+        workspace: The workspace root (relative paths are resolved against it).
+        ultralytics_root: The installed ``ultralytics`` package folder.
+
+    Returns:
+        An absolute path, or the name of a bundled model YAML.
+
+    Raises:
+        ConfigError: When the value names neither; in particular a ``.pt`` that is not a local file,
+            which Ultralytics would otherwise try to download.
+    """
+    local = Path(model) if Path(model).is_absolute() else workspace / model
+    if local.is_file():
+        return str(local.resolve())
+    if model.endswith((".yaml", ".yml")) and "/" not in model:
+        # Ultralytics maps a scaled name (yolo11n.yaml) to its family file (yolo11.yaml).
+        family = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", Path(model).stem) + Path(model).suffix
+        bundled = ultralytics_root / "cfg" / "models"
+        if any(bundled.rglob(model)) or any(bundled.rglob(family)):
+            return model
+        raise ConfigError(f"no local file and no model YAML bundled with Ultralytics named {model!r}", key="train.model")
+    raise ConfigError(
+        f"{model!r} is not a local file; weights are never downloaded. Put the .pt file under the "
+        "workspace (e.g. weights/) and give its path, or name a model YAML such as yolo11n.yaml",
+        key="train.model",
+    )
+
+
+def _check_device(device: str) -> None:
+    if device.lower() in {"cpu", "mps"}:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device={device!r} asks for a CUDA GPU but none is visible here", key="train.device")
+
+
+def read_results_csv(path: Path) -> list[dict[str, float]]:
+    """Rows of Ultralytics' ``results.csv`` with our column names (unknown columns keep theirs)."""
+    rows = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            row = {}
+            for key, value in raw.items():
+                name = _COLUMNS.get(key.strip(), re.sub(r"[^0-9a-zA-Z]+", "_", key.strip()).strip("_"))
+                row[name] = float(value)
+            rows.append(row)
+    return rows
+
+
+def write_curves(rows: list[dict[str, float]], path: Path) -> None:
+    """Write the per-epoch curves as CSV for ``dvc plots``."""
+    if not rows:
+        raise TrainingError("training produced no per-epoch results", stage=STAGE, path=path)
+    header = list(rows[0])
+    lines = [",".join(header)]
+    lines += [",".join(f"{row[k]:.6g}" if k != "epoch" else str(int(row[k])) for k in header) for row in rows]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _train_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    h = cfg.hyper
+    return {
+        "data": str(cfg.data_yaml),
+        "epochs": h.epochs,
+        "imgsz": h.imgsz,
+        "batch": h.batch,
+        "device": h.device,
+        "workers": h.workers,
+        "seed": h.seed,
+        "deterministic": h.deterministic,
+        "optimizer": h.optimizer,
+        "lr0": h.lr0,
+        "patience": h.patience,
+        "amp": h.amp,
+        "cache": h.cache,
+        "mosaic": h.mosaic,
+        "close_mosaic": h.close_mosaic,
+        "project": str(cfg.run_dir.parent),
+        "name": cfg.run_dir.name,
+        "exist_ok": True,
+        "plots": False,  # plots need fonts and time; the curves come from results.csv instead
+        "val": True,
+        "save": True,
+        "verbose": False,
+    }
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    """Train and write the model, metrics and curves.
+
+    Args:
+        cfg: Paths and hyper-parameters.
+
+    Returns:
+        The training summary.
+
+    Raises:
+        ConfigError: When the model or device cannot be used here.
+        TrainingError: When Ultralytics did not produce weights or results.
+    """
+    if not cfg.data_yaml.is_file():
+        raise TrainingError("prepared data.yaml is missing; run 'prepare' first", stage=STAGE, path=cfg.data_yaml)
+    ultralytics = import_ultralytics(cfg.workspace)
+    model_source = resolve_model(cfg.hyper.model, cfg.workspace, Path(ultralytics.__file__).parent)
+    _check_device(cfg.hyper.device)
+    if cfg.run_dir.exists():
+        shutil.rmtree(cfg.run_dir)
+
+    started = time.perf_counter()
+    model = ultralytics.YOLO(model_source, task="detect")
+    with offline_amp_check():
+        model.train(**_train_kwargs(cfg))
+    seconds = time.perf_counter() - started
+
+    trainer = model.trainer
+    save_dir = Path(trainer.save_dir)
+    best = save_dir / "weights" / "best.pt"
+    results_csv = save_dir / "results.csv"
+    if not best.is_file():
+        raise TrainingError("Ultralytics finished without writing best.pt", stage=STAGE, path=best)
+    if not results_csv.is_file():
+        raise TrainingError("Ultralytics finished without writing results.csv", stage=STAGE, path=results_csv)
+    cfg.best.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best, cfg.best)
+
+    rows = read_results_csv(results_csv)
+    write_curves(rows, cfg.curves)
+    best_row = max(rows, key=lambda r: 0.1 * r.get("map50", 0.0) + 0.9 * r.get("map50_95", 0.0))
+    result = TrainResult(
+        model=cfg.hyper.model,
+        epochs_run=len(rows),
+        best_epoch=int(best_row["epoch"]) if "epoch" in best_row else None,
+        device=str(trainer.device),
+        amp=bool(trainer.amp),
+        seconds=round(seconds, 2),
+        final={k: v for k, v in rows[-1].items() if k != "epoch"},
+        best={k: v for k, v in best_row.items() if k != "epoch"},
+    )
+    write_json(cfg.metrics, result)
+    log.info(
+        "trained %d epochs in %.1fs on %s (AMP %s): final mAP50 %.4f, mAP50-95 %.4f",
+        result.epochs_run,
+        seconds,
+        result.device,
+        "on" if result.amp else "off",
+        result.final.get("map50", float("nan")),
+        result.final.get("map50_95", float("nan")),
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    return stage_main(STAGE, TrainConfig.from_params, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

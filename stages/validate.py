@@ -1,0 +1,491 @@
+"""Stage ``validate``: check the prepared dataset and report every problem, never touching the input.
+
+Each image is read once, hashed and fully decoded once (in worker processes, streamed, so memory stays
+flat in the number of images); its label file is parsed line by line. Cross-file checks (pairs,
+duplicate images within and across splits, empty splits, classes missing from train) run on the small
+per-image records. Every problem carries the file (the source file in the input dataset), the line
+where there is one, a stable code, a severity, and a message. Any ``error`` stops the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from stages.common import stage_main, write_json, write_text
+from stages.config import Params
+from stages.datasets import iter_images, label_path_for, read_prepared_yaml, split_dirs
+from stages.errors import ValidationFailed
+
+log = logging.getLogger(__name__)
+
+STAGE = "validate"
+Severity = Literal["error", "warning"]
+
+# Stable problem codes and their severity. Codes are part of the report's contract.
+CODES: dict[str, Severity] = {
+    "image_unreadable": "error",
+    "image_truncated": "error",
+    "label_without_image": "error",
+    "image_without_label": "warning",
+    "label_field_count": "error",
+    "label_not_number": "error",
+    "label_not_finite": "error",
+    "class_not_integer": "error",
+    "class_out_of_range": "error",
+    "box_out_of_bounds": "error",
+    "box_non_positive": "error",
+    "box_tiny": "warning",
+    "box_duplicate": "warning",
+    "image_duplicate": "warning",
+    "image_duplicate_across_splits": "error",
+    "split_empty": "error",
+    "dataset_empty": "error",
+    "class_absent_from_train": "warning",
+}
+
+
+class ValidateConfig(BaseModel):
+    """Inputs, outputs and thresholds of ``validate``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data_yaml: Path
+    report: Path
+    summary: Path
+    workspace: Path
+    workers: int = 0
+    min_box_pixels: float = 2.0
+    duplicate_iou: float = 0.95
+    examples_per_code: int = 5
+
+    @classmethod
+    def from_params(cls, params: Params, root: Path) -> ValidateConfig:
+        """Build the config from ``params.yaml`` values and the workspace root."""
+        v = params.validate_
+        return cls(
+            data_yaml=params.paths.resolve("prepared", root) / "data.yaml",
+            report=params.paths.resolve("validate_report", root),
+            summary=params.paths.resolve("validate_summary", root),
+            workspace=root,
+            workers=v.workers,
+            min_box_pixels=v.min_box_pixels,
+            duplicate_iou=v.duplicate_iou,
+            examples_per_code=v.examples_per_code,
+        )
+
+
+class Problem(BaseModel):
+    """One problem found in the dataset."""
+
+    file: str
+    line: int | None
+    code: str
+    severity: Severity
+    message: str
+
+
+class ValidateResult(BaseModel):
+    """The report written to ``reports/validate.json``."""
+
+    ok: bool
+    images: int
+    errors: int
+    warnings: int
+    problems: list[Problem]
+    splits: dict[str, int]
+    instances_per_class: dict[str, dict[str, int]]
+    box_size_px: dict[str, float]
+
+
+class _ImageRecord(BaseModel):
+    """What a worker learns about one image and its label file."""
+
+    split: str
+    image: str
+    label: str | None
+    digest: str | None
+    width: int | None
+    height: int | None
+    boxes: list[tuple[int, float, float, float, float]]
+    problems: list[Problem]
+
+
+def _problem(code: str, file: str, message: str, line: int | None = None) -> Problem:
+    return Problem(file=file, line=line, code=code, severity=CODES[code], message=message)
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
+    bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+    iw, ih = max(0.0, min(ax1, bx1) - max(ax0, bx0)), max(0.0, min(ay1, by1) - max(ay0, by0))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def check_label_lines(
+    lines: Iterable[str],
+    file: str,
+    num_classes: int,
+    size: tuple[int, int] | None,
+    min_box_pixels: float,
+    duplicate_iou: float,
+) -> tuple[list[tuple[int, float, float, float, float]], list[Problem]]:
+    """Parse and check the lines of one YOLO label file.
+
+    Args:
+        lines: The file's lines.
+        file: The file's name for the report.
+        num_classes: Number of classes; ids must lie in ``[0, num_classes)``.
+        size: Image (width, height) in pixels when known, for the tiny-box check.
+        min_box_pixels: Boxes with a side below this many pixels are reported as tiny.
+        duplicate_iou: Two boxes of one class overlapping above this IoU are duplicates.
+
+    Returns:
+        The valid boxes as (class, cx, cy, w, h), and the problems found.
+    """
+    boxes: list[tuple[int, float, float, float, float]] = []
+    problems: list[Problem] = []
+    for number, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        fields = text.split()
+        if len(fields) != 5:
+            problems.append(
+                _problem("label_field_count", file, f"expected 5 fields (class cx cy w h), got {len(fields)}", number)
+            )
+            continue
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            problems.append(_problem("label_not_number", file, f"not all fields are numbers: {text!r}", number))
+            continue
+        if not all(math.isfinite(v) for v in values):
+            problems.append(_problem("label_not_finite", file, f"NaN or infinite value: {text!r}", number))
+            continue
+        cls_value, cx, cy, w, h = values
+        if cls_value != int(cls_value):
+            problems.append(_problem("class_not_integer", file, f"class id {fields[0]} is not an integer", number))
+            continue
+        cls = int(cls_value)
+        if not 0 <= cls < num_classes:
+            problems.append(
+                _problem("class_out_of_range", file, f"class id {cls} outside [0, {num_classes - 1}]", number)
+            )
+            continue
+        if w <= 0 or h <= 0:
+            problems.append(_problem("box_non_positive", file, f"box width/height must be > 0, got {w}, {h}", number))
+            continue
+        if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)) or cx - w / 2 < -1e-6 or cx + w / 2 > 1 + 1e-6 or (
+            cy - h / 2 < -1e-6 or cy + h / 2 > 1 + 1e-6
+        ):
+            problems.append(
+                _problem(
+                    "box_out_of_bounds",
+                    file,
+                    f"box ({cx}, {cy}, {w}, {h}) is not within the image (normalised coordinates in [0, 1])",
+                    number,
+                )
+            )
+            continue
+        if size is not None and min(w * size[0], h * size[1]) < min_box_pixels:
+            problems.append(
+                _problem(
+                    "box_tiny",
+                    file,
+                    f"box is {w * size[0]:.1f}x{h * size[1]:.1f} px, below validate.min_box_pixels={min_box_pixels}",
+                    number,
+                )
+            )
+        box = (cls, cx, cy, w, h)
+        for other in boxes:
+            if other[0] == cls and _iou(box[1:], other[1:]) >= duplicate_iou:
+                problems.append(
+                    _problem("box_duplicate", file, f"duplicates an earlier box of class {cls} (IoU ≥ {duplicate_iou})", number)
+                )
+                break
+        else:
+            boxes.append(box)
+    return boxes, problems
+
+
+def _display(path: Path, workspace: Path) -> str:
+    """The path to show a user: the real file (links resolved), relative to the workspace when inside it."""
+    real = path.resolve()
+    try:
+        return real.relative_to(workspace.resolve()).as_posix()
+    except ValueError:
+        return str(real)
+
+
+def _check_image(args: tuple[str, Path, Path | None, Path, int, float, float]) -> _ImageRecord:
+    """Worker: read, hash and decode one image once; parse its label file."""
+    from PIL import Image
+
+    split, image_path, label_path, workspace, num_classes, min_box_pixels, duplicate_iou = args
+    shown = _display(image_path, workspace)
+    problems: list[Problem] = []
+    digest = width = height = None
+    try:
+        data = image_path.read_bytes()
+    except OSError as exc:
+        problems.append(_problem("image_unreadable", shown, f"cannot read file: {exc}"))
+        data = b""
+    if data:
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()  # full decode: truncated or corrupt data raises here
+                width, height = im.size
+            if image_path.suffix.lower() in {".jpg", ".jpeg"} and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+                problems.append(
+                    _problem("image_truncated", shown, "JPEG lacks its end-of-image marker (truncated or corrupt)")
+                )
+        except OSError as exc:  # PIL raises OSError subclasses for undecodable data
+            code = "image_truncated" if "truncated" in str(exc).lower() else "image_unreadable"
+            problems.append(_problem(code, shown, f"cannot decode image: {exc}"))
+        except (ValueError, Image.DecompressionBombError) as exc:
+            problems.append(_problem("image_unreadable", shown, f"cannot decode image: {exc}"))
+    elif not problems:
+        problems.append(_problem("image_unreadable", shown, "file is empty"))
+
+    boxes: list[tuple[int, float, float, float, float]] = []
+    label_shown = None
+    if label_path is not None:
+        label_shown = _display(label_path, workspace)
+        try:
+            lines = label_path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(_problem("label_not_number", label_shown, f"cannot read label file as text: {exc}"))
+            lines = []
+        size = (width, height) if width and height else None
+        boxes, label_problems = check_label_lines(
+            lines, label_shown, num_classes, size, min_box_pixels, duplicate_iou
+        )
+        problems.extend(label_problems)
+    else:
+        problems.append(
+            _problem("image_without_label", shown, "no label file: trained as a background image with no objects")
+        )
+    return _ImageRecord(
+        split=split,
+        image=shown,
+        label=label_shown,
+        digest=digest,
+        width=width,
+        height=height,
+        boxes=boxes,
+        problems=problems,
+    )
+
+
+def _jobs(cfg: ValidateConfig, splits: dict[str, tuple[Path, Path]], num_classes: int) -> Iterator[tuple]:
+    for split, (images, labels) in splits.items():
+        for image in iter_images(images):
+            label = label_path_for(image, images, labels)
+            yield (
+                split,
+                image,
+                label if label.is_file() else None,
+                cfg.workspace,
+                num_classes,
+                cfg.min_box_pixels,
+                cfg.duplicate_iou,
+            )
+
+
+def _orphan_labels(splits: dict[str, tuple[Path, Path]], workspace: Path) -> list[Problem]:
+    problems = []
+    for images, labels in splits.values():
+        if not labels.is_dir():
+            continue
+        expected = {label_path_for(image, images, labels) for image in iter_images(images)}
+        for label in sorted(labels.rglob("*.txt")):
+            if label not in expected:
+                problems.append(
+                    _problem("label_without_image", _display(label, workspace), "label file has no matching image")
+                )
+    return problems
+
+
+def run(cfg: ValidateConfig) -> ValidateResult:
+    """Validate the prepared dataset and write the report.
+
+    Args:
+        cfg: Paths and thresholds.
+
+    Returns:
+        The report (also written to ``cfg.report`` and ``cfg.summary``).
+
+    Raises:
+        ValidationFailed: When any problem of ``error`` severity was found (after writing the report).
+    """
+    data = read_prepared_yaml(cfg.data_yaml)
+    names: list[str] = data["names"]
+    splits = split_dirs(data)
+    workers = cfg.workers or os.cpu_count() or 1
+
+    problems: list[Problem] = []
+    split_counts: Counter[str] = Counter()
+    instances: dict[str, Counter[str]] = defaultdict(Counter)
+    digests: dict[str, list[tuple[str, str]]] = defaultdict(list)  # digest -> [(split, file)]
+    widths: list[float] = []
+    heights: list[float] = []
+
+    jobs = _jobs(cfg, splits, len(names))
+    if workers > 1:
+        executor = ProcessPoolExecutor(max_workers=workers)
+        records: Iterable[_ImageRecord] = executor.map(_check_image, jobs, chunksize=64)
+    else:
+        executor = None
+        records = map(_check_image, jobs)
+    try:
+        for record in records:
+            split_counts[record.split] += 1
+            problems.extend(record.problems)
+            if record.digest:
+                digests[record.digest].append((record.split, record.image))
+            for cls, _cx, _cy, w, h in record.boxes:
+                instances[record.split][names[cls]] += 1
+                if record.width and record.height:
+                    widths.append(w * record.width)
+                    heights.append(h * record.height)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+    problems.extend(_orphan_labels(splits, cfg.workspace))
+    for entries in digests.values():
+        if len(entries) < 2:
+            continue
+        first_split, first = entries[0]
+        for split, file in entries[1:]:
+            if split != first_split:
+                problems.append(
+                    _problem(
+                        "image_duplicate_across_splits",
+                        file,
+                        f"identical to {first} in split '{first_split}' (train/val leakage)",
+                    )
+                )
+            else:
+                problems.append(_problem("image_duplicate", file, f"identical to {first} in the same split"))
+    total = sum(split_counts.values())
+    if total == 0:
+        problems.append(_problem("dataset_empty", _display(cfg.data_yaml, cfg.workspace), "the dataset has no images"))
+    else:
+        for split in ("train", "val"):
+            if split_counts[split] == 0:
+                problems.append(
+                    _problem("split_empty", _display(cfg.data_yaml, cfg.workspace), f"split '{split}' has no images")
+                )
+        for name in names:
+            if split_counts["train"] and instances["train"][name] == 0:
+                problems.append(
+                    _problem(
+                        "class_absent_from_train",
+                        _display(cfg.data_yaml, cfg.workspace),
+                        f"class '{name}' has no box in the train split",
+                    )
+                )
+
+    errors = sum(p.severity == "error" for p in problems)
+    result = ValidateResult(
+        ok=errors == 0,
+        images=total,
+        errors=errors,
+        warnings=len(problems) - errors,
+        problems=problems,
+        splits=dict(split_counts),
+        instances_per_class={s: {n: instances[s][n] for n in names} for s in split_counts},
+        box_size_px=_size_summary(widths, heights),
+    )
+    write_json(cfg.report, result)
+    summary = render_summary(result, cfg.examples_per_code)
+    write_text(cfg.summary, summary)
+    for line in summary.splitlines():
+        log.info("%s", line)
+    if errors:
+        raise ValidationFailed(
+            f"{errors} error(s) in the dataset; see {cfg.report} (codes: "
+            f"{', '.join(sorted({p.code for p in problems if p.severity == 'error'}))})",
+            errors=errors,
+            path=cfg.report,
+        )
+    return result
+
+
+def _size_summary(widths: list[float], heights: list[float]) -> dict[str, float]:
+    if not widths:
+        return {}
+    ws, hs = sorted(widths), sorted(heights)
+    mid = len(ws) // 2
+    return {
+        "boxes": float(len(ws)),
+        "min_width": round(ws[0], 2),
+        "median_width": round(ws[mid], 2),
+        "max_width": round(ws[-1], 2),
+        "min_height": round(hs[0], 2),
+        "median_height": round(hs[mid], 2),
+        "max_height": round(hs[-1], 2),
+    }
+
+
+def render_summary(result: ValidateResult, examples: int) -> str:
+    """A markdown section for people: verdict, problems grouped by code, class balance and box sizes."""
+    lines = [
+        "## Dataset validation",
+        "",
+        f"Verdict: **{'passed' if result.ok else 'failed'}** — {result.images} images "
+        f"({', '.join(f'{s}: {n}' for s, n in result.splits.items())}), "
+        f"{result.errors} error(s), {result.warnings} warning(s).",
+        "",
+    ]
+    by_code: dict[str, list[Problem]] = defaultdict(list)
+    for p in result.problems:
+        by_code[p.code].append(p)
+    if by_code:
+        lines += ["| code | severity | count | first files |", "|---|---|---|---|"]
+        for code in sorted(by_code, key=lambda c: (CODES[c] != "error", c)):
+            items = by_code[code]
+            shown = ", ".join(f"`{p.file}{':' + str(p.line) if p.line else ''}`" for p in items[:examples])
+            rest = f" and {len(items) - examples} more" if len(items) > examples else ""
+            lines.append(f"| {code} | {CODES[code]} | {len(items)} | {shown}{rest} |")
+        lines.append("")
+    if result.instances_per_class:
+        splits = list(result.instances_per_class)
+        lines += ["| class | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
+        names = list(next(iter(result.instances_per_class.values())))
+        for name in names:
+            lines.append(f"| {name} | " + " | ".join(str(result.instances_per_class[s][name]) for s in splits) + " |")
+        lines.append("")
+    if result.box_size_px:
+        b = result.box_size_px
+        lines.append(
+            f"Box sizes (px): width {b['min_width']}–{b['max_width']} (median {b['median_width']}), "
+            f"height {b['min_height']}–{b['max_height']} (median {b['median_height']})."
+        )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    return stage_main(STAGE, ValidateConfig.from_params, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Shared fixtures and helpers for all test tiers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COCO128 = REPO.parent / "shared" / "datasets" / "coco128"
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative path -> digest), links followed."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach the network through Ultralytics or Prefect analytics."""
+    monkeypatch.setenv("YOLO_OFFLINE", "true")
+    monkeypatch.setenv("YOLO_AUTOINSTALL", "false")
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture
+def coco128() -> Path:
+    """The real COCO subset beside the repo; the test is skipped where it is absent."""
+    if not (COCO128 / "data.yaml").is_file():
+        pytest.skip(f"real dataset not present at {COCO128} (exists only on the project's build machines)")
+    return COCO128
+
+
+def cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA GPU."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def venv_env() -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin folder first on PATH."""
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,45 @@
+"""dvc.yaml and the code agree: stage names and order, commands, params keys and code deps."""
+
+import yaml
+
+from stages import PIPELINE
+from stages.config import Params
+from tests.conftest import REPO
+
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+SECTIONS = set(Params().as_dict())
+
+
+def test_stage_names_and_order_match_pipeline():
+    assert tuple(DVC) == PIPELINE
+
+
+def test_each_command_only_calls_its_stage_module():
+    for name, stage in DVC.items():
+        assert stage["cmd"] == f"python -m stages.{name}"
+        assert f"stages/{name}.py" in stage["deps"], f"{name} must depend on its own module"
+
+
+def test_params_keys_exist():
+    defaults = Params().as_dict()
+    for name, stage in DVC.items():
+        for key in stage.get("params", []):
+            section, _, field = key.partition(".")
+            assert section in SECTIONS, f"{name}: unknown params section {key}"
+            if field:
+                assert field in defaults[section], f"{name}: unknown params key {key}"
+
+
+def test_benchmark_params_only_reach_benchmark_and_report():
+    readers = {name for name, stage in DVC.items() if any(k.split(".")[0] == "benchmark" for k in stage.get("params", []))}
+    assert readers == {"benchmark", "report"}
+
+
+def test_training_does_not_read_downstream_params():
+    assert DVC["train"]["params"] == ["train"]
+
+
+def test_engine_and_benchmark_depend_on_the_environment_fingerprint():
+    for name in ("build_engine", "benchmark"):
+        assert "${paths.environment}" in DVC[name]["deps"]
+    assert DVC["environment"]["always_changed"] is True
