@@ -200,15 +200,25 @@ def run(cfg: PrepareConfig) -> PrepareResult:
 
     # (split, image in dataset, label in dataset, relative path under the split) for every image.
     plan: list[tuple[str, Path, Path, Path]] = []
+    # Label files with no image: carried over so that 'validate' reports them.
+    orphans: list[tuple[str, Path, Path]] = []
     split_source: Literal["dataset", "hash"] = "dataset" if folders["val"] is not None else "hash"
     for split, folder in folders.items():
         if folder is None:
             continue
         labels = _labels_folder(folder, cfg.dataset)
+        expected = set()
         for image in iter_images(folder):
             rel = image.relative_to(folder)
             target = split if split_source == "dataset" else hash_split(rel.as_posix(), cfg.seed, cfg.val_fraction)
-            plan.append((target, image, label_path_for(image, folder, labels), rel))
+            label = label_path_for(image, folder, labels)
+            expected.add(label)
+            plan.append((target, image, label, rel))
+        for label in sorted(labels.rglob("*.txt")) if labels.is_dir() else []:
+            if label not in expected:
+                rel = label.relative_to(labels)
+                target = split if split_source == "dataset" else hash_split(rel.as_posix(), cfg.seed, cfg.val_fraction)
+                orphans.append((target, label, rel))
 
     if cfg.prepared.exists():
         shutil.rmtree(cfg.prepared)
@@ -221,6 +231,8 @@ def run(cfg: PrepareConfig) -> PrepareResult:
             link(label, (cfg.prepared / "labels" / split / rel).with_suffix(".txt"))
         current = counts.get(split, SplitSummary(images=0, labels=0))
         counts[split] = SplitSummary(images=current.images + 1, labels=current.labels + int(has_label))
+    for split, label, rel in orphans:
+        link(label, cfg.prepared / "labels" / split / rel)
     for split in counts:
         (cfg.prepared / "labels" / split).mkdir(parents=True, exist_ok=True)
 

@@ -87,10 +87,11 @@ def import_ultralytics(workspace: Path) -> ModuleType:
             log.debug("ultralytics already imported with YOLO_CONFIG_DIR=%s; keeping it", current)
     else:
         os.environ.update(offline_environment(workspace))
-    _place_fonts(Path(os.environ["YOLO_CONFIG_DIR"]))
 
     import ultralytics
-    from ultralytics.utils import SETTINGS
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    _place_fonts(Path(USER_CONFIG_DIR))
 
     wanted: dict[str, Any] = {k: v for k, v in _SETTINGS_OFF.items() if k in SETTINGS}
     wanted.update(

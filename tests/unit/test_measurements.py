@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from stages.benchmark import summarise, time_calls
+from stages.errors import ExportError
+from stages.export import compare_outputs
+from stages.inference import batches, letterbox
+
+
+def test_summarise_percentiles():
+    lat = summarise([float(v) for v in range(1, 101)])
+    assert lat.p50 == pytest.approx(50.5)
+    assert lat.p90 == pytest.approx(90.1)
+    assert lat.p99 == pytest.approx(99.01)
+    assert lat.min == 1 and lat.max == 100
+    assert lat.mean == pytest.approx(50.5)
+
+
+def test_time_calls_runs_warmup_untimed():
+    calls = []
+    samples = time_calls(calls.append, iterations=5, warmup=3)
+    assert calls == [0, 1, 2, 0, 1, 2, 3, 4]
+    assert len(samples) == 5 and all(s >= 0 for s in samples)
+
+
+def test_compare_outputs_splits_boxes_and_scores():
+    ref = np.zeros((2, 7, 10), dtype=np.float32)
+    ref[:, 4, 3] = 0.9
+    cand = ref.copy()
+    cand[0, 1, 0] += 0.5  # a box coordinate
+    cand[1, 5, 2] += 0.01  # a score
+    box, score, mean, agree = compare_outputs(ref, cand)
+    assert box == pytest.approx(0.5)
+    assert score == pytest.approx(0.01)
+    assert mean > 0
+    assert agree == 1.0
+
+
+def test_compare_outputs_rejects_shape_mismatch():
+    with pytest.raises(ExportError, match="shapes differ"):
+        compare_outputs(np.zeros((1, 7, 10)), np.zeros((1, 8, 10)))
+
+
+def test_letterbox_keeps_aspect_and_pads():
+    image = np.full((50, 100, 3), 255, dtype=np.uint8)
+    out = letterbox(image, 64)
+    assert out.shape == (3, 64, 64) and out.dtype == np.float32
+    assert out[:, 0, 0] == pytest.approx(114 / 255)  # padding row
+    assert out[:, 32, 32] == pytest.approx(1.0)  # image content
+
+
+def test_batches_cycle_through_few_images():
+    inputs = np.arange(3, dtype=np.float32).reshape(3, 1)
+    out = batches(inputs, 2)
+    assert [b.tolist() for b in out] == [[[0.0], [1.0]]]
+    out = batches(inputs, 4)
+    assert [b.ravel().tolist() for b in out] == [[0.0, 1.0, 2.0, 0.0]]

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.config import parse_params
+from stages.errors import DatasetError
+from stages.prepare import PrepareConfig, hash_split, run
+from stages.sample_data import SampleSpec, generate
+from tests.conftest import tree_digest
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    generate(SampleSpec(out=tmp_path / "data" / "dataset", train=6, val=3, size=64, seed=1))
+    return tmp_path
+
+
+def config(root: Path, **prepare) -> PrepareConfig:
+    return PrepareConfig.from_params(parse_params({"prepare": prepare} if prepare else {}), root)
+
+
+def test_prepare_links_images_and_writes_absolute_data_yaml(dataset: Path):
+    before = tree_digest(dataset / "data" / "dataset")
+    result = run(config(dataset))
+    prepared = dataset / "data" / "prepared"
+    data = yaml.safe_load((prepared / "data.yaml").read_text())
+    assert Path(data["path"]).is_absolute() and Path(data["path"]) == prepared.resolve()
+    assert "download" not in data
+    assert data["names"] == {0: "square", 1: "disc", 2: "triangle"}
+    assert result.splits["train"].images == 6 and result.splits["val"].images == 3
+    image = next((prepared / "images" / "train").iterdir())
+    assert image.is_symlink()
+    assert image.resolve().is_relative_to((dataset / "data" / "dataset").resolve())
+    assert tree_digest(dataset / "data" / "dataset") == before
+
+
+def test_prepare_copy_mode_makes_independent_files(dataset: Path):
+    run(config(dataset, link="copy"))
+    image = next((dataset / "data" / "prepared" / "images" / "val").iterdir())
+    assert not image.is_symlink() and image.is_file()
+
+
+def test_hash_split_is_stable_and_independent_of_other_files():
+    names = [f"img_{i}.jpg" for i in range(200)]
+    first = {n: hash_split(n, 0, 0.2) for n in names}
+    more = {n: hash_split(n, 0, 0.2) for n in [*names, *(f"new_{i}.jpg" for i in range(100))]}
+    assert all(more[n] == first[n] for n in names)
+    share = sum(v == "val" for v in first.values()) / len(first)
+    assert 0.1 < share < 0.3
+    assert {n: hash_split(n, 1, 0.2) for n in names} != first
+
+
+def test_dataset_without_val_split_is_split_by_hash(dataset: Path):
+    source = dataset / "data" / "dataset" / "data.yaml"
+    data = yaml.safe_load(source.read_text())
+    del data["val"]
+    source.write_text(yaml.safe_dump(data))
+    result = run(config(dataset, val_fraction=0.5))
+    assert result.split_source == "hash"
+    assert sum(s.images for s in result.splits.values()) == 6
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"download": "https://example.com/data.zip"}, "'download' is refused"),
+        ({"extra_key": 1}, "unknown key"),
+        ({"names": {0: "a", 2: "b"}}, "without gaps"),
+        ({"val": "../../outside"}, "outside the dataset"),
+    ],
+)
+def test_bad_source_data_yaml_is_refused(dataset: Path, edit, message):
+    source = dataset / "data" / "dataset" / "data.yaml"
+    data = yaml.safe_load(source.read_text())
+    data.update(edit)
+    source.write_text(yaml.safe_dump(data))
+    with pytest.raises(DatasetError, match=message) as err:
+        run(config(dataset))
+    assert "data.yaml" in str(err.value)
+
+
+def test_missing_dataset_says_what_to_do(tmp_path: Path):
+    with pytest.raises(DatasetError, match="sample-data"):
+        run(config(tmp_path))

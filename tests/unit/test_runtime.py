@@ -1,0 +1,42 @@
+"""Ultralytics is configured offline and project-local, in a fresh interpreter."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, venv_env
+
+PROBE = """
+import json, os, sys
+from pathlib import Path
+from stages.runtime import import_ultralytics, ultralytics_config_dir
+ws = Path(sys.argv[1])
+import_ultralytics(ws)
+from ultralytics.utils import ONLINE, SETTINGS, USER_CONFIG_DIR
+from ultralytics.utils.checks import check_font
+print(json.dumps({
+    "online": ONLINE,
+    "config_dir": str(USER_CONFIG_DIR),
+    "sync": SETTINGS["sync"],
+    "font": str(check_font("Arial.ttf")),
+    "autoinstall": os.environ["YOLO_AUTOINSTALL"],
+}))
+"""
+
+
+def test_ultralytics_runs_offline_with_project_local_settings(tmp_path: Path):
+    env = venv_env()
+    env.pop("YOLO_CONFIG_DIR", None)
+    env.pop("YOLO_OFFLINE", None)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    facts = json.loads(out.strip().splitlines()[-1])
+    config_dir = Path(facts["config_dir"])
+    assert facts["online"] is False
+    assert config_dir.is_relative_to(tmp_path / ".cache" / "ultralytics")
+    assert facts["sync"] is False
+    assert facts["font"] == str(config_dir / "Arial.ttf")  # found locally: no download attempted
+    assert facts["autoinstall"] == "false"
+    assert json.loads((config_dir / "settings.json").read_text())["sync"] is False

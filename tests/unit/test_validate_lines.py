@@ -1,0 +1,52 @@
+import pytest
+
+from stages.validate import CODES, check_label_lines
+
+
+def codes(lines, num_classes=3, size=(100, 100)):
+    boxes, problems = check_label_lines(lines, "x.txt", num_classes, size, min_box_pixels=2.0, duplicate_iou=0.95)
+    return boxes, [(p.code, p.line) for p in problems]
+
+
+def test_valid_lines_give_boxes_and_no_problem():
+    boxes, found = codes(["0 0.5 0.5 0.2 0.2", "", "2 0.1 0.1 0.1 0.1"])
+    assert found == []
+    assert [b[0] for b in boxes] == [0, 2]
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ("0 0.5 0.5 0.2", "label_field_count"),
+        ("0 0.5 0.5 0.2 0.2 0.9", "label_field_count"),
+        ("0 a 0.5 0.2 0.2", "label_not_number"),
+        ("0 nan 0.5 0.2 0.2", "label_not_finite"),
+        ("0 0.5 inf 0.2 0.2", "label_not_finite"),
+        ("1.5 0.5 0.5 0.2 0.2", "class_not_integer"),
+        ("3 0.5 0.5 0.2 0.2", "class_out_of_range"),
+        ("-1 0.5 0.5 0.2 0.2", "class_out_of_range"),
+        ("0 0.5 0.5 0 0.2", "box_non_positive"),
+        ("0 0.5 0.5 0.2 -0.1", "box_non_positive"),
+        ("0 1.2 0.5 0.2 0.2", "box_out_of_bounds"),
+        ("0 0.95 0.5 0.2 0.2", "box_out_of_bounds"),
+        ("0 0.5 0.5 0.01 0.01", "box_tiny"),
+    ],
+)
+def test_each_malformed_line_is_reported_with_its_line_number(line, code):
+    _boxes, found = codes(["0 0.5 0.5 0.2 0.2", line])
+    assert found == [(code, 2)]
+
+
+def test_duplicate_boxes_are_reported_once_per_duplicate():
+    boxes, found = codes(["1 0.5 0.5 0.2 0.2", "1 0.5 0.5 0.2 0.2", "2 0.5 0.5 0.2 0.2"])
+    assert found == [("box_duplicate", 2)]
+    assert len(boxes) == 2  # a different class at the same place is not a duplicate
+
+
+def test_every_problem_is_reported_not_only_the_first():
+    _boxes, found = codes(["x 0.5 0.5 0.1 0.1", "0 0.5", "9 0.5 0.5 0.1 0.1"])
+    assert [c for c, _ in found] == ["label_not_number", "label_field_count", "class_out_of_range"]
+
+
+def test_codes_have_a_severity():
+    assert set(CODES.values()) == {"error", "warning"}

@@ -1,0 +1,127 @@
+"""The validate stage on a dataset corrupted with one of each problem kind."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import prepare, validate
+from stages.config import parse_params
+from stages.errors import ValidationFailed
+from stages.sample_data import SampleSpec, generate
+from tests.conftest import tree_digest
+
+
+def corrupt(root: Path) -> dict[str, str]:
+    """Plant one problem of each kind; returns code -> the file (relative to root) it should name."""
+    ds = root / "data" / "dataset"
+    images, labels = ds / "images", ds / "labels"
+    expected = {}
+    (images / "train" / "train_00000.jpg").write_bytes(b"definitely not an image")
+    expected["image_unreadable"] = "data/dataset/images/train/train_00000.jpg"
+    data = (images / "train" / "train_00001.jpg").read_bytes()
+    (images / "train" / "train_00001.jpg").write_bytes(data[: len(data) // 2])
+    expected["image_truncated"] = "data/dataset/images/train/train_00001.jpg"
+    (labels / "train" / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    expected["label_without_image"] = "data/dataset/labels/train/orphan.txt"
+    (labels / "train" / "train_00002.txt").unlink()
+    expected["image_without_label"] = "data/dataset/images/train/train_00002.jpg"
+    bad = labels / "train" / "train_00003.txt"
+    bad.write_text(
+        "0 0.5 0.5 0.2\n"  # field count
+        "0 a 0.5 0.2 0.2\n"  # not a number
+        "0 nan 0.5 0.2 0.2\n"  # not finite
+        "0.5 0.5 0.5 0.2 0.2\n"  # class not integer
+        "7 0.5 0.5 0.2 0.2\n"  # class out of range
+        "0 1.3 0.5 0.2 0.2\n"  # out of bounds
+        "0 0.5 0.5 0 0.2\n"  # non-positive
+        "0 0.5 0.5 0.005 0.005\n"  # tiny
+        "1 0.3 0.3 0.2 0.2\n"
+        "1 0.3 0.3 0.2 0.2\n"  # duplicate box
+    )
+    for code in (
+        "label_field_count", "label_not_number", "label_not_finite", "class_not_integer",
+        "class_out_of_range", "box_out_of_bounds", "box_non_positive", "box_tiny", "box_duplicate",
+    ):
+        expected[code] = "data/dataset/labels/train/train_00003.txt"
+    shutil.copy(images / "train" / "train_00004.jpg", images / "train" / "copy_of_4.jpg")
+    shutil.copy(labels / "train" / "train_00004.txt", labels / "train" / "copy_of_4.txt")
+    expected["image_duplicate"] = "data/dataset/images/train/train_00004.jpg"  # one of the pair
+    shutil.copy(images / "train" / "train_00005.jpg", images / "val" / "leak.jpg")
+    shutil.copy(labels / "train" / "train_00005.txt", labels / "val" / "leak.txt")
+    expected["image_duplicate_across_splits"] = "data/dataset/images/val/leak.jpg"
+    meta = yaml.safe_load((ds / "data.yaml").read_text())
+    meta["names"] = {**meta["names"], 3: "star"}
+    (ds / "data.yaml").write_text(yaml.safe_dump(meta))
+    expected["class_absent_from_train"] = "data/prepared/data.yaml"
+    return expected
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_problem_kind_is_reported_and_the_input_is_untouched(tmp_path: Path, workers: int):
+    generate(SampleSpec(out=tmp_path / "data" / "dataset", train=8, val=3, size=64, seed=0))
+    expected = corrupt(tmp_path)
+    before = tree_digest(tmp_path / "data" / "dataset")
+    params = parse_params({"validate": {"workers": workers}})
+    prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
+    with pytest.raises(ValidationFailed) as err:
+        validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    assert err.value.errors > 0
+
+    report = json.loads((tmp_path / "reports" / "validate.json").read_text())
+    assert report["ok"] is False
+    found: dict[str, set[str]] = {}
+    for p in report["problems"]:
+        assert set(p) == {"file", "line", "code", "severity", "message"}
+        found.setdefault(p["code"], set()).add(p["file"])
+    for code, file in expected.items():
+        assert code in found, f"{code} not reported"
+        if code != "image_duplicate":
+            assert file in found[code], f"{code} reported for {found[code]}, expected {file}"
+        else:
+            assert found[code] & {file, "data/dataset/images/train/copy_of_4.jpg"}
+    lines = {p["code"]: p["line"] for p in report["problems"] if p["file"].endswith("train_00003.txt")}
+    assert lines["label_field_count"] == 1 and lines["box_duplicate"] == 10
+    summary = (tmp_path / "reports" / "validate.md").read_text()
+    assert "| image_truncated | error | 1 |" in summary
+    assert tree_digest(tmp_path / "data" / "dataset") == before
+
+
+def test_empty_split_is_an_error(tmp_path: Path):
+    generate(SampleSpec(out=tmp_path / "data" / "dataset", train=3, val=1, size=64, seed=0))
+    for f in (tmp_path / "data" / "dataset" / "images" / "val").iterdir():
+        f.unlink()
+    for f in (tmp_path / "data" / "dataset" / "labels" / "val").iterdir():
+        f.unlink()
+    params = parse_params({"validate": {"workers": 1}})
+    prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
+    with pytest.raises(ValidationFailed):
+        validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    codes = {p["code"] for p in json.loads((tmp_path / "reports" / "validate.json").read_text())["problems"]}
+    assert "split_empty" in codes
+
+
+def test_clean_dataset_passes_with_class_summary(tmp_path: Path):
+    generate(SampleSpec(out=tmp_path / "data" / "dataset", train=6, val=2, size=64, seed=0))
+    params = parse_params({"validate": {"workers": 1}})
+    prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
+    result = validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    assert result.ok and result.images == 8 and result.errors == 0
+    assert set(result.instances_per_class["train"]) == {"square", "disc", "triangle"}
+
+
+def test_real_coco128_is_validated(tmp_path: Path, coco128: Path):
+    """The real COCO subset: grayscale JPEGs decode, the two background images only warn."""
+    shutil.copytree(coco128, tmp_path / "data" / "dataset")
+    params = parse_params({})
+    prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
+    result = validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    assert result.images == 160
+    without_label = {p.file for p in result.problems if p.code == "image_without_label"}
+    assert without_label == {
+        "data/dataset/images/train/000000000250.jpg",
+        "data/dataset/images/train/000000000508.jpg",
+    }
+    assert result.errors == 0
