@@ -1,0 +1,244 @@
+"""End to end: the whole chain on tiny data on CPU, through `dvc repro` and through the Prefect flow.
+
+One workspace (a copy of the project with a tiny sample dataset and tiny params) is shared by the
+tests of this module, which run in order: a full `dvc repro`, then checks that each entry point reuses
+the other's results, that a param change re-runs only the stages that read it, and that an unknown key
+and a failing gate each stop the chain with a clear message. The input dataset must never change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stages import PIPELINE
+from tests.conftest import REPO, tree_digest, venv_env
+
+pytestmark = pytest.mark.e2e
+
+COPY = ["stages", "flows", "weights", "dvc.yaml", "params.yaml", ".dvcignore", "prefect.toml"]
+TINY = {
+    "train": {"epochs": 1, "imgsz": 64, "batch": 8},
+    "evaluate": {"min_map50": 0.0, "min_map50_95": 0.0, "batch": 8},
+    "export": {"parity_images": 4},
+    "benchmark": {"iterations": 5, "warmup": 1},
+}
+
+
+class Workspace:
+    """A project copy with helpers to edit params and run the entry points."""
+
+    def __init__(self, root: Path, prefect_home: Path) -> None:
+        self.root = root
+        self.env = venv_env()
+        self.env["PREFECT_HOME"] = str(prefect_home)
+        self.env.pop("PREFECT_API_URL", None)
+
+    def params(self) -> dict[str, Any]:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def set_params(self, data: dict[str, Any]) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def edit(self, section: str, **values: Any) -> dict[str, Any]:
+        """Change params; returns the params as they were, for restoring."""
+        before = self.params()
+        after = json.loads(json.dumps(before))
+        after.setdefault(section, {}).update(values)
+        self.set_params(after)
+        return before
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900
+        )
+
+    def repro(self) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+        proc = self.run("-m", "dvc", "repro")
+        return proc, set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
+
+    def json(self, rel: str) -> Any:
+        return json.loads((self.root / rel).read_text())
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    for section, values in extra.items():
+        base[section].update(values)
+    return base
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    root = tmp_path_factory.mktemp("workspace")
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, root / name)
+    (root / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    w = Workspace(root, tmp_path_factory.mktemp("prefect-home"))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    gen = w.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64")
+    assert gen.returncode == 0, gen.stderr
+    add = w.run("-m", "dvc", "add", "-q", "data/dataset")
+    assert add.returncode == 0, add.stderr
+    w.set_params(_merge(w.params(), TINY))
+    w.input_digest = tree_digest(root / "data" / "dataset")  # type: ignore[attr-defined]
+    return w
+
+
+def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
+    proc, ran = ws.repro()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ran == set(PIPELINE)
+
+    data = yaml.safe_load((ws.root / "data/prepared/data.yaml").read_text())
+    assert Path(data["path"]).is_absolute() and "download" not in data
+
+    validate = ws.json("reports/validate.json")
+    assert validate["ok"] is True and validate["images"] == 24 and validate["problems"] == []
+    assert (ws.root / "models/best.pt").stat().st_size > 100_000
+    train = ws.json("metrics/train.json")
+    assert train["epochs_run"] == 1 and train["device"] == "cpu"
+    curves = (ws.root / "plots/train_curves.csv").read_text().splitlines()
+    assert curves[0].startswith("epoch,") and len(curves) == 2
+
+    evaluate = ws.json("metrics/evaluate.json")
+    for key in ("map50", "map50_95", "precision", "recall", "per_class", "gate"):
+        assert key in evaluate
+    assert set(evaluate["per_class"]) == {"square", "disc", "triangle"}
+    assert evaluate["gate"]["passed"] is True and len(evaluate["gate"]["checks"]) == 2
+
+    export = ws.json("metrics/export.json")
+    assert (ws.root / "models/model.onnx").is_file()
+    assert export["parity"]["passed"] is True and export["parity"]["images"] == 4
+    assert export["parity"]["max_abs_diff_scores"] < 1e-3
+
+    engine = ws.json("metrics/engine.json")
+    assert engine["status"] == "skipped" and "CUDA" in engine["reason"]
+
+    rows = {r["backend"]: r for r in ws.json("metrics/benchmark.json")["rows"]}
+    assert {"onnxruntime-cpu", "pytorch-cpu"} <= set(rows)
+    assert rows["onnxruntime-cpu"]["provider"] == "CPUExecutionProvider"
+    for row in rows.values():
+        lat = row["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert row["iterations"] == 5 and row["warmup"] == 1 and row["batch"] == 1 and row["imgsz"] == 64
+        assert row["throughput_ips"] > 0 and row["precision"] == "fp32"
+
+    card = (ws.root / "reports/model_card.md").read_text()
+    lock = yaml.safe_load((ws.root / "dvc.lock").read_text())
+    data_md5 = next(d["md5"] for d in lock["stages"]["prepare"]["deps"] if d["path"] == "data/dataset")
+    assert data_md5 in card
+    for heading in ("## Evaluation", "### Gate", "## Export", "## Latency", "## Dataset validation", "## Params"):
+        assert heading in card
+    assert "| onnxruntime-cpu |" in card
+
+
+def test_second_repro_reruns_nothing(ws: Workspace):
+    proc, ran = ws.repro()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ran == {"environment"}, "only the sub-second environment fingerprint may run"
+
+
+def test_flow_after_repro_reruns_nothing(ws: Workspace):
+    proc = ws.run("-m", "flows.pipeline", "--workspace", str(ws.root))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ran: environment\n" in proc.stdout
+    assert "temporary server" in (proc.stdout + proc.stderr).lower()
+
+
+def test_benchmark_param_reruns_only_benchmark_and_report(ws: Workspace):
+    ws.edit("benchmark", iterations=6)
+    proc, ran = ws.repro()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ran == {"environment", "benchmark", "report"}
+    assert all(r["iterations"] == 6 for r in ws.json("metrics/benchmark.json")["rows"])
+
+
+def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monkeypatch: pytest.MonkeyPatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline
+
+    ws.edit("benchmark", warmup=2)
+    monkeypatch.setenv("PATH", ws.env["PATH"])
+    with prefect_test_harness():
+        runs = pipeline(workspace=str(ws.root))
+        artifacts = _artifacts()
+    assert {r.stage for r in runs if r.ran} == {"environment", "benchmark", "report"}
+    assert [r.stage for r in runs] == list(PIPELINE)
+    assert {"stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card"} <= set(artifacts)
+    assert {row["backend"] for row in artifacts["latency"]} >= {"onnxruntime-cpu", "pytorch-cpu"}
+    assert all(row["passed"] for row in artifacts["gate-verdict"])
+
+    proc, ran = ws.repro()
+    assert proc.returncode == 0 and ran == {"environment"}
+
+
+ARTIFACT_KEYS = ("stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card")
+
+
+def _artifacts() -> dict[str, Any]:
+    """The latest artifact of each key the flow publishes (tables decoded), read back from the server."""
+    from prefect.artifacts import Artifact
+
+    out = {}
+    for key in ARTIFACT_KEYS:
+        found = Artifact.get(key)
+        if found is not None:
+            data = found.data
+            out[key] = json.loads(data) if found.type == "table" and isinstance(data, str) else data
+    return out
+
+
+def test_unknown_params_key_stops_the_chain(ws: Workspace):
+    before = ws.edit("train", epocs=3)
+    try:
+        proc, ran = ws.repro()
+        assert proc.returncode != 0
+        output = proc.stdout + proc.stderr
+        assert "unknown key 'train.epocs'" in output and "params.yaml" in output
+        assert "train" not in ran
+    finally:
+        ws.set_params(before)
+
+
+def test_failing_gate_stops_before_export_in_both_entry_points(ws: Workspace, monkeypatch: pytest.MonkeyPatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline
+    from stages.errors import StageFailed
+
+    before = ws.edit("evaluate", min_map50=0.99)
+    try:
+        proc, ran = ws.repro()
+        assert proc.returncode != 0
+        output = proc.stdout + proc.stderr
+        assert "quality gate failed: map50" in output and "< 0.99" in output
+        assert "evaluate" in ran and "export" not in ran
+        assert ws.json("metrics/evaluate.json")["gate"]["passed"] is False
+
+        monkeypatch.setenv("PATH", ws.env["PATH"])
+        with prefect_test_harness():
+            with pytest.raises(StageFailed, match=r"quality gate failed: map50") as err:
+                pipeline(workspace=str(ws.root))
+            artifacts = _artifacts()
+        assert err.value.stage == "evaluate"
+        assert any(not row["passed"] for row in artifacts["gate-verdict"])
+    finally:
+        ws.set_params(before)
+
+
+def test_input_dataset_never_changed(ws: Workspace):
+    assert tree_digest(ws.root / "data" / "dataset") == ws.input_digest  # type: ignore[attr-defined]
