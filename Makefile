@@ -31,7 +31,7 @@ demo: sample-data
 flow: sample-data
 	$(BIN)/python -m flows.pipeline --workspace .
 
-test: install
+test: lint
 	$(BIN)/python -m pytest
 
 test-unit: install

@@ -63,8 +63,14 @@ def repro_stage(stage: str, workspace: Path, logger: logging.Logger | logging.Lo
     errors: list[str] = []
     ran = False
     with subprocess.Popen(
-        cmd, cwd=workspace, env=dvc_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", bufsize=1,
+        cmd,
+        cwd=workspace,
+        env=dvc_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
     ) as proc:
         assert proc.stdout is not None
         for raw in proc.stdout:

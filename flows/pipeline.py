@@ -55,8 +55,11 @@ def pipeline(workspace: str = ".") -> list[StageRun]:
     finally:
         artifacts.publish(root, params, runs)
     ran = [r.stage for r in runs if r.ran]
-    logger.info("stages run: %s; reused from the DVC cache: %s", ran or "none",
-                [r.stage for r in runs if not r.ran] or "none")
+    logger.info(
+        "stages run: %s; reused from the DVC cache: %s",
+        ran or "none",
+        [r.stage for r in runs if not r.ran] or "none",
+    )
     return runs
 
 

@@ -108,9 +108,13 @@ def summarise(samples_ms: list[float]) -> Latency:
     a = np.asarray(samples_ms, dtype=np.float64)
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
     return Latency(
-        p50=round(float(p50), 4), p90=round(float(p90), 4), p99=round(float(p99), 4),
-        mean=round(float(a.mean()), 4), std=round(float(a.std()), 4),
-        min=round(float(a.min()), 4), max=round(float(a.max()), 4),
+        p50=round(float(p50), 4),
+        p90=round(float(p90), 4),
+        p99=round(float(p99), 4),
+        mean=round(float(a.mean()), 4),
+        std=round(float(a.std()), 4),
+        min=round(float(a.min()), 4),
+        max=round(float(a.max()), 4),
     )
 
 
@@ -158,7 +162,8 @@ def _pytorch(cfg: BenchmarkConfig, inputs: list[np.ndarray], device: str) -> _Ba
         raise BackendUnavailable("PyTorch sees no CUDA GPU")
     if device == "cpu" and cfg.options.threads:
         torch.set_num_threads(cfg.options.threads)
-    model = torch_model(cfg.model, cfg.workspace, device)
+    # Conv+BatchNorm fused, as Ultralytics does for inference and as the ONNX export is.
+    model = torch_model(cfg.model, cfg.workspace, device).fuse(verbose=False)
     tensors = [torch.from_numpy(x).to(device) for x in inputs]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -296,7 +301,12 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
         rows.append(row)
         log.info(
             "%-17s %-28s p50 %8.2f ms  p90 %8.2f ms  p99 %8.2f ms  %8.1f img/s",
-            backend, ready.provider, latency.p50, latency.p90, latency.p99, row.throughput_ips,
+            backend,
+            ready.provider,
+            latency.p50,
+            latency.p90,
+            latency.p99,
+            row.throughput_ips,
         )
     result = BenchmarkResult(rows=rows, skipped=skipped)
     write_json(cfg.metrics, result)

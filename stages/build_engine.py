@@ -106,16 +106,17 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
 
     reason = missing_prerequisite()
     if reason is not None:
-        result = BuildEngineResult(status="skipped", reason=reason, precision=precision, imgsz=cfg.imgsz, batch=cfg.batch)
+        result = BuildEngineResult(
+            status="skipped", reason=reason, precision=precision, imgsz=cfg.imgsz, batch=cfg.batch
+        )
         write_json(cfg.metrics, result)
         # Say so where a user looks for the engine (this also keeps the DVC output from being empty).
         (cfg.engine_dir / "README.md").write_text(
-            f"No TensorRT engine was built: {reason}.\nSee {cfg.metrics.name} for the build record.\n", encoding="utf-8"
+            f"No TensorRT engine was built: {reason}.\nSee {cfg.metrics.name} for the build record.\n",
+            encoding="utf-8",
         )
         if cfg.options.required:
-            raise EngineUnavailable(
-                f"engine.required is true but {reason}", stage=STAGE, key="engine.required"
-            )
+            raise EngineUnavailable(f"engine.required is true but {reason}", stage=STAGE, key="engine.required")
         log.warning("TensorRT engine skipped: %s", reason)
         return result
 
@@ -153,7 +154,14 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
         size_mb=round(target.stat().st_size / 1e6, 3),
     )
     write_json(cfg.metrics, result)
-    log.info("built %s (%s, %.1f MB) in %.1fs on %s", target, precision, result.size_mb, result.build_seconds, result.gpu)
+    log.info(
+        "built %s (%s, %.1f MB) in %.1fs on %s",
+        target,
+        precision,
+        result.size_mb,
+        result.build_seconds,
+        result.gpu,
+    )
     return result
 
 

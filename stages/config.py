@@ -162,11 +162,9 @@ class BenchmarkParams(_Section):
     warmup: int = Field(10, ge=0)
     batch: int = Field(1, ge=1)
     threads: int = Field(0, ge=0, description="CPU threads for CPU backends; 0 means the library default")
-    backends: list[Literal["onnxruntime-cpu", "pytorch-cpu", "onnxruntime-cuda", "pytorch-cuda", "tensorrt"]] = (
-        Field(
-            default_factory=lambda: ["onnxruntime-cpu", "pytorch-cpu"],
-            description="backends to measure; GPU ones fail the stage when unavailable",
-        )
+    backends: list[Literal["onnxruntime-cpu", "pytorch-cpu", "onnxruntime-cuda", "pytorch-cuda", "tensorrt"]] = Field(
+        default_factory=lambda: ["onnxruntime-cpu", "pytorch-cpu"],
+        description="backends to measure; GPU ones fail the stage when unavailable",
     )
     auto_gpu: bool = Field(True, description="also measure every GPU backend that is available here")
 

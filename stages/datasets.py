@@ -47,7 +47,9 @@ def normalise_names(names: Any, *, source: Path) -> list[str]:
         except (TypeError, ValueError):
             raise DatasetError("class ids under 'names' must be integers", path=source, key="names") from None
         if ids != list(range(len(ids))):
-            raise DatasetError(f"class ids must run 0..{len(ids) - 1} without gaps, got {ids}", path=source, key="names")
+            raise DatasetError(
+                f"class ids must run 0..{len(ids) - 1} without gaps, got {ids}", path=source, key="names"
+            )
         result = [names[k] if k in names else names[str(k)] for k in ids]
     else:
         raise DatasetError("'names' must be a list or a mapping of id to name", path=source, key="names")

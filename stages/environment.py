@@ -26,7 +26,16 @@ from stages.config import Params
 log = logging.getLogger(__name__)
 
 STAGE = "environment"
-PACKAGES = ("torch", "torchvision", "ultralytics", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "ultralytics",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorrt",
+    "numpy",
+)
 
 
 class EnvironmentConfig(BaseModel):
@@ -81,7 +90,10 @@ def list_gpus() -> list[Gpu]:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (subprocess.SubprocessError, OSError) as exc:
         # A broken driver is worth a warning, not a failure: the fingerprint then says "no GPU".

@@ -21,7 +21,12 @@ class PipelineError(Exception):
     """
 
     def __init__(
-        self, message: str, *, stage: str | None = None, path: Path | str | None = None, key: str | None = None
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        path: Path | str | None = None,
+        key: str | None = None,
     ) -> None:
         self.message = message
         self.stage = stage

@@ -167,7 +167,12 @@ def run(cfg: ExportConfig) -> ExportResult:
     write_json(cfg.metrics, result)
     log.info(
         "exported %s (%.2f MB); parity on %d images: max |Δbox| %.2e px, max |Δscore| %.2e, top-1 agreement %.0f%%",
-        cfg.onnx, result.size_mb, len(reference), box_diff, score_diff, 100 * agreement,
+        cfg.onnx,
+        result.size_mb,
+        len(reference),
+        box_diff,
+        score_diff,
+        100 * agreement,
     )
     if not passed:
         raise ExportError(

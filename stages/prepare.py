@@ -110,7 +110,10 @@ def _read_source_yaml(path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - _ALLOWED_SOURCE_KEYS)
     if unknown:
         raise DatasetError(
-            f"unknown key(s) {unknown}; allowed: {sorted(_ALLOWED_SOURCE_KEYS)}", stage=STAGE, path=path, key=unknown[0]
+            f"unknown key(s) {unknown}; allowed: {sorted(_ALLOWED_SOURCE_KEYS)}",
+            stage=STAGE,
+            path=path,
+            key=unknown[0],
         )
     if "names" not in data:
         raise DatasetError("'names' is missing", stage=STAGE, path=path, key="names")
@@ -186,7 +189,9 @@ def run(cfg: PrepareConfig) -> PrepareResult:
     """
     if not cfg.dataset.is_dir():
         raise DatasetError(
-            "dataset folder not found: run 'make sample-data' or put your dataset there", stage=STAGE, path=cfg.dataset
+            "dataset folder not found: run 'make sample-data' or put your dataset there",
+            stage=STAGE,
+            path=cfg.dataset,
         )
     source_yaml = cfg.dataset / "data.yaml"
     data = _read_source_yaml(source_yaml)

@@ -103,7 +103,10 @@ def git_commit(workspace: Path) -> str:
             return "unknown (no commit)"
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=workspace, capture_output=True, text=True, timeout=30,
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            timeout=30,
         ).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError) as exc:
@@ -119,11 +122,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def latency_table(benchmark: dict[str, Any]) -> list[str]:
-    """Markdown rows of the latency table (also used for the Prefect artifact)."""
-    lines = [
-        "| backend | provider | device | precision | batch | imgsz | p50 ms | p90 ms | p99 ms | mean ms | std ms | img/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """Markdown rows of the latency table."""
+    columns = ["backend", "provider", "device", "precision", "batch", "imgsz"]
+    columns += ["p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in benchmark.get("rows", []):
         lat = r["latency_ms"]
         lines.append(
@@ -201,15 +203,28 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
         "",
     ]
     if benchmark.get("skipped"):
-        out += ["Not measured here: " + ", ".join(f"{k} ({v})" for k, v in benchmark["skipped"].items()) + ".", ""]
+        out += [
+            "Not measured here: " + ", ".join(f"{k} ({v})" for k, v in benchmark["skipped"].items()) + ".",
+            "",
+        ]
     gpus = ", ".join(f"{g['name']} (driver {g['driver']})" for g in env["gpus"]) or "none"
     pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     out += [
-        f"Machine: {env['cpu']} ({env['cpu_count']} cores), GPUs: {gpus}; {env['system']}, Python {env['python']}; {pkgs}.",
+        f"Machine: {env['cpu']} ({env['cpu_count']} cores), GPUs: {gpus}; {env['system']}, "
+        f"Python {env['python']}; {pkgs}.",
         "",
     ]
     summary = cfg.validate_summary.read_text(encoding="utf-8") if cfg.validate_summary.is_file() else ""
-    out += [summary.rstrip(), "", "## Params", "", "```yaml", yaml.safe_dump(cfg.params, sort_keys=False).rstrip(), "```", ""]
+    out += [
+        summary.rstrip(),
+        "",
+        "## Params",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg.params, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
     if not validate.get("ok", False):
         out.insert(2, "> **Warning:** the dataset validation report has errors.\n")
     return "\n".join(out), version, bool(gate["passed"])

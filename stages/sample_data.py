@@ -61,13 +61,18 @@ def _shape_polygon(cls: int, cx: float, cy: float, half: float, angle: float) ->
         return [(cx + half * x, cy + half * y) for x, y in corners]
     if cls == 2:
         return [
-            (cx + half * math.cos(angle + k * 2 * math.pi / 3), cy + half * math.sin(angle + k * 2 * math.pi / 3))
+            (
+                cx + half * math.cos(angle + k * 2 * math.pi / 3),
+                cy + half * math.sin(angle + k * 2 * math.pi / 3),
+            )
             for k in range(3)
         ]
     raise ValueError(cls)
 
 
-def _draw_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
+def _draw_image(
+    rng: np.random.Generator, size: int
+) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     boxes: list[tuple[int, float, float, float, float]] = []

@@ -110,7 +110,9 @@ def resolve_model(model: str, workspace: Path, ultralytics_root: Path) -> str:
         bundled = ultralytics_root / "cfg" / "models"
         if any(bundled.rglob(model)) or any(bundled.rglob(family)):
             return model
-        raise ConfigError(f"no local file and no model YAML bundled with Ultralytics named {model!r}", key="train.model")
+        raise ConfigError(
+            f"no local file and no model YAML bundled with Ultralytics named {model!r}", key="train.model"
+        )
     raise ConfigError(
         f"{model!r} is not a local file; weights are never downloaded. Put the .pt file under the "
         "workspace (e.g. weights/) and give its path, or name a model YAML such as yolo11n.yaml",

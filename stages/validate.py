@@ -165,7 +165,12 @@ def check_label_lines(
         fields = text.split()
         if len(fields) != 5:
             problems.append(
-                _problem("label_field_count", file, f"expected 5 fields (class cx cy w h), got {len(fields)}", number)
+                _problem(
+                    "label_field_count",
+                    file,
+                    f"expected 5 fields (class cx cy w h), got {len(fields)}",
+                    number,
+                )
             )
             continue
         try:
@@ -189,8 +194,11 @@ def check_label_lines(
         if w <= 0 or h <= 0:
             problems.append(_problem("box_non_positive", file, f"box width/height must be > 0, got {w}, {h}", number))
             continue
-        if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)) or cx - w / 2 < -1e-6 or cx + w / 2 > 1 + 1e-6 or (
-            cy - h / 2 < -1e-6 or cy + h / 2 > 1 + 1e-6
+        if (
+            not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h))
+            or cx - w / 2 < -1e-6
+            or cx + w / 2 > 1 + 1e-6
+            or (cy - h / 2 < -1e-6 or cy + h / 2 > 1 + 1e-6)
         ):
             problems.append(
                 _problem(
@@ -214,7 +222,12 @@ def check_label_lines(
         for other in boxes:
             if other[0] == cls and _iou(box[1:], other[1:]) >= duplicate_iou:
                 problems.append(
-                    _problem("box_duplicate", file, f"duplicates an earlier box of class {cls} (IoU ≥ {duplicate_iou})", number)
+                    _problem(
+                        "box_duplicate",
+                        file,
+                        f"duplicates an earlier box of class {cls} (IoU ≥ {duplicate_iou})",
+                        number,
+                    )
                 )
                 break
         else:
@@ -272,9 +285,7 @@ def _check_image(args: tuple[str, Path, Path | None, Path, int, float, float]) -
             problems.append(_problem("label_not_number", label_shown, f"cannot read label file as text: {exc}"))
             lines = []
         size = (width, height) if width and height else None
-        boxes, label_problems = check_label_lines(
-            lines, label_shown, num_classes, size, min_box_pixels, duplicate_iou
-        )
+        boxes, label_problems = check_label_lines(lines, label_shown, num_classes, size, min_box_pixels, duplicate_iou)
         problems.extend(label_problems)
     else:
         problems.append(
@@ -390,7 +401,11 @@ def run(cfg: ValidateConfig) -> ValidateResult:
         for split in ("train", "val"):
             if split_counts[split] == 0:
                 problems.append(
-                    _problem("split_empty", _display(cfg.data_yaml, cfg.workspace), f"split '{split}' has no images")
+                    _problem(
+                        "split_empty",
+                        _display(cfg.data_yaml, cfg.workspace),
+                        f"split '{split}' has no images",
+                    )
                 )
         for name in names:
             if split_counts["train"] and instances["train"][name] == 0:
@@ -475,8 +490,8 @@ def render_summary(result: ValidateResult, examples: int) -> str:
     if result.box_size_px:
         b = result.box_size_px
         lines.append(
-            f"Box sizes (px): width {b['min_width']}–{b['max_width']} (median {b['median_width']}), "
-            f"height {b['min_height']}–{b['max_height']} (median {b['median_height']})."
+            f"Box sizes (px): width {b['min_width']} to {b['max_width']} (median {b['median_width']}), "
+            f"height {b['min_height']} to {b['max_height']} (median {b['median_height']})."
         )
         lines.append("")
     return "\n".join(lines)

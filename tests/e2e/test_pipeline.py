@@ -140,7 +140,14 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
     lock = yaml.safe_load((ws.root / "dvc.lock").read_text())
     data_md5 = next(d["md5"] for d in lock["stages"]["prepare"]["deps"] if d["path"] == "data/dataset")
     assert data_md5 in card
-    for heading in ("## Evaluation", "### Gate", "## Export", "## Latency", "## Dataset validation", "## Params"):
+    for heading in (
+        "## Evaluation",
+        "### Gate",
+        "## Export",
+        "## Latency",
+        "## Dataset validation",
+        "## Params",
+    ):
         assert heading in card
     assert "| onnxruntime-cpu |" in card
 

@@ -45,7 +45,7 @@ def test_bad_value_names_key():
 
 
 def test_output_inside_dataset_is_refused():
-    with pytest.raises(ConfigError, match="inside paths.dataset"):
+    with pytest.raises(ConfigError, match=r"inside paths\.dataset"):
         parse_params({"paths": {"prepared": "data/dataset/prepared"}})
 
 

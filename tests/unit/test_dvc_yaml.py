@@ -31,7 +31,9 @@ def test_params_keys_exist():
 
 
 def test_benchmark_params_only_reach_benchmark_and_report():
-    readers = {name for name, stage in DVC.items() if any(k.split(".")[0] == "benchmark" for k in stage.get("params", []))}
+    readers = {
+        name for name, stage in DVC.items() if any(k.split(".")[0] == "benchmark" for k in stage.get("params", []))
+    }
     assert readers == {"benchmark", "report"}
 
 

@@ -30,7 +30,12 @@ def test_ultralytics_runs_offline_with_project_local_settings(tmp_path: Path):
     env.pop("YOLO_CONFIG_DIR", None)
     env.pop("YOLO_OFFLINE", None)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     facts = json.loads(out.strip().splitlines()[-1])
     config_dir = Path(facts["config_dir"])

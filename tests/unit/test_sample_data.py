@@ -21,7 +21,7 @@ def test_every_image_has_boxes_inside_it(tmp_path: Path):
         assert rows, f"{label} has no box"
         for c, x, y, w, h in rows:
             assert c in (0, 1, 2)
-            assert 0 <= x - w / 2 and x + w / 2 <= 1 and 0 <= y - h / 2 and y + h / 2 <= 1
+            assert x - w / 2 >= 0 and x + w / 2 <= 1 and y - h / 2 >= 0 and y + h / 2 <= 1
 
 
 def test_refuses_to_overwrite(tmp_path: Path):

@@ -51,7 +51,9 @@ def test_results_csv_columns_are_renamed(tmp_path: Path):
     csv = tmp_path / "results.csv"
     csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B),metrics/mAP50-95(B),lr/pg0\n1,2.5,3.0,0.1,0.05,0.001\n")
     rows = read_results_csv(csv)
-    assert rows == [{"epoch": 1.0, "time_s": 2.5, "train_box_loss": 3.0, "map50": 0.1, "map50_95": 0.05, "lr_pg0": 0.001}]
+    assert rows == [
+        {"epoch": 1.0, "time_s": 2.5, "train_box_loss": 3.0, "map50": 0.1, "map50_95": 0.05, "lr_pg0": 0.001}
+    ]
 
 
 @pytest.mark.skipif(cuda_available(), reason="checks the no-GPU path; this machine has a GPU")
@@ -66,7 +68,7 @@ def test_engine_is_skipped_without_gpu_and_required_fails(tmp_path: Path):
     assert not (tmp_path / "models" / "engine" / "model.engine").exists()
 
     required = build_engine.BuildEngineConfig.from_params(parse_params({"engine": {"required": True}}), tmp_path)
-    with pytest.raises(EngineUnavailable, match="engine.required") as err:
+    with pytest.raises(EngineUnavailable, match=r"engine\.required") as err:
         build_engine.run(required)
     assert err.value.key == "engine.required"
 

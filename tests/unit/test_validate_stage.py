@@ -42,8 +42,15 @@ def corrupt(root: Path) -> dict[str, str]:
         "1 0.3 0.3 0.2 0.2\n"  # duplicate box
     )
     for code in (
-        "label_field_count", "label_not_number", "label_not_finite", "class_not_integer",
-        "class_out_of_range", "box_out_of_bounds", "box_non_positive", "box_tiny", "box_duplicate",
+        "label_field_count",
+        "label_not_number",
+        "label_not_finite",
+        "class_not_integer",
+        "class_out_of_range",
+        "box_out_of_bounds",
+        "box_non_positive",
+        "box_tiny",
+        "box_duplicate",
     ):
         expected[code] = "data/dataset/labels/train/train_00003.txt"
     shutil.copy(images / "train" / "train_00004.jpg", images / "train" / "copy_of_4.jpg")
