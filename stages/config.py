@@ -74,10 +74,19 @@ class PathsParams(_Section):
 class PrepareParams(_Section):
     """How the input dataset is turned into the YOLO layout that training reads."""
 
-    format: Literal["yolo"] = "yolo"
+    format: Literal["auto", "yolo", "voc", "coco"] = "auto"
+    classes: list[str] = Field(default_factory=list, description="VOC class names in id order; empty: sorted")
+    include_difficult: bool = Field(False, description="keep VOC objects marked difficult")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
     link: Literal["symlink", "hardlink", "copy"] = "symlink"
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("class names must be unique")
+        return value
 
 
 class ValidateParams(_Section):
@@ -85,6 +94,9 @@ class ValidateParams(_Section):
 
     workers: int = Field(0, ge=0, description="processes for image checks; 0 means one per core")
     min_box_pixels: float = Field(2.0, ge=0.0, description="boxes narrower or shorter than this warn")
+    max_outside_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="boxes with more of their area outside the image are errors, less warn"
+    )
     duplicate_iou: float = Field(0.95, gt=0.0, le=1.0, description="IoU above which two boxes are duplicates")
     examples_per_code: int = Field(5, ge=1, description="files listed per problem code in the summary")
 

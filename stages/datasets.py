@@ -14,6 +14,9 @@ from stages.errors import DatasetError
 # The image suffixes Ultralytics trains on (lower case).
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"})
 SPLITS = ("train", "val", "test")
+# Files ``prepare`` writes beside the prepared data.yaml for ``validate``.
+LABEL_SOURCES = "label_sources.json"  # converted label file -> source annotation file, lines, refs
+SOURCE_PROBLEMS = "source_problems.json"  # problems met while reading VOC/COCO annotations
 
 
 def iter_images(folder: Path) -> Iterator[Path]:

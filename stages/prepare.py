@@ -1,13 +1,16 @@
 """Stage ``prepare``: turn the DVC-tracked input dataset into the YOLO layout training reads.
 
-The input under ``paths.dataset`` is never modified. The output under ``paths.prepared`` holds links to
-the input images (symlinks by default, so a large dataset does not double on disk), label files, a
-generated ``data.yaml`` with absolute paths and no ``download`` key, and ``class_map.json`` with the
-stable mapping from source class to YOLO id.
+The input under ``paths.dataset`` (YOLO, Pascal VOC or COCO; ``prepare.format``) is never modified.
+The output under ``paths.prepared`` holds links to the input images (symlinks by default, so a large
+dataset does not double on disk), YOLO label files (links for YOLO input, converted for VOC/COCO), a
+generated ``data.yaml`` with absolute paths and no ``download`` key, and:
 
-Splits: the dataset's own train/val(/test) split is kept when its ``data.yaml`` names one; otherwise
-images are assigned to ``val`` by a hash of the seed and the file's path, so adding images never moves
-existing ones between splits.
+- ``class_map.json``: the stable mapping from source class to YOLO id;
+- ``label_sources.json``: for converted labels, the source file, line and annotation of every line;
+- ``source_problems.json``: problems met while reading annotations, which ``validate`` reports.
+
+Splits: the dataset's own train/val(/test) split is kept when it has one; otherwise images are
+assigned by a hash of the seed and the file's path, so adding images never moves existing ones.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.common import stage_main, write_json, write_text
 from stages.config import Params
-from stages.datasets import SPLITS, iter_images, label_path_for, normalise_names
+from stages.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, SPLITS
 from stages.errors import DatasetError
+from stages.formats import read_source
+from stages.formats.base import Entry
 
 log = logging.getLogger(__name__)
 
 STAGE = "prepare"
-# Keys a source data.yaml may hold. 'download' is refused on purpose: Ultralytics would execute it.
-_ALLOWED_SOURCE_KEYS = frozenset({"path", "train", "val", "test", "names", "nc"})
 
 
 class PrepareConfig(BaseModel):
@@ -42,7 +45,10 @@ class PrepareConfig(BaseModel):
 
     dataset: Path
     prepared: Path
-    format: Literal["yolo"] = "yolo"
+    workspace: Path
+    format: Literal["auto", "yolo", "voc", "coco"] = "auto"
+    classes: list[str] = []
+    include_difficult: bool = False
     val_fraction: float = 0.2
     seed: int = 0
     link: Literal["symlink", "hardlink", "copy"] = "symlink"
@@ -54,7 +60,10 @@ class PrepareConfig(BaseModel):
         return cls(
             dataset=params.paths.resolve("dataset", root),
             prepared=params.paths.resolve("prepared", root),
+            workspace=root,
             format=p.format,
+            classes=p.classes,
+            include_difficult=p.include_difficult,
             val_fraction=p.val_fraction,
             seed=p.seed,
             link=p.link,
@@ -72,10 +81,12 @@ class PrepareResult(BaseModel):
     """What ``prepare`` produced."""
 
     data_yaml: Path
+    format: str
     names: list[str]
     splits: dict[str, SplitSummary]
-    split_source: Literal["dataset", "hash"]
+    split_source: Literal["dataset", "hash", "mixed"]
     link: str
+    source_problems: int
 
 
 def hash_split(relative: str, seed: int, val_fraction: float) -> str:
@@ -87,66 +98,6 @@ def hash_split(relative: str, seed: int, val_fraction: float) -> str:
     digest = hashlib.sha256(f"{seed}:{relative}".encode()).digest()
     fraction = int.from_bytes(digest[:8], "big") / 2**64
     return "val" if fraction < val_fraction else "train"
-
-
-def _read_source_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(
-            "a YOLO dataset needs a data.yaml with the class names ('names')", stage=STAGE, path=path
-        ) from None
-    except yaml.YAMLError as exc:
-        raise DatasetError(f"not valid YAML: {exc}", stage=STAGE, path=path) from None
-    if not isinstance(data, dict):
-        raise DatasetError("data.yaml must be a mapping", stage=STAGE, path=path)
-    if "download" in data:
-        raise DatasetError(
-            "'download' is refused: it would run code or fetch data; put the data under the dataset folder",
-            stage=STAGE,
-            path=path,
-            key="download",
-        )
-    unknown = sorted(set(data) - _ALLOWED_SOURCE_KEYS)
-    if unknown:
-        raise DatasetError(
-            f"unknown key(s) {unknown}; allowed: {sorted(_ALLOWED_SOURCE_KEYS)}",
-            stage=STAGE,
-            path=path,
-            key=unknown[0],
-        )
-    if "names" not in data:
-        raise DatasetError("'names' is missing", stage=STAGE, path=path, key="names")
-    return data
-
-
-def _split_folder(dataset: Path, data: dict[str, Any], split: str, source: Path) -> Path | None:
-    value = data.get(split)
-    if not value:
-        return None
-    if not isinstance(value, str):
-        raise DatasetError(f"'{split}' must be one folder relative to the dataset", stage=STAGE, path=source, key=split)
-    base = dataset / data["path"] if data.get("path") else dataset
-    folder = (base / value).resolve()
-    if dataset.resolve() not in (folder, *folder.parents):
-        raise DatasetError(f"'{split}: {value}' points outside the dataset folder", stage=STAGE, path=source, key=split)
-    if not folder.is_dir():
-        raise DatasetError(f"'{split}' folder {folder} does not exist", stage=STAGE, path=source, key=split)
-    if "images" not in folder.relative_to(dataset.resolve()).parts:
-        raise DatasetError(
-            f"'{split}: {value}' must lie under an 'images' folder (labels are found by replacing it with 'labels')",
-            stage=STAGE,
-            path=source,
-            key=split,
-        )
-    return folder
-
-
-def _labels_folder(images_folder: Path, dataset: Path) -> Path:
-    rel = images_folder.relative_to(dataset.resolve())
-    parts = list(rel.parts)
-    parts[parts.index("images")] = "labels"
-    return dataset.resolve().joinpath(*parts)
 
 
 class _Linker:
@@ -175,6 +126,17 @@ class _Linker:
         shutil.copy2(source, target)
 
 
+def _relative(path: Path, workspace: Path) -> str:
+    real = path.resolve()
+    return real.relative_to(workspace.resolve()).as_posix() if real.is_relative_to(workspace.resolve()) else str(real)
+
+
+def _label_text(entry: Entry) -> str:
+    assert entry.boxes is not None
+    lines = [f"{b.box[0]} {b.box[1]:.6f} {b.box[2]:.6f} {b.box[3]:.6f} {b.box[4]:.6f}" for b in entry.boxes]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def run(cfg: PrepareConfig) -> PrepareResult:
     """Build ``cfg.prepared`` from ``cfg.dataset``.
 
@@ -189,55 +151,55 @@ def run(cfg: PrepareConfig) -> PrepareResult:
     """
     if not cfg.dataset.is_dir():
         raise DatasetError(
-            "dataset folder not found: run 'make sample-data' or put your dataset there",
-            stage=STAGE,
-            path=cfg.dataset,
+            "dataset folder not found: run 'make sample-data' or put your dataset there", stage=STAGE, path=cfg.dataset
         )
-    source_yaml = cfg.dataset / "data.yaml"
-    data = _read_source_yaml(source_yaml)
-    names = normalise_names(data["names"], source=source_yaml)
-    if "nc" in data and data["nc"] != len(names):
-        raise DatasetError(f"'nc: {data['nc']}' but {len(names)} names", stage=STAGE, path=source_yaml, key="nc")
-
-    folders = {s: _split_folder(cfg.dataset, data, s, source_yaml) for s in SPLITS}
-    if folders["train"] is None:
-        raise DatasetError("'train' is missing", stage=STAGE, path=source_yaml, key="train")
-
-    # (split, image in dataset, label in dataset, relative path under the split) for every image.
-    plan: list[tuple[str, Path, Path, Path]] = []
-    # Label files with no image: carried over so that 'validate' reports them.
-    orphans: list[tuple[str, Path, Path]] = []
-    split_source: Literal["dataset", "hash"] = "dataset" if folders["val"] is not None else "hash"
-    for split, folder in folders.items():
-        if folder is None:
-            continue
-        labels = _labels_folder(folder, cfg.dataset)
-        expected = set()
-        for image in iter_images(folder):
-            rel = image.relative_to(folder)
-            target = split if split_source == "dataset" else hash_split(rel.as_posix(), cfg.seed, cfg.val_fraction)
-            label = label_path_for(image, folder, labels)
-            expected.add(label)
-            plan.append((target, image, label, rel))
-        for label in sorted(labels.rglob("*.txt")) if labels.is_dir() else []:
-            if label not in expected:
-                rel = label.relative_to(labels)
-                target = split if split_source == "dataset" else hash_split(rel.as_posix(), cfg.seed, cfg.val_fraction)
-                orphans.append((target, label, rel))
-
+    source = read_source(cfg.dataset, cfg.format, cfg.classes, cfg.include_difficult)
     if cfg.prepared.exists():
         shutil.rmtree(cfg.prepared)
+    cfg.prepared.mkdir(parents=True)
+
+    def split_of(split: str | None, rel: Path) -> str:
+        return split if split is not None else hash_split(rel.as_posix(), cfg.seed, cfg.val_fraction)
+
     link = _Linker(cfg.link)
     counts: dict[str, SplitSummary] = {}
-    for split, image, label, rel in plan:
-        link(image, cfg.prepared / "images" / split / rel)
-        has_label = label.is_file()
-        if has_label:
-            link(label, (cfg.prepared / "labels" / split / rel).with_suffix(".txt"))
+    label_sources: dict[str, Any] = {}
+    problems = [
+        {"file": _relative(p.file, cfg.workspace), "line": p.line, "code": p.code, "message": p.message}
+        for p in source.problems
+    ]
+    placed: set[Path] = set()
+    for entry in source.entries:
+        split = split_of(entry.split, entry.rel)
+        image_target = cfg.prepared / "images" / split / entry.rel
+        if image_target in placed:
+            problems.append(
+                {
+                    "file": _relative(entry.image, cfg.workspace),
+                    "line": None,
+                    "code": "image_name_clash",
+                    "message": f"another image already maps to {split}/{entry.rel}; rename one of them",
+                }
+            )
+            continue
+        placed.add(image_target)
+        link(entry.image, image_target)
+        label_target = (cfg.prepared / "labels" / split / entry.rel).with_suffix(".txt")
+        has_label = entry.label is not None or entry.boxes is not None
+        if entry.label is not None:
+            link(entry.label, label_target)
+        elif entry.boxes is not None:
+            write_text(label_target, _label_text(entry))
+            assert entry.annotation is not None
+            label_sources[label_target.relative_to(cfg.prepared).as_posix()] = {
+                "file": _relative(entry.annotation, cfg.workspace),
+                "lines": [b.line for b in entry.boxes],
+                "refs": [b.ref for b in entry.boxes],
+            }
         current = counts.get(split, SplitSummary(images=0, labels=0))
         counts[split] = SplitSummary(images=current.images + 1, labels=current.labels + int(has_label))
-    for split, label, rel in orphans:
-        link(label, cfg.prepared / "labels" / split / rel)
+    for split, label, rel in source.orphan_labels:
+        link(label, cfg.prepared / "labels" / split_of(split, rel) / rel)
     for split in counts:
         (cfg.prepared / "labels" / split).mkdir(parents=True, exist_ok=True)
 
@@ -246,24 +208,42 @@ def run(cfg: PrepareConfig) -> PrepareResult:
     for split in SPLITS:
         if split in counts:
             out[split] = f"images/{split}"
-    out["names"] = dict(enumerate(names))
+    out["names"] = dict(enumerate(source.names))
     write_text(prepared_yaml, yaml.safe_dump(out, sort_keys=False))
     write_json(
         cfg.prepared / "class_map.json",
         {
-            "source_format": cfg.format,
-            "classes": [{"id": i, "name": n, "source": n} for i, n in enumerate(names)],
+            "source_format": source.format,
+            "classes": [
+                {"id": i, "name": n, "source": source.source_ids[i] if i < len(source.source_ids) else n}
+                for i, n in enumerate(source.names)
+            ],
         },
     )
+    write_json(cfg.prepared / LABEL_SOURCES, label_sources)
+    write_json(cfg.prepared / SOURCE_PROBLEMS, problems)
+
+    given = {e.split is not None for e in source.entries}
+    split_source: Literal["dataset", "hash", "mixed"] = (
+        "mixed" if len(given) > 1 else ("dataset" if given == {True} else "hash")
+    )
     result = PrepareResult(
-        data_yaml=prepared_yaml, names=names, splits=counts, split_source=split_source, link=link.used
+        data_yaml=prepared_yaml,
+        format=source.format,
+        names=source.names,
+        splits=counts,
+        split_source=split_source,
+        link=link.used,
+        source_problems=len(problems),
     )
     log.info(
-        "prepared %s (%s split, %s): %s",
+        "prepared %s from %s (%s split, %s): %s; %d annotation problem(s) for validate",
         cfg.prepared,
+        source.format,
         split_source,
         link.used,
         ", ".join(f"{s} {c.images} images/{c.labels} labels" for s, c in counts.items()),
+        len(problems),
     )
     return result
 

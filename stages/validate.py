@@ -1,44 +1,58 @@
 """Stage ``validate``: check the prepared dataset and report every problem, never touching the input.
 
-Each image is read once, hashed and fully decoded once (in worker processes, streamed, so memory stays
-flat in the number of images); its label file is parsed line by line. Cross-file checks (pairs,
-duplicate images within and across splits, empty splits, classes missing from train) run on the small
-per-image records. Every problem carries the file (the source file in the input dataset), the line
-where there is one, a stable code, a severity, and a message. Any ``error`` stops the chain.
+Each image is read once, hashed, and decoded once (JPEGs at reduced scale through libjpeg's DCT
+scaling, which still walks the whole compressed stream, so truncation and corruption are caught at a
+fraction of the cost of a full decode). Work is spread over processes with a bounded number of
+chunks in flight, so memory stays flat however many images there are. Cross-file checks (pairs,
+duplicate images within and across splits, empty splits, classes missing from train) run on small
+per-image records. Problems met by ``prepare`` while reading VOC/COCO annotations are merged in, and
+problems in converted labels are reported against the source annotation file and line.
+
+Every problem carries the file (the source file in the input dataset), the line where there is one,
+a stable code, a severity, and a message. Any ``error`` stops the chain.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
+import json
 import logging
 import math
 import os
 import sys
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from stages.common import stage_main, write_json, write_text
 from stages.config import Params
-from stages.datasets import iter_images, label_path_for, read_prepared_yaml, split_dirs
+from stages.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, iter_images, label_path_for, read_prepared_yaml, split_dirs
 from stages.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
 
 STAGE = "validate"
 Severity = Literal["error", "warning"]
+_CHUNK = 128  # images per task sent to a worker process
 
 # Stable problem codes and their severity. Codes are part of the report's contract.
 CODES: dict[str, Severity] = {
     "image_unreadable": "error",
     "image_truncated": "error",
+    "image_missing": "error",
+    "image_name_clash": "error",
     "label_without_image": "error",
     "image_without_label": "warning",
+    "annotation_malformed": "error",
+    "annotation_unknown_image": "error",
+    "annotation_crowd_skipped": "warning",
     "label_field_count": "error",
     "label_not_number": "error",
     "label_not_finite": "error",
@@ -46,6 +60,8 @@ CODES: dict[str, Severity] = {
     "class_out_of_range": "error",
     "box_out_of_bounds": "error",
     "box_non_positive": "error",
+    "box_mostly_outside": "error",
+    "box_partly_outside": "warning",
     "box_tiny": "warning",
     "box_duplicate": "warning",
     "image_duplicate": "warning",
@@ -67,6 +83,7 @@ class ValidateConfig(BaseModel):
     workspace: Path
     workers: int = 0
     min_box_pixels: float = 2.0
+    max_outside_fraction: float = 0.5
     duplicate_iou: float = 0.95
     examples_per_code: int = 5
 
@@ -81,6 +98,7 @@ class ValidateConfig(BaseModel):
             workspace=root,
             workers=v.workers,
             min_box_pixels=v.min_box_pixels,
+            max_outside_fraction=v.max_outside_fraction,
             duplicate_iou=v.duplicate_iou,
             examples_per_code=v.examples_per_code,
         )
@@ -109,12 +127,29 @@ class ValidateResult(BaseModel):
     box_size_px: dict[str, float]
 
 
+class _LabelSource(BaseModel):
+    """Where the lines of a converted label file came from (written by ``prepare``)."""
+
+    file: str
+    lines: list[int | None]
+    refs: list[str]
+
+
+class _Checks(BaseModel):
+    """Thresholds shipped to worker processes."""
+
+    workspace: Path
+    num_classes: int
+    min_box_pixels: float
+    max_outside_fraction: float
+    duplicate_iou: float
+
+
 class _ImageRecord(BaseModel):
     """What a worker learns about one image and its label file."""
 
     split: str
     image: str
-    label: str | None
     digest: str | None
     width: int | None
     height: int | None
@@ -129,10 +164,16 @@ def _problem(code: str, file: str, message: str, line: int | None = None) -> Pro
 def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
     ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
     bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
-    iw, ih = max(0.0, min(ax1, bx1) - max(ax0, bx0)), max(0.0, min(ay1, by1) - max(ay0, by0))
-    inter = iw * ih
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
     union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
+
+
+def outside_fraction(cx: float, cy: float, w: float, h: float) -> float:
+    """Share of a box's area that lies outside the unit square."""
+    inside_w = max(0.0, min(1.0, cx + w / 2) - max(0.0, cx - w / 2))
+    inside_h = max(0.0, min(1.0, cy + h / 2) - max(0.0, cy - h / 2))
+    return 1.0 - (inside_w * inside_h) / (w * h)
 
 
 def check_label_lines(
@@ -142,6 +183,7 @@ def check_label_lines(
     size: tuple[int, int] | None,
     min_box_pixels: float,
     duplicate_iou: float,
+    max_outside_fraction: float = 0.5,
 ) -> tuple[list[tuple[int, float, float, float, float]], list[Problem]]:
     """Parse and check the lines of one YOLO label file.
 
@@ -151,10 +193,12 @@ def check_label_lines(
         num_classes: Number of classes; ids must lie in ``[0, num_classes)``.
         size: Image (width, height) in pixels when known, for the tiny-box check.
         min_box_pixels: Boxes with a side below this many pixels are reported as tiny.
-        duplicate_iou: Two boxes of one class overlapping above this IoU are duplicates.
+        duplicate_iou: Two boxes of one class overlapping at least this IoU are duplicates.
+        max_outside_fraction: Boxes with more of their area outside the image are errors; boxes
+            with less (but some) outside are warnings, since training clips them.
 
     Returns:
-        The valid boxes as (class, cx, cy, w, h), and the problems found.
+        The boxes training would use as (class, cx, cy, w, h), and the problems found.
     """
     boxes: list[tuple[int, float, float, float, float]] = []
     problems: list[Problem] = []
@@ -165,12 +209,7 @@ def check_label_lines(
         fields = text.split()
         if len(fields) != 5:
             problems.append(
-                _problem(
-                    "label_field_count",
-                    file,
-                    f"expected 5 fields (class cx cy w h), got {len(fields)}",
-                    number,
-                )
+                _problem("label_field_count", file, f"expected 5 fields (class cx cy w h), got {len(fields)}", number)
             )
             continue
         try:
@@ -194,21 +233,30 @@ def check_label_lines(
         if w <= 0 or h <= 0:
             problems.append(_problem("box_non_positive", file, f"box width/height must be > 0, got {w}, {h}", number))
             continue
-        if (
-            not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h))
-            or cx - w / 2 < -1e-6
-            or cx + w / 2 > 1 + 1e-6
-            or (cy - h / 2 < -1e-6 or cy + h / 2 > 1 + 1e-6)
-        ):
+        if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)):
             problems.append(
                 _problem(
                     "box_out_of_bounds",
                     file,
-                    f"box ({cx}, {cy}, {w}, {h}) is not within the image (normalised coordinates in [0, 1])",
+                    f"box ({cx}, {cy}, {w}, {h}) is not normalised: every value must lie in [0, 1]",
                     number,
                 )
             )
             continue
+        outside = outside_fraction(cx, cy, w, h)
+        if outside > 1e-6:
+            code = "box_mostly_outside" if outside > max_outside_fraction else "box_partly_outside"
+            problems.append(
+                _problem(
+                    code,
+                    file,
+                    f"{outside:.0%} of the box lies outside the image "
+                    f"(validate.max_outside_fraction={max_outside_fraction})",
+                    number,
+                )
+            )
+            if code == "box_mostly_outside":
+                continue
         if size is not None and min(w * size[0], h * size[1]) < min_box_pixels:
             problems.append(
                 _problem(
@@ -244,25 +292,57 @@ def _display(path: Path, workspace: Path) -> str:
         return str(real)
 
 
-def _check_image(args: tuple[str, Path, Path | None, Path, int, float, float]) -> _ImageRecord:
-    """Worker: read, hash and decode one image once; parse its label file."""
+def _decode(data: bytes, suffix: str) -> tuple[int, int]:
+    """Decode an image once and return its size; raises on unreadable or corrupt data."""
     from PIL import Image
 
-    split, image_path, label_path, workspace, num_classes, min_box_pixels, duplicate_iou = args
-    shown = _display(image_path, workspace)
+    with Image.open(io.BytesIO(data)) as im:
+        size = im.size
+        if im.format == "JPEG":
+            # Reduced-scale DCT decoding still consumes the whole entropy-coded stream.
+            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        im.load()
+    return size
+
+
+def _to_source(problems: list[Problem], source: _LabelSource) -> list[Problem]:
+    """Re-point problems found in a converted label file at the annotation they came from."""
+    moved = []
+    for p in problems:
+        index = (p.line or 0) - 1
+        if 0 <= index < len(source.refs):
+            moved.append(
+                p.model_copy(
+                    update={
+                        "file": source.file,
+                        "line": source.lines[index],
+                        "message": f"{source.refs[index]}: {p.message}",
+                    }
+                )
+            )
+        else:
+            moved.append(p.model_copy(update={"file": source.file}))
+    return moved
+
+
+def _check_image(
+    split: str, image_path: Path, label_path: Path | None, source: _LabelSource | None, checks: _Checks
+) -> _ImageRecord:
+    """Read, hash and decode one image once; parse its label file."""
+    shown = _display(image_path, checks.workspace)
     problems: list[Problem] = []
     digest = width = height = None
     try:
         data = image_path.read_bytes()
     except OSError as exc:
         problems.append(_problem("image_unreadable", shown, f"cannot read file: {exc}"))
-        data = b""
-    if data:
+        data = None
+    if data == b"":
+        problems.append(_problem("image_unreadable", shown, "file is empty"))
+    elif data:
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()  # full decode: truncated or corrupt data raises here
-                width, height = im.size
+            width, height = _decode(data, image_path.suffix.lower())
             if image_path.suffix.lower() in {".jpg", ".jpeg"} and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
                 problems.append(
                     _problem("image_truncated", shown, "JPEG lacks its end-of-image marker (truncated or corrupt)")
@@ -270,52 +350,69 @@ def _check_image(args: tuple[str, Path, Path | None, Path, int, float, float]) -
         except OSError as exc:  # PIL raises OSError subclasses for undecodable data
             code = "image_truncated" if "truncated" in str(exc).lower() else "image_unreadable"
             problems.append(_problem(code, shown, f"cannot decode image: {exc}"))
-        except (ValueError, Image.DecompressionBombError) as exc:
+        except (ValueError, SyntaxError) as exc:
             problems.append(_problem("image_unreadable", shown, f"cannot decode image: {exc}"))
-    elif not problems:
-        problems.append(_problem("image_unreadable", shown, "file is empty"))
 
     boxes: list[tuple[int, float, float, float, float]] = []
-    label_shown = None
     if label_path is not None:
-        label_shown = _display(label_path, workspace)
+        label_shown = _display(label_path, checks.workspace)
         try:
             lines = label_path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(_problem("label_not_number", label_shown, f"cannot read label file as text: {exc}"))
             lines = []
         size = (width, height) if width and height else None
-        boxes, label_problems = check_label_lines(lines, label_shown, num_classes, size, min_box_pixels, duplicate_iou)
-        problems.extend(label_problems)
+        boxes, label_problems = check_label_lines(
+            lines,
+            label_shown,
+            checks.num_classes,
+            size,
+            checks.min_box_pixels,
+            checks.duplicate_iou,
+            checks.max_outside_fraction,
+        )
+        problems.extend(_to_source(label_problems, source) if source else label_problems)
     else:
         problems.append(
             _problem("image_without_label", shown, "no label file: trained as a background image with no objects")
         )
     return _ImageRecord(
-        split=split,
-        image=shown,
-        label=label_shown,
-        digest=digest,
-        width=width,
-        height=height,
-        boxes=boxes,
-        problems=problems,
+        split=split, image=shown, digest=digest, width=width, height=height, boxes=boxes, problems=problems
     )
 
 
-def _jobs(cfg: ValidateConfig, splits: dict[str, tuple[Path, Path]], num_classes: int) -> Iterator[tuple]:
+def _check_chunk(jobs: list[tuple[str, Path, Path | None, _LabelSource | None]], checks: _Checks) -> list[_ImageRecord]:
+    return [_check_image(*job, checks) for job in jobs]
+
+
+def _jobs(
+    splits: dict[str, tuple[Path, Path]], prepared: Path, sources: dict[str, Any]
+) -> Iterator[tuple[str, Path, Path | None, _LabelSource | None]]:
     for split, (images, labels) in splits.items():
         for image in iter_images(images):
             label = label_path_for(image, images, labels)
-            yield (
-                split,
-                image,
-                label if label.is_file() else None,
-                cfg.workspace,
-                num_classes,
-                cfg.min_box_pixels,
-                cfg.duplicate_iou,
-            )
+            if not label.is_file():
+                yield split, image, None, None
+                continue
+            key = label.relative_to(prepared).as_posix()
+            yield split, image, label, _LabelSource(**sources[key]) if key in sources else None
+
+
+def _records(jobs: Iterator[tuple], checks: _Checks, workers: int) -> Iterator[_ImageRecord]:
+    """Check every job, in order, with at most ``2 * workers`` chunks in flight."""
+    chunks = iter(lambda: list(itertools.islice(jobs, _CHUNK)), [])
+    if workers <= 1:
+        for chunk in chunks:
+            yield from _check_chunk(chunk, checks)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: list[Future[list[_ImageRecord]]] = []
+        for chunk in chunks:
+            pending.append(pool.submit(_check_chunk, chunk, checks))
+            if len(pending) >= 2 * workers:
+                yield from pending.pop(0).result()
+        for future in pending:
+            yield from future.result()
 
 
 def _orphan_labels(splits: dict[str, tuple[Path, Path]], workspace: Path) -> list[Problem]:
@@ -332,6 +429,10 @@ def _orphan_labels(splits: dict[str, tuple[Path, Path]], workspace: Path) -> lis
     return problems
 
 
+def _read_prepared_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
+
+
 def run(cfg: ValidateConfig) -> ValidateResult:
     """Validate the prepared dataset and write the report.
 
@@ -345,76 +446,60 @@ def run(cfg: ValidateConfig) -> ValidateResult:
         ValidationFailed: When any problem of ``error`` severity was found (after writing the report).
     """
     data = read_prepared_yaml(cfg.data_yaml)
+    prepared = cfg.data_yaml.parent
     names: list[str] = data["names"]
     splits = split_dirs(data)
-    workers = cfg.workers or os.cpu_count() or 1
-
-    problems: list[Problem] = []
+    checks = _Checks(
+        workspace=cfg.workspace,
+        num_classes=len(names),
+        min_box_pixels=cfg.min_box_pixels,
+        max_outside_fraction=cfg.max_outside_fraction,
+        duplicate_iou=cfg.duplicate_iou,
+    )
+    sources = _read_prepared_json(prepared / LABEL_SOURCES, {})
+    problems = [Problem(severity=CODES[p["code"]], **p) for p in _read_prepared_json(prepared / SOURCE_PROBLEMS, [])]
     split_counts: Counter[str] = Counter()
     instances: dict[str, Counter[str]] = defaultdict(Counter)
-    digests: dict[str, list[tuple[str, str]]] = defaultdict(list)  # digest -> [(split, file)]
-    widths: list[float] = []
-    heights: list[float] = []
+    first_seen: dict[str, tuple[str, str]] = {}  # image digest -> (split, file) of its first occurrence
+    widths, heights = array("f"), array("f")
 
-    jobs = _jobs(cfg, splits, len(names))
-    if workers > 1:
-        executor = ProcessPoolExecutor(max_workers=workers)
-        records: Iterable[_ImageRecord] = executor.map(_check_image, jobs, chunksize=64)
-    else:
-        executor = None
-        records = map(_check_image, jobs)
-    try:
-        for record in records:
-            split_counts[record.split] += 1
-            problems.extend(record.problems)
-            if record.digest:
-                digests[record.digest].append((record.split, record.image))
-            for cls, _cx, _cy, w, h in record.boxes:
-                instances[record.split][names[cls]] += 1
-                if record.width and record.height:
-                    widths.append(w * record.width)
-                    heights.append(h * record.height)
-    finally:
-        if executor is not None:
-            executor.shutdown()
+    for record in _records(_jobs(splits, prepared, sources), checks, cfg.workers or os.cpu_count() or 1):
+        split_counts[record.split] += 1
+        problems.extend(record.problems)
+        if record.digest:
+            first = first_seen.setdefault(record.digest, (record.split, record.image))
+            if first[1] != record.image:
+                if first[0] != record.split:
+                    problems.append(
+                        _problem(
+                            "image_duplicate_across_splits",
+                            record.image,
+                            f"identical to {first[1]} in split '{first[0]}' (train/val leakage)",
+                        )
+                    )
+                else:
+                    problems.append(
+                        _problem("image_duplicate", record.image, f"identical to {first[1]} in the same split")
+                    )
+        for cls, _cx, _cy, w, h in record.boxes:
+            instances[record.split][names[cls]] += 1
+            if record.width and record.height:
+                widths.append(w * record.width)
+                heights.append(h * record.height)
 
     problems.extend(_orphan_labels(splits, cfg.workspace))
-    for entries in digests.values():
-        if len(entries) < 2:
-            continue
-        first_split, first = entries[0]
-        for split, file in entries[1:]:
-            if split != first_split:
-                problems.append(
-                    _problem(
-                        "image_duplicate_across_splits",
-                        file,
-                        f"identical to {first} in split '{first_split}' (train/val leakage)",
-                    )
-                )
-            else:
-                problems.append(_problem("image_duplicate", file, f"identical to {first} in the same split"))
+    yaml_shown = _display(cfg.data_yaml, cfg.workspace)
     total = sum(split_counts.values())
     if total == 0:
-        problems.append(_problem("dataset_empty", _display(cfg.data_yaml, cfg.workspace), "the dataset has no images"))
+        problems.append(_problem("dataset_empty", yaml_shown, "the dataset has no images"))
     else:
         for split in ("train", "val"):
             if split_counts[split] == 0:
-                problems.append(
-                    _problem(
-                        "split_empty",
-                        _display(cfg.data_yaml, cfg.workspace),
-                        f"split '{split}' has no images",
-                    )
-                )
+                problems.append(_problem("split_empty", yaml_shown, f"split '{split}' has no images"))
         for name in names:
             if split_counts["train"] and instances["train"][name] == 0:
                 problems.append(
-                    _problem(
-                        "class_absent_from_train",
-                        _display(cfg.data_yaml, cfg.workspace),
-                        f"class '{name}' has no box in the train split",
-                    )
+                    _problem("class_absent_from_train", yaml_shown, f"class '{name}' has no box in the train split")
                 )
 
     errors = sum(p.severity == "error" for p in problems)
@@ -443,7 +528,7 @@ def run(cfg: ValidateConfig) -> ValidateResult:
     return result
 
 
-def _size_summary(widths: list[float], heights: list[float]) -> dict[str, float]:
+def _size_summary(widths: array, heights: array) -> dict[str, float]:
     if not widths:
         return {}
     ws, hs = sorted(widths), sorted(heights)
@@ -464,7 +549,7 @@ def render_summary(result: ValidateResult, examples: int) -> str:
     lines = [
         "## Dataset validation",
         "",
-        f"Verdict: **{'passed' if result.ok else 'failed'}** — {result.images} images "
+        f"Verdict: **{'passed' if result.ok else 'failed'}**: {result.images} images "
         f"({', '.join(f'{s}: {n}' for s, n in result.splits.items())}), "
         f"{result.errors} error(s), {result.warnings} warning(s).",
         "",
@@ -483,8 +568,7 @@ def render_summary(result: ValidateResult, examples: int) -> str:
     if result.instances_per_class:
         splits = list(result.instances_per_class)
         lines += ["| class | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
-        names = list(next(iter(result.instances_per_class.values())))
-        for name in names:
+        for name in next(iter(result.instances_per_class.values())):
             lines.append(f"| {name} | " + " | ".join(str(result.instances_per_class[s][name]) for s in splits) + " |")
         lines.append("")
     if result.box_size_px:

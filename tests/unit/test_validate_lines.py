@@ -1,6 +1,6 @@
 import pytest
 
-from stages.validate import CODES, check_label_lines
+from stages.validate import CODES, check_label_lines, outside_fraction
 
 
 def codes(lines, num_classes=3, size=(100, 100)):
@@ -28,7 +28,9 @@ def test_valid_lines_give_boxes_and_no_problem():
         ("0 0.5 0.5 0 0.2", "box_non_positive"),
         ("0 0.5 0.5 0.2 -0.1", "box_non_positive"),
         ("0 1.2 0.5 0.2 0.2", "box_out_of_bounds"),
-        ("0 0.95 0.5 0.2 0.2", "box_out_of_bounds"),
+        ("0 0.5 0.5 1.2 0.2", "box_out_of_bounds"),
+        ("0 0.95 0.5 0.2 0.2", "box_partly_outside"),
+        ("0 0.02 0.02 0.2 0.2", "box_mostly_outside"),
         ("0 0.5 0.5 0.01 0.01", "box_tiny"),
     ],
 )
@@ -50,3 +52,18 @@ def test_every_problem_is_reported_not_only_the_first():
 
 def test_codes_have_a_severity():
     assert set(CODES.values()) == {"error", "warning"}
+
+
+def test_outside_fraction_threshold_comes_from_params():
+    _b, strict = codes_with(["0 0.95 0.5 0.2 0.2"], max_outside_fraction=0.1)
+    assert strict == [("box_mostly_outside", 1)]
+
+
+def codes_with(lines, **kwargs):
+    boxes, problems = check_label_lines(lines, "x.txt", 3, (100, 100), 2.0, 0.95, **kwargs)
+    return boxes, [(p.code, p.line) for p in problems]
+
+
+def test_outside_fraction():
+    assert outside_fraction(0.5, 0.5, 0.2, 0.2) == pytest.approx(0.0, abs=1e-9)
+    assert outside_fraction(1.0, 0.5, 0.2, 0.2) == pytest.approx(0.5)

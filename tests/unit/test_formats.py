@@ -1,0 +1,140 @@
+"""VOC and COCO ingestion: conversion, stable class maps, format detection, problems named by source."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import prepare, validate
+from stages.config import parse_params
+from stages.errors import DatasetError, ValidationFailed
+from stages.formats import detect_format
+from tests.conftest import tree_digest
+from tests.formats_fixtures import make_coco, make_voc
+
+
+def run_prepare(root: Path, **prepare_params):
+    params = parse_params({"prepare": prepare_params, "validate": {"workers": 1}})
+    result = prepare.run(prepare.PrepareConfig.from_params(params, root))
+    return params, result
+
+
+def labels(root: Path, split: str) -> dict[str, list[list[float]]]:
+    out = {}
+    for f in sorted((root / "data" / "prepared" / "labels" / split).glob("*.txt")):
+        out[f.stem] = [[float(v) for v in line.split()] for line in f.read_text().splitlines()]
+    return out
+
+
+@pytest.mark.parametrize("make", [make_voc, make_coco])
+def test_voc_and_coco_convert_to_the_same_labels_as_the_yolo_source(tmp_path: Path, make):
+    from stages.sample_data import SampleSpec, generate
+
+    generate(SampleSpec(out=tmp_path / "yolo" / "data" / "dataset", train=8, val=4, size=64, seed=0))
+    run_prepare(tmp_path / "yolo")
+    make(tmp_path / "other" / "data" / "dataset")
+    before = tree_digest(tmp_path / "other" / "data" / "dataset")
+    # VOC has no class list of its own: give the order (by default names are sorted).
+    order = {"classes": ["square", "disc", "triangle"]} if make is make_voc else {}
+    params, result = run_prepare(tmp_path / "other", **order)
+    assert result.format == make.__name__.removeprefix("make_")
+    assert result.names == ["square", "disc", "triangle"]
+    assert result.split_source == "dataset" and result.splits["train"].images == 8
+    for split in ("train", "val"):
+        ours, reference = labels(tmp_path / "other", split), labels(tmp_path / "yolo", split)
+        assert ours.keys() == reference.keys()
+        for stem, rows in ours.items():
+            flat, expected = [v for r in rows for v in r], [v for r in reference[stem] for v in r]
+            assert flat == pytest.approx(expected, abs=2e-4), stem
+    report = validate.run(validate.ValidateConfig.from_params(params, tmp_path / "other"))
+    assert report.ok and report.errors == 0
+    assert tree_digest(tmp_path / "other" / "data" / "dataset") == before
+
+
+def test_coco_category_ids_map_to_contiguous_ids_in_id_order(tmp_path: Path):
+    make_coco(tmp_path / "data" / "dataset")
+    run_prepare(tmp_path)
+    class_map = json.loads((tmp_path / "data" / "prepared" / "class_map.json").read_text())
+    assert [(c["id"], c["name"], c["source"]) for c in class_map["classes"]] == [
+        (0, "square", "category 10"),
+        (1, "disc", "category 20"),
+        (2, "triangle", "category 30"),
+    ]
+
+
+def test_voc_class_order_can_be_fixed_in_params(tmp_path: Path):
+    make_voc(tmp_path / "data" / "dataset")
+    _p, result = run_prepare(tmp_path, classes=["triangle", "square", "disc"])
+    assert result.names == ["triangle", "square", "disc"]
+    _p, default = run_prepare(tmp_path)
+    assert default.names == ["disc", "square", "triangle"]  # sorted when not given
+
+
+def test_voc_problems_name_the_xml_file_and_line(tmp_path: Path):
+    ds = make_voc(tmp_path / "data" / "dataset")
+    xml = ds / "Annotations" / "train_00001.xml"
+    text = xml.read_text()
+    text = text.replace("<name>", "<name>zebra", 1)  # unknown class in the first object
+    xml.write_text(text)
+    first_object_line = text.splitlines().index("  <object>") + 1
+    (ds / "Annotations" / "train_00002.xml").write_text("<annotation><unclosed>")
+    (ds / "JPEGImages" / "train_00003.jpg").unlink()
+    wide = ds / "Annotations" / "train_00004.xml"
+    wide.write_text(wide.read_text().replace("<xmax>", "<xmax>9", 1))  # far beyond the image width
+    params, _ = run_prepare(tmp_path, classes=["square", "disc", "triangle"])
+    with pytest.raises(ValidationFailed):
+        validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    problems = json.loads((tmp_path / "reports" / "validate.json").read_text())["problems"]
+    found = {(p["code"], p["file"], p["line"]) for p in problems}
+    assert ("class_out_of_range", "data/dataset/Annotations/train_00001.xml", first_object_line) in found
+    assert any(c == "annotation_malformed" and f.endswith("train_00002.xml") for c, f, _ in found)
+    assert any(c == "image_missing" and f.endswith("train_00003.xml") for c, f, _ in found)
+    converted = [p for p in problems if p["file"].endswith("train_00004.xml")]
+    assert converted and converted[0]["code"] in {"box_out_of_bounds", "box_mostly_outside"}
+    assert converted[0]["line"] is not None and converted[0]["message"].startswith("object 1:")
+
+
+def test_coco_problems_name_the_json_file_and_annotation(tmp_path: Path):
+    ds = make_coco(tmp_path / "data" / "dataset")
+    path = ds / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["category_id"] = 99
+    data["annotations"][1]["iscrowd"] = 1
+    data["annotations"].append({"id": 999, "image_id": 12345, "category_id": 10, "bbox": [1, 1, 5, 5]})
+    path.write_text(json.dumps(data))
+    params, _ = run_prepare(tmp_path)
+    with pytest.raises(ValidationFailed):
+        validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    problems = json.loads((tmp_path / "reports" / "validate.json").read_text())["problems"]
+    by_code = {p["code"]: p for p in problems}
+    assert by_code["class_out_of_range"]["file"] == "data/dataset/annotations/instances_train2017.json"
+    assert "annotation id 1" in by_code["class_out_of_range"]["message"]
+    assert by_code["annotation_crowd_skipped"]["severity"] == "warning"
+    assert "image_id 12345" in by_code["annotation_unknown_image"]["message"]
+
+
+def test_format_detection(tmp_path: Path):
+    assert detect_format(make_voc(tmp_path / "voc")) == "voc"
+    assert detect_format(make_coco(tmp_path / "coco")) == "coco"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="cannot tell the dataset format"):
+        detect_format(tmp_path / "empty")
+    both = make_voc(tmp_path / "both")
+    (both / "instances_train.json").write_text("{}")
+    with pytest.raises(DatasetError, match=r"ambiguous.*voc.*coco") as err:
+        detect_format(both)
+    assert err.value.key == "prepare.format"
+
+
+def test_explicit_format_that_does_not_match_fails_clearly(tmp_path: Path):
+    make_coco(tmp_path / "data" / "dataset")
+    with pytest.raises(DatasetError, match="VOC dataset needs"):
+        run_prepare(tmp_path, format="voc")
+
+
+def test_prepared_data_yaml_is_the_same_shape_for_every_format(tmp_path: Path):
+    make_voc(tmp_path / "data" / "dataset")
+    run_prepare(tmp_path)
+    data = yaml.safe_load((tmp_path / "data" / "prepared" / "data.yaml").read_text())
+    assert set(data) == {"path", "train", "val", "names"}
