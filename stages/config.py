@@ -98,6 +98,7 @@ class ValidateParams(_Section):
         0.5, ge=0.0, le=1.0, description="boxes with more of their area outside the image are errors, less warn"
     )
     duplicate_iou: float = Field(0.95, gt=0.0, le=1.0, description="IoU above which two boxes are duplicates")
+    decode: bool = Field(True, description="decode every image's pixels; false: headers and end markers only")
     examples_per_code: int = Field(5, ge=1, description="files listed per problem code in the summary")
 
 

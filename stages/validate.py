@@ -26,8 +26,9 @@ from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -85,6 +86,7 @@ class ValidateConfig(BaseModel):
     min_box_pixels: float = 2.0
     max_outside_fraction: float = 0.5
     duplicate_iou: float = 0.95
+    decode: bool = True
     examples_per_code: int = 5
 
     @classmethod
@@ -100,6 +102,7 @@ class ValidateConfig(BaseModel):
             min_box_pixels=v.min_box_pixels,
             max_outside_fraction=v.max_outside_fraction,
             duplicate_iou=v.duplicate_iou,
+            decode=v.decode,
             examples_per_code=v.examples_per_code,
         )
 
@@ -127,7 +130,7 @@ class ValidateResult(BaseModel):
     box_size_px: dict[str, float]
 
 
-class _LabelSource(BaseModel):
+class _LabelSource(NamedTuple):
     """Where the lines of a converted label file came from (written by ``prepare``)."""
 
     file: str
@@ -135,18 +138,20 @@ class _LabelSource(BaseModel):
     refs: list[str]
 
 
-class _Checks(BaseModel):
+@dataclass(frozen=True)
+class _Checks:
     """Thresholds shipped to worker processes."""
 
-    workspace: Path
+    workspace: str  # resolved, as a string: paths are compared as strings on the hot path
     num_classes: int
     min_box_pixels: float
     max_outside_fraction: float
     duplicate_iou: float
+    decode: bool
 
 
-class _ImageRecord(BaseModel):
-    """What a worker learns about one image and its label file."""
+class _ImageRecord(NamedTuple):
+    """What a worker learns about one image and its label file (plain data: cheap to pickle)."""
 
     split: str
     image: str
@@ -283,23 +288,36 @@ def check_label_lines(
     return boxes, problems
 
 
-def _display(path: Path, workspace: Path) -> str:
-    """The path to show a user: the real file (links resolved), relative to the workspace when inside it."""
-    real = path.resolve()
+def _display(path: Path | str, workspace: str) -> str:
+    """The path to show a user: the file a prepared link points to, relative to the workspace when inside it.
+
+    Prepared images and labels are single links made by ``prepare``, so one ``readlink`` resolves them
+    (much cheaper than a full ``realpath`` on the hot path).
+    """
+    path = os.fspath(path)
     try:
-        return real.relative_to(workspace.resolve()).as_posix()
-    except ValueError:
-        return str(real)
+        real = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+    except OSError:  # not a link
+        real = os.path.abspath(path)
+    prefix = workspace + os.sep
+    return real[len(prefix) :] if real.startswith(prefix) else real
 
 
-def _decode(data: bytes, suffix: str) -> tuple[int, int]:
-    """Decode an image once and return its size; raises on unreadable or corrupt data."""
+def _decode(data: bytes, full: bool) -> tuple[int, int]:
+    """Open an image from memory and return its size; raises on unreadable or corrupt data.
+
+    With ``full``, decode the pixels once: JPEGs at 1/8 scale through libjpeg's DCT scaling, which
+    still walks the whole entropy-coded stream, so corruption anywhere in the file is caught. Without,
+    check the header and the structure PIL can verify cheaply.
+    """
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         size = im.size
+        if not full:
+            im.verify()
+            return size
         if im.format == "JPEG":
-            # Reduced-scale DCT decoding still consumes the whole entropy-coded stream.
             im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
         im.load()
     return size
@@ -342,7 +360,7 @@ def _check_image(
     elif data:
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         try:
-            width, height = _decode(data, image_path.suffix.lower())
+            width, height = _decode(data, checks.decode)
             if image_path.suffix.lower() in {".jpg", ".jpeg"} and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
                 problems.append(
                     _problem("image_truncated", shown, "JPEG lacks its end-of-image marker (truncated or corrupt)")
@@ -415,7 +433,7 @@ def _records(jobs: Iterator[tuple], checks: _Checks, workers: int) -> Iterator[_
             yield from future.result()
 
 
-def _orphan_labels(splits: dict[str, tuple[Path, Path]], workspace: Path) -> list[Problem]:
+def _orphan_labels(splits: dict[str, tuple[Path, Path]], workspace: str) -> list[Problem]:
     problems = []
     for images, labels in splits.values():
         if not labels.is_dir():
@@ -449,12 +467,14 @@ def run(cfg: ValidateConfig) -> ValidateResult:
     prepared = cfg.data_yaml.parent
     names: list[str] = data["names"]
     splits = split_dirs(data)
+    workspace = str(cfg.workspace.resolve())
     checks = _Checks(
-        workspace=cfg.workspace,
+        workspace=workspace,
         num_classes=len(names),
         min_box_pixels=cfg.min_box_pixels,
         max_outside_fraction=cfg.max_outside_fraction,
         duplicate_iou=cfg.duplicate_iou,
+        decode=cfg.decode,
     )
     sources = _read_prepared_json(prepared / LABEL_SOURCES, {})
     problems = [Problem(severity=CODES[p["code"]], **p) for p in _read_prepared_json(prepared / SOURCE_PROBLEMS, [])]
@@ -487,8 +507,8 @@ def run(cfg: ValidateConfig) -> ValidateResult:
                 widths.append(w * record.width)
                 heights.append(h * record.height)
 
-    problems.extend(_orphan_labels(splits, cfg.workspace))
-    yaml_shown = _display(cfg.data_yaml, cfg.workspace)
+    problems.extend(_orphan_labels(splits, workspace))
+    yaml_shown = _display(cfg.data_yaml, workspace)
     total = sum(split_counts.values())
     if total == 0:
         problems.append(_problem("dataset_empty", yaml_shown, "the dataset has no images"))

@@ -9,10 +9,6 @@ and a failing gate each stop the chain with a clear message. The input dataset m
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,80 +16,19 @@ import pytest
 import yaml
 
 from stages import PIPELINE
-from tests.conftest import REPO, tree_digest, venv_env
+from tests.conftest import tree_digest
+from tests.e2e.workspace import Workspace
 
 pytestmark = pytest.mark.e2e
-
-COPY = ["stages", "flows", "weights", "dvc.yaml", "params.yaml", ".dvcignore", "prefect.toml"]
-TINY = {
-    "train": {"epochs": 1, "imgsz": 64, "batch": 8},
-    "evaluate": {"min_map50": 0.0, "min_map50_95": 0.0, "batch": 8},
-    "export": {"parity_images": 4},
-    "benchmark": {"iterations": 5, "warmup": 1},
-}
-
-
-class Workspace:
-    """A project copy with helpers to edit params and run the entry points."""
-
-    def __init__(self, root: Path, prefect_home: Path) -> None:
-        self.root = root
-        self.env = venv_env()
-        self.env["PREFECT_HOME"] = str(prefect_home)
-        self.env.pop("PREFECT_API_URL", None)
-
-    def params(self) -> dict[str, Any]:
-        return yaml.safe_load((self.root / "params.yaml").read_text())
-
-    def set_params(self, data: dict[str, Any]) -> None:
-        (self.root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-
-    def edit(self, section: str, **values: Any) -> dict[str, Any]:
-        """Change params; returns the params as they were, for restoring."""
-        before = self.params()
-        after = json.loads(json.dumps(before))
-        after.setdefault(section, {}).update(values)
-        self.set_params(after)
-        return before
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, *args], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900
-        )
-
-    def repro(self) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-        proc = self.run("-m", "dvc", "repro")
-        return proc, set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
-
-    def json(self, rel: str) -> Any:
-        return json.loads((self.root / rel).read_text())
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    for section, values in extra.items():
-        base[section].update(values)
-    return base
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    root = tmp_path_factory.mktemp("workspace")
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, root / name)
-    (root / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
-    w = Workspace(root, tmp_path_factory.mktemp("prefect-home"))
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    w = Workspace.create(tmp_path_factory.mktemp("workspace"), tmp_path_factory.mktemp("prefect-home"))
     gen = w.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64")
     assert gen.returncode == 0, gen.stderr
-    add = w.run("-m", "dvc", "add", "-q", "data/dataset")
-    assert add.returncode == 0, add.stderr
-    w.set_params(_merge(w.params(), TINY))
-    w.input_digest = tree_digest(root / "data" / "dataset")  # type: ignore[attr-defined]
+    w.add_data()
+    w.input_digest = tree_digest(w.root / "data" / "dataset")  # type: ignore[attr-defined]
     return w
 
 

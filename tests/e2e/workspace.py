@@ -1,0 +1,84 @@
+"""A throw-away copy of the project for end-to-end tests, with helpers to edit params and run it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import REPO, venv_env
+
+COPY = ["stages", "flows", "weights", "dvc.yaml", "params.yaml", ".dvcignore", "prefect.toml"]
+TINY = {
+    "train": {"epochs": 1, "imgsz": 64, "batch": 8},
+    "evaluate": {"min_map50": 0.0, "min_map50_95": 0.0, "batch": 8},
+    "export": {"parity_images": 4},
+    "benchmark": {"iterations": 5, "warmup": 1},
+}
+
+
+class Workspace:
+    """A project copy with helpers to edit params and run the entry points."""
+
+    def __init__(self, root: Path, prefect_home: Path) -> None:
+        self.root = root
+        self.env = venv_env()
+        self.env["PREFECT_HOME"] = str(prefect_home)
+        self.env.pop("PREFECT_API_URL", None)
+
+    @classmethod
+    def create(cls, root: Path, prefect_home: Path) -> Workspace:
+        """Copy the project into ``root`` (a git repo with DVC) with tiny params; no dataset yet."""
+        for name in COPY:
+            src = REPO / name
+            if src.is_dir():
+                shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(src, root / name)
+        (root / ".dvc").mkdir()
+        shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        ws = cls(root, prefect_home)
+        params = ws.params()
+        for section, values in TINY.items():
+            params[section].update(values)
+        ws.set_params(params)
+        return ws
+
+    def add_data(self) -> None:
+        """Track ``data/dataset`` with DVC."""
+        add = self.run("-m", "dvc", "add", "-q", "data/dataset")
+        assert add.returncode == 0, add.stderr
+
+    def params(self) -> dict[str, Any]:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def set_params(self, data: dict[str, Any]) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def edit(self, section: str, **values: Any) -> dict[str, Any]:
+        """Change params; returns the params as they were, for restoring."""
+        before = self.params()
+        after = json.loads(json.dumps(before))
+        after.setdefault(section, {}).update(values)
+        self.set_params(after)
+        return before
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900
+        )
+
+    def repro(self, *targets: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+        """Run ``dvc repro``; returns the process and the names of the stages DVC ran."""
+        proc = self.run("-m", "dvc", "repro", *targets)
+        return proc, set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
+
+    def json(self, rel: str) -> Any:
+        return json.loads((self.root / rel).read_text())
