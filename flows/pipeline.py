@@ -14,6 +14,7 @@ With no Prefect server configured, Prefect starts a temporary local one for the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -68,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description="Run the pipeline as a Prefect flow.")
     parser.add_argument("--workspace", default=".", help="folder holding dvc.yaml (default: %(default)s)")
     args = parser.parse_args(argv)
+    # prefect.toml turns these off when run from the project folder; keep them off from anywhere.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
     try:
-        runs = pipeline(workspace=args.workspace)
+        runs = pipeline(workspace=str(Path(args.workspace).resolve()))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -34,3 +34,24 @@ def test_format_runs_the_whole_chain_and_prepare_is_a_no_op_on_rerun(
     proc, ran = ws.repro("prepare")
     assert proc.returncode == 0 and ran == set(), "re-running prepare on unchanged input must be a DVC no-op"
     assert tree_digest(ws.root / "data" / "dataset") == before
+
+
+def test_dataset_with_every_problem_kind_stops_before_training(tmp_path_factory: pytest.TempPathFactory):
+    from tests.unit.test_validate_stage import corrupt
+
+    ws = Workspace.create(tmp_path_factory.mktemp("ws-bad"), tmp_path_factory.mktemp("prefect-home"))
+    gen = ws.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "8", "--val", "3", "--size", "64")
+    assert gen.returncode == 0, gen.stderr
+    expected = corrupt(ws.root)
+    ws.add_data()
+    before = tree_digest(ws.root / "data" / "dataset")
+
+    proc, ran = ws.repro()
+    assert proc.returncode != 0
+    assert "validate" in ran and "train" not in ran
+    output = proc.stdout + proc.stderr
+    assert "error: [stage 'validate'" in output and "image_truncated" in output
+    codes = {p["code"] for p in ws.json("reports/validate.json")["problems"]}
+    assert set(expected) <= codes
+    assert not (ws.root / "models" / "best.pt").exists()
+    assert tree_digest(ws.root / "data" / "dataset") == before
