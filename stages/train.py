@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from stages.common import stage_main, write_json, write_text
 from stages.config import Params, TrainParams
 from stages.errors import ConfigError, TrainingError
-from stages.runtime import import_ultralytics, offline_amp_check
+from stages.runtime import import_ultralytics, offline_trainer
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,7 @@ def run(cfg: TrainConfig) -> TrainResult:
 
     started = time.perf_counter()
     model = ultralytics.YOLO(model_source, task="detect")
-    with offline_amp_check():
-        model.train(**_train_kwargs(cfg))
+    model.train(trainer=offline_trainer(), **_train_kwargs(cfg))
     seconds = time.perf_counter() - started
 
     trainer = model.trainer
