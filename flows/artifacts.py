@@ -66,8 +66,17 @@ def metrics_markdown(evaluate: dict[str, Any], export: dict[str, Any] | None) ->
     return "\n".join(lines)
 
 
-def publish(workspace: Path, params: Params, runs: list[StageRun]) -> list[str]:
-    """Create the run's artifacts from the stage outputs present in ``workspace``.
+def publish(workspace: Path, params: Params, runs: list[StageRun], failed: str | None = None) -> list[str]:
+    """Create the run's artifacts from the outputs of the stages this run completed.
+
+    Outputs of stages that did not complete in this run (left from an earlier one) are not shown,
+    except the failed stage's own report when it wrote one (a failed gate writes its verdict).
+
+    Args:
+        workspace: The workspace root.
+        params: The workspace's params (for the output paths).
+        runs: The stages completed in this run, ran or reused from the cache.
+        failed: The stage that failed, if one did.
 
     Returns:
         The keys of the artifacts created.
@@ -82,20 +91,22 @@ def publish(workspace: Path, params: Params, runs: list[StageRun]) -> list[str]:
         description="Stages DVC ran in this flow run (ran=false: cached results reused)",
     )
     created.append("stage-runs")
-    evaluate = _read(paths.resolve("evaluate_metrics", workspace))
+    done = {r.stage for r in runs}
+    shown = "evaluate" in done or failed == "evaluate"
+    evaluate = _read(paths.resolve("evaluate_metrics", workspace)) if shown else None
     if evaluate is not None:
         create_table_artifact(key="gate-verdict", table=gate_rows(evaluate), description="Quality gate checks")
-        export = _read(paths.resolve("export_metrics", workspace))
+        export = _read(paths.resolve("export_metrics", workspace)) if "export" in done else None
         create_markdown_artifact(
             key="evaluation-metrics", markdown=metrics_markdown(evaluate, export), description="Evaluation"
         )
         created += ["gate-verdict", "evaluation-metrics"]
-    benchmark = _read(paths.resolve("benchmark_metrics", workspace))
+    benchmark = _read(paths.resolve("benchmark_metrics", workspace)) if "benchmark" in done else None
     if benchmark is not None:
         create_table_artifact(key="latency", table=latency_rows(benchmark), description="Latency per backend")
         created.append("latency")
     card = paths.resolve("model_card", workspace)
-    if card.is_file():
+    if "report" in done and card.is_file():
         create_markdown_artifact(key="model-card", markdown=card.read_text(encoding="utf-8"), description=str(card))
         created.append("model-card")
     return created

@@ -24,7 +24,7 @@ from flows import artifacts
 from flows.dvc_runner import StageRun, repro_stage
 from stages import PIPELINE
 from stages.config import load_params
-from stages.errors import PipelineError
+from stages.errors import PipelineError, StageFailed
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
@@ -50,11 +50,15 @@ def pipeline(workspace: str = ".") -> list[StageRun]:
     params = load_params(root / "params.yaml")
     logger = get_run_logger()
     runs: list[StageRun] = []
+    failed: str | None = None
     try:
         for stage in PIPELINE:
             runs.append(run_stage(stage, str(root)))
+    except StageFailed as exc:
+        failed = exc.stage
+        raise
     finally:
-        artifacts.publish(root, params, runs)
+        artifacts.publish(root, params, runs, failed)
     ran = [r.stage for r in runs if r.ran]
     logger.info(
         "stages run: %s; reused from the DVC cache: %s",

@@ -94,22 +94,11 @@ class EvaluateResult(BaseModel):
 
 def _at_least(name: str, value: float | None, threshold: float) -> Check:
     if value is None:
-        return Check(
-            name=name,
-            value=None,
-            threshold=threshold,
-            passed=False,
-            message=f"{name}: no validation boxes to measure it on (needs ≥ {threshold})",
-        )
-    passed = value >= threshold
-    relation = "≥" if passed else "<"
-    return Check(
-        name=name,
-        value=value,
-        threshold=threshold,
-        passed=passed,
-        message=f"{name} {value:.4f} {relation} {threshold}",
-    )
+        passed, message = False, f"{name}: no validation boxes to measure it on (needs ≥ {threshold})"
+    else:
+        passed = value >= threshold
+        message = f"{name} {value:.4f} {'≥' if passed else '<'} {threshold}"
+    return Check(name=name, value=value, threshold=threshold, passed=passed, message=message)
 
 
 def build_checks(

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from stages.common import stage_main, write_json, write_text
-from stages.config import Params
+from stages.config import Params, PrepareParams
 from stages.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, SPLITS
 from stages.errors import DatasetError
 from stages.formats import read_source
@@ -46,27 +46,16 @@ class PrepareConfig(BaseModel):
     dataset: Path
     prepared: Path
     workspace: Path
-    format: Literal["auto", "yolo", "voc", "coco"] = "auto"
-    classes: list[str] = []
-    include_difficult: bool = False
-    val_fraction: float = 0.2
-    seed: int = 0
-    link: Literal["symlink", "hardlink", "copy"] = "symlink"
+    options: PrepareParams
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> PrepareConfig:
         """Build the config from ``params.yaml`` values and the workspace root."""
-        p = params.prepare
         return cls(
             dataset=params.paths.resolve("dataset", root),
             prepared=params.paths.resolve("prepared", root),
             workspace=root,
-            format=p.format,
-            classes=p.classes,
-            include_difficult=p.include_difficult,
-            val_fraction=p.val_fraction,
-            seed=p.seed,
-            link=p.link,
+            options=params.prepare,
         )
 
 
@@ -153,15 +142,16 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         raise DatasetError(
             "dataset folder not found: run 'make sample-data' or put your dataset there", stage=STAGE, path=cfg.dataset
         )
-    source = read_source(cfg.dataset, cfg.format, cfg.classes, cfg.include_difficult)
+    o = cfg.options
+    source = read_source(cfg.dataset, o.format, o.classes, o.include_difficult)
     if cfg.prepared.exists():
         shutil.rmtree(cfg.prepared)
     cfg.prepared.mkdir(parents=True)
 
     def split_of(split: str | None, rel: Path) -> str:
-        return split if split is not None else hash_split(rel.as_posix(), cfg.seed, cfg.val_fraction)
+        return split if split is not None else hash_split(rel.as_posix(), o.seed, o.val_fraction)
 
-    link = _Linker(cfg.link)
+    link = _Linker(o.link)
     counts: dict[str, SplitSummary] = {}
     label_sources: dict[str, Any] = {}
     problems = [

@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from stages.common import stage_main, write_json, write_text
-from stages.config import Params
+from stages.config import Params, ValidateParams
 from stages.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, iter_images, label_path_for, read_prepared_yaml, split_dirs
 from stages.errors import ValidationFailed
 
@@ -82,28 +82,17 @@ class ValidateConfig(BaseModel):
     report: Path
     summary: Path
     workspace: Path
-    workers: int = 0
-    min_box_pixels: float = 2.0
-    max_outside_fraction: float = 0.5
-    duplicate_iou: float = 0.95
-    decode: bool = True
-    examples_per_code: int = 5
+    options: ValidateParams
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> ValidateConfig:
         """Build the config from ``params.yaml`` values and the workspace root."""
-        v = params.validate_
         return cls(
             data_yaml=params.paths.resolve("prepared", root) / "data.yaml",
             report=params.paths.resolve("validate_report", root),
             summary=params.paths.resolve("validate_summary", root),
             workspace=root,
-            workers=v.workers,
-            min_box_pixels=v.min_box_pixels,
-            max_outside_fraction=v.max_outside_fraction,
-            duplicate_iou=v.duplicate_iou,
-            decode=v.decode,
-            examples_per_code=v.examples_per_code,
+            options=params.validate_,
         )
 
 
@@ -471,10 +460,10 @@ def run(cfg: ValidateConfig) -> ValidateResult:
     checks = _Checks(
         workspace=workspace,
         num_classes=len(names),
-        min_box_pixels=cfg.min_box_pixels,
-        max_outside_fraction=cfg.max_outside_fraction,
-        duplicate_iou=cfg.duplicate_iou,
-        decode=cfg.decode,
+        min_box_pixels=cfg.options.min_box_pixels,
+        max_outside_fraction=cfg.options.max_outside_fraction,
+        duplicate_iou=cfg.options.duplicate_iou,
+        decode=cfg.options.decode,
     )
     sources = _read_prepared_json(prepared / LABEL_SOURCES, {})
     problems = [Problem(severity=CODES[p["code"]], **p) for p in _read_prepared_json(prepared / SOURCE_PROBLEMS, [])]
@@ -483,7 +472,7 @@ def run(cfg: ValidateConfig) -> ValidateResult:
     first_seen: dict[str, tuple[str, str]] = {}  # image digest -> (split, file) of its first occurrence
     widths, heights = array("f"), array("f")
 
-    for record in _records(_jobs(splits, prepared, sources), checks, cfg.workers or os.cpu_count() or 1):
+    for record in _records(_jobs(splits, prepared, sources), checks, cfg.options.workers or os.cpu_count() or 1):
         split_counts[record.split] += 1
         problems.extend(record.problems)
         if record.digest:
@@ -534,7 +523,7 @@ def run(cfg: ValidateConfig) -> ValidateResult:
         box_size_px=_size_summary(widths, heights),
     )
     write_json(cfg.report, result)
-    summary = render_summary(result, cfg.examples_per_code)
+    summary = render_summary(result, cfg.options.examples_per_code)
     write_text(cfg.summary, summary)
     for line in summary.splitlines():
         log.info("%s", line)

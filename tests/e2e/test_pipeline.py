@@ -145,15 +145,12 @@ def _artifacts() -> dict[str, Any]:
 
 
 def test_unknown_params_key_stops_the_chain(ws: Workspace):
-    before = ws.edit("train", epocs=3)
-    try:
+    with ws.edited("train", epocs=3):
         proc, ran = ws.repro()
-        assert proc.returncode != 0
-        output = proc.stdout + proc.stderr
-        assert "unknown key 'train.epocs'" in output and "params.yaml" in output
-        assert "train" not in ran
-    finally:
-        ws.set_params(before)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "unknown key 'train.epocs'" in output and "params.yaml" in output
+    assert "train" not in ran
 
 
 def test_failing_gate_stops_before_export_in_both_entry_points(ws: Workspace, monkeypatch: pytest.MonkeyPatch):
@@ -162,11 +159,10 @@ def test_failing_gate_stops_before_export_in_both_entry_points(ws: Workspace, mo
     from flows.pipeline import pipeline
     from stages.errors import StageFailed
 
-    before = ws.edit("evaluate", min_map50=0.99)
-    try:
+    with ws.edited("evaluate", min_map50=0.99):
         proc, ran = ws.repro()
-        assert proc.returncode != 0
         output = proc.stdout + proc.stderr
+        assert proc.returncode != 0
         assert "quality gate failed: map50" in output and "< 0.99" in output
         assert "evaluate" in ran and "export" not in ran
         assert ws.json("metrics/evaluate.json")["gate"]["passed"] is False
@@ -176,10 +172,8 @@ def test_failing_gate_stops_before_export_in_both_entry_points(ws: Workspace, mo
             with pytest.raises(StageFailed, match=r"quality gate failed: map50") as err:
                 pipeline(workspace=str(ws.root))
             artifacts = _artifacts()
-        assert err.value.stage == "evaluate"
-        assert any(not row["passed"] for row in artifacts["gate-verdict"])
-    finally:
-        ws.set_params(before)
+    assert err.value.stage == "evaluate"
+    assert any(not row["passed"] for row in artifacts["gate-verdict"])
 
 
 def test_input_dataset_never_changed(ws: Workspace):

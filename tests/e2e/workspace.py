@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,15 @@ class Workspace:
         after.setdefault(section, {}).update(values)
         self.set_params(after)
         return before
+
+    @contextlib.contextmanager
+    def edited(self, section: str, **values: Any) -> Iterator[None]:
+        """Params changed for the ``with`` block only."""
+        before = self.edit(section, **values)
+        try:
+            yield
+        finally:
+            self.set_params(before)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -1,0 +1,55 @@
+"""Flow pieces that need no Prefect server: which artifacts a run publishes."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows import artifacts
+from flows.dvc_runner import StageRun
+from stages.config import parse_params
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> dict:
+    import prefect.artifacts
+
+    seen: dict = {}
+    monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda key, table, **kw: seen.update({key: table}))
+    monkeypatch.setattr(
+        prefect.artifacts, "create_markdown_artifact", lambda key, markdown, **kw: seen.update({key: markdown})
+    )
+    return seen
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    checks = [{"name": "map50", "value": 0.2, "threshold": 0.5, "passed": False, "message": "map50 0.2000 < 0.5"}]
+    evaluate = {
+        "map50": 0.2,
+        "map50_95": 0.1,
+        "precision": 0.3,
+        "recall": 0.4,
+        "gate": {"passed": False, "checks": checks},
+    }
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(evaluate))
+    (tmp_path / "metrics" / "benchmark.json").write_text(json.dumps({"rows": []}))  # stale, from an earlier run
+    return tmp_path
+
+
+def runs(*stages: str) -> list[StageRun]:
+    return [StageRun(stage=s, ran=True, seconds=1.0) for s in stages]
+
+
+def test_failed_gate_publishes_its_verdict_but_no_stale_outputs(outputs: Path, recorded: dict):
+    keys = artifacts.publish(outputs, parse_params({}), runs("environment", "prepare", "validate", "train"), "evaluate")
+    assert keys == ["stage-runs", "gate-verdict", "evaluation-metrics"]
+    assert recorded["gate-verdict"] == [{"check": "map50", "value": 0.2, "threshold": 0.5, "passed": False}]
+    assert "Gate FAILED" in recorded["evaluation-metrics"]
+
+
+def test_outputs_of_stages_not_completed_are_not_published(outputs: Path, recorded: dict):
+    keys = artifacts.publish(outputs, parse_params({}), runs("environment", "prepare"), "validate")
+    assert keys == ["stage-runs"]
+    assert recorded["stage-runs"][0] == {"stage": "environment", "ran": True, "seconds": 1.0}
