@@ -66,7 +66,13 @@ def metrics_markdown(evaluate: dict[str, Any], export: dict[str, Any] | None) ->
     return "\n".join(lines)
 
 
-def publish(workspace: Path, params: Params, runs: list[StageRun], failed: str | None = None) -> list[str]:
+def publish(
+    workspace: Path,
+    params: Params,
+    runs: list[StageRun],
+    failed: str | None = None,
+    promotion_attempted: bool = False,
+) -> list[str]:
     """Create the run's artifacts from the outputs of the stages this run completed.
 
     Outputs of stages that did not complete in this run (left from an earlier one) are not shown,
@@ -77,6 +83,7 @@ def publish(workspace: Path, params: Params, runs: list[StageRun], failed: str |
         params: The workspace's params (for the output paths).
         runs: The stages completed in this run, ran or reused from the cache.
         failed: The stage that failed, if one did.
+        promotion_attempted: Whether this run tried to promote (then ``reports/promotion.json`` is its).
 
     Returns:
         The keys of the artifacts created.
@@ -109,4 +116,20 @@ def publish(workspace: Path, params: Params, runs: list[StageRun], failed: str |
     if "report" in done and card.is_file():
         create_markdown_artifact(key="model-card", markdown=card.read_text(encoding="utf-8"), description=str(card))
         created.append("model-card")
+    promotion = _read(paths.resolve("promotion_report", workspace)) if promotion_attempted else None
+    if promotion is not None:
+        outcome = f"version {promotion['version']}" if promotion["promoted"] else "refused"
+        create_table_artifact(
+            key="promotion",
+            table=[{"check": c["name"], "passed": c["passed"], "message": c["message"]} for c in promotion["checks"]],
+            description=f"Promotion to production: {outcome}",
+        )
+        created.append("promotion")
     return created
+
+
+def publish_skip(reason: str) -> None:
+    """Say why a run ended early (the data had not changed)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(key="data-check", markdown=f"## Skipped\n\n{reason}", description="Data-change check")

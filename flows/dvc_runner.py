@@ -6,20 +6,26 @@ cache: a stage DVC already has results for is skipped, whoever ran it before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from stages.common import REFUSED_EXIT
 from stages.errors import StageFailed
+from stages.lock import TOKEN_ENV
 
 _RAN = re.compile(r"Running stage '([^']+)'")
+_EXITED = re.compile(r"failed to reproduce '([^']+)'.*exited with (-?\d+)")
 
 
 class StageRun(BaseModel):
@@ -30,64 +36,99 @@ class StageRun(BaseModel):
     seconds: float
 
 
-def dvc_environment() -> dict[str, str]:
+def dvc_environment(token: str | None = None) -> dict[str, str]:
     """The environment for DVC and the stage commands: this interpreter's ``bin`` first on ``PATH``.
 
-    ``dvc.yaml`` commands call ``python``; this makes that the interpreter the flow runs in.
+    ``dvc.yaml`` commands call ``python``; this makes that the interpreter the flow runs in. ``token``
+    is the workspace lock's, which lets this run's stages through (see ``stages/lock.py``).
     """
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if token is not None:
+        env[TOKEN_ENV] = token
     return env
 
 
-def repro_stage(stage: str, workspace: Path, logger: logging.Logger | logging.LoggerAdapter) -> StageRun:
+def repro_stage(
+    stage: str,
+    workspace: Path,
+    logger: logging.Logger | logging.LoggerAdapter,
+    *,
+    timeout_s: float | None = None,
+    token: str | None = None,
+) -> StageRun:
     """Run ``dvc repro --single-item <stage>`` in ``workspace``, streaming its output to ``logger``.
 
     Args:
         stage: Stage name in ``dvc.yaml``.
         workspace: The folder holding ``dvc.yaml``.
         logger: Where each output line goes.
+        timeout_s: Kill DVC and the stage (its whole process group) after this many seconds.
+        token: The workspace lock token of the calling run.
 
     Returns:
         Whether DVC ran the stage (``False``: its cached results were up to date) and how long it took.
 
     Raises:
-        StageFailed: When DVC or the stage exits non-zero; the message carries the stage's own error
-            lines (for a failed gate, which check failed).
+        StageFailed: When DVC or the stage fails or times out; the message carries the stage's own
+            error lines (for a failed gate, which check failed), and ``retryable`` says whether the
+            stage crashed or was killed (worth a retry) rather than refused (exit code 2).
     """
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     tail: deque[str] = deque(maxlen=40)
     errors: list[str] = []
     ran = False
+    exit_code: int | None = None
     with subprocess.Popen(
         cmd,
         cwd=workspace,
-        env=dvc_environment(),
+        env=dvc_environment(token),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         errors="replace",
         bufsize=1,
+        start_new_session=True,  # its own process group, so a timeout kills the stage too
     ) as proc:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            for line in raw.rstrip("\n").split("\r"):
-                line = line.rstrip()
-                if not line:
-                    continue
-                match = _RAN.search(line)
-                if match and match.group(1) == stage:
-                    ran = True
-                if line.startswith("error:") or line.startswith("ERROR:"):
-                    errors.append(line)
-                tail.append(line)
-                logger.info("%s", line)
-        code = proc.wait()
+        timed_out = threading.Event()
+        timer = threading.Timer(timeout_s, _kill_group, (proc, timed_out)) if timeout_s else None
+        if timer:
+            timer.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                for line in raw.rstrip("\n").split("\r"):
+                    line = line.rstrip()
+                    if not line:
+                        continue
+                    match = _RAN.search(line)
+                    if match and match.group(1) == stage:
+                        ran = True
+                    exited = _EXITED.search(line)
+                    if exited and exited.group(1) == stage:
+                        exit_code = int(exited.group(2))
+                    if line.startswith(("error:", "ERROR:")):
+                        errors.append(line)
+                    tail.append(line)
+                    logger.info("%s", line)
+            code = proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
     seconds = round(time.perf_counter() - started, 2)
+    if timed_out.is_set():
+        raise StageFailed(f"timed out after {timeout_s:.0f} s (orchestration.stage_timeout_s)", stage=stage)
     if code != 0:
         detail = "\n".join(errors) if errors else "\n".join(tail)
-        raise StageFailed(f"exited with code {code}:\n{detail}", stage=stage)
+        retryable = exit_code is not None and exit_code != REFUSED_EXIT
+        raise StageFailed(f"exited with code {code}:\n{detail}", stage=stage, exit_code=exit_code, retryable=retryable)
     return StageRun(stage=stage, ran=ran, seconds=seconds)
+
+
+def _kill_group(proc: subprocess.Popen[str], timed_out: threading.Event) -> None:
+    timed_out.set()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)

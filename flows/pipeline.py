@@ -1,12 +1,19 @@
 """The Prefect flow: every pipeline stage, in order, one task each, run through DVC in one workspace.
 
 DVC decides what runs and caches every result, so a ``dvc repro`` and this flow reuse each other's
-work; Prefect adds the run history, logs and artifacts (gate verdict, metrics, latency table, model
-card). A failed stage, a failed gate included, fails its task and the flow with the stage's message.
+work; Prefect adds the run history, logs, retries, schedules and artifacts (gate verdict, metrics,
+latency table, model card, promotion). A failed stage, a failed gate included, fails its task and the
+flow with the stage's message. After a passing chain the model is promoted to production
+(``stages/promote.py``) unless ``promote=False``. With ``only_if_data_changed=True`` the run ends
+early, successfully, when the dataset is the one production was trained on.
+
+Only a crashed or killed training is retried (``orchestration.train_retries``), and it resumes from
+its last checkpoint; a refusal (bad config or data, failed gate) is never retried. One run at a time
+holds the workspace (``stages/lock.py``).
 
 Usage::
 
-    python -m flows.pipeline [--workspace .]
+    python -m flows.pipeline [--workspace .] [--only-if-data-changed] [--no-promote]
 
 With no Prefect server configured, Prefect starts a temporary local one for the run.
 """
@@ -15,73 +22,160 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
+from pydantic import BaseModel
 
 from flows import artifacts
-from flows.dvc_runner import StageRun, repro_stage
+from flows.dvc_runner import StageRun, dvc_environment, repro_stage
 from stages import PIPELINE
-from stages.config import load_params
+from stages.common import read_json
+from stages.config import Params, load_params
+from stages.data_version import DataCheck, check
 from stages.errors import PipelineError, StageFailed
+from stages.lock import workspace_lock
 
 
-@task(name="dvc-stage", task_run_name="{stage}")
-def run_stage(stage: str, workspace: str) -> StageRun:
+class PipelineResult(BaseModel):
+    """What a flow run did."""
+
+    skipped: bool = False
+    reason: str = ""
+    stages: list[StageRun] = []
+    promoted_version: int | None = None
+
+
+@task(name="check-data")
+def check_data(workspace: str) -> DataCheck:
+    """Compare the dataset's DVC hash with the one the production model was trained on."""
+    root = Path(workspace)
+    params = load_params(root / "params.yaml")
+    return check(root, params.paths.dataset, params.paths.resolve("production", root))
+
+
+def _retry_if_crashed(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Retry a stage only when it crashed or was killed, never when it refused (exit code 2)."""
+    return isinstance(state.data, StageFailed) and state.data.retryable
+
+
+@task(name="dvc-stage", task_run_name="{stage}", retry_condition_fn=_retry_if_crashed)
+def run_stage(stage: str, workspace: str, timeout_s: float, token: str) -> StageRun:
     """Reproduce one stage through DVC (skipped by DVC when its results are up to date)."""
-    return repro_stage(stage, Path(workspace), get_run_logger())
+    return repro_stage(stage, Path(workspace), get_run_logger(), timeout_s=timeout_s, token=token)
+
+
+@task(name="promote")
+def promote(workspace: str, token: str) -> dict[str, Any]:
+    """Promote the new model to production (``python -m stages.promote``, in its own process)."""
+    logger = get_run_logger()
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.promote"],
+        cwd=workspace,
+        env=dvc_environment(token),
+        capture_output=True,
+        text=True,
+    )
+    for line in (proc.stdout + proc.stderr).splitlines():
+        logger.info("%s", line)
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        raise StageFailed("\n".join(errors) or proc.stderr[-2000:], stage="promote", exit_code=proc.returncode)
+    params = load_params(Path(workspace) / "params.yaml")
+    return read_json(params.paths.resolve("promotion_report", Path(workspace)), stage="promote")
+
+
+def _stage_options(params: Params, stage: str) -> dict[str, Any]:
+    o = params.orchestration
+    return {
+        "retries": o.train_retries if stage == "train" else 0,
+        "retry_delay_seconds": o.retry_delay_s,
+    }
 
 
 @flow(name="yolo-train-to-deploy", flow_run_name="{workspace}")
-def pipeline(workspace: str = ".") -> list[StageRun]:
-    """Run the whole chain in ``workspace`` and publish the run's artifacts.
+def pipeline(workspace: str = ".", only_if_data_changed: bool = False, promote_model: bool = True) -> PipelineResult:
+    """Run the whole chain in ``workspace``, promote the model, and publish the run's artifacts.
 
     Args:
         workspace: The folder holding ``dvc.yaml`` and ``params.yaml``.
+        only_if_data_changed: End early when the dataset is the one production was trained on.
+        promote_model: Promote a model that passes every check to ``paths.production``.
 
     Returns:
-        What happened to each stage.
+        What happened: skipped (and why), each stage, and the promoted version.
 
     Raises:
-        StageFailed: When a stage fails; the artifacts of what did run are published first.
+        StageFailed: When a stage or the promotion fails; the artifacts of what did run are published.
+        WorkspaceBusy: When another run holds the workspace past ``orchestration.lock_timeout_s``.
     """
     root = Path(workspace).resolve()
     params = load_params(root / "params.yaml")
     logger = get_run_logger()
-    runs: list[StageRun] = []
-    failed: str | None = None
-    try:
-        for stage in PIPELINE:
-            runs.append(run_stage(stage, str(root)))
-    except StageFailed as exc:
-        failed = exc.stage
-        raise
-    finally:
-        artifacts.publish(root, params, runs, failed)
-    ran = [r.stage for r in runs if r.ran]
+    owner = f"flow run {flow_run.name or flow_run.id}"
+    with workspace_lock(root, params.orchestration.lock_timeout_s, owner) as token:
+        if only_if_data_changed:
+            data = check_data(str(root))
+            logger.info("%s", data.reason)
+            if not data.changed:
+                artifacts.publish_skip(data.reason)
+                return PipelineResult(skipped=True, reason=data.reason)
+        result = PipelineResult()
+        failed: str | None = None
+        attempted = False
+        timeouts = params.orchestration.stage_timeout_s
+        try:
+            for stage in PIPELINE:
+                task_ = run_stage.with_options(**_stage_options(params, stage))
+                result.stages.append(task_(stage, str(root), timeouts.get(stage, timeouts["default"]), token))
+            if promote_model:
+                attempted = True
+                promotion = promote(str(root), token)
+                result.promoted_version = promotion["version"]
+        except StageFailed as exc:
+            failed = exc.stage
+            raise
+        finally:
+            artifacts.publish(root, params, result.stages, failed, attempted)
+    ran = [r.stage for r in result.stages if r.ran]
     logger.info(
-        "stages run: %s; reused from the DVC cache: %s",
+        "stages run: %s; reused from the DVC cache: %s; promoted: %s",
         ran or "none",
-        [r.stage for r in runs if not r.ran] or "none",
+        [r.stage for r in result.stages if not r.ran] or "none",
+        f"version {result.promoted_version}" if result.promoted_version else "no",
     )
-    return runs
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: run the flow over a workspace."""
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description="Run the pipeline as a Prefect flow.")
     parser.add_argument("--workspace", default=".", help="folder holding dvc.yaml (default: %(default)s)")
+    parser.add_argument("--only-if-data-changed", action="store_true", help="skip when the data is production's")
+    parser.add_argument("--no-promote", action="store_true", help="do not promote the model to production")
     args = parser.parse_args(argv)
     # prefect.toml turns these off when run from the project folder; keep them off from anywhere.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
     try:
-        runs = pipeline(workspace=str(Path(args.workspace).resolve()))
+        result = pipeline(
+            workspace=str(Path(args.workspace).resolve()),
+            only_if_data_changed=args.only_if_data_changed,
+            promote_model=not args.no_promote,
+        )
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("ran: " + (", ".join(r.stage for r in runs if r.ran) or "nothing (all cached)"))
+    if result.skipped:
+        print(f"skipped: {result.reason}")
+        return 0
+    print("ran: " + (", ".join(r.stage for r in result.stages if r.ran) or "nothing (all cached)"))
+    if result.promoted_version:
+        print(f"promoted: version {result.promoted_version}")
     return 0
 
 

@@ -16,10 +16,14 @@ from pydantic import BaseModel
 
 from stages.config import DEFAULT_PARAMS, Params, load_params
 from stages.errors import PipelineError
+from stages.lock import check_not_locked_by_another
 
 log = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT")
+# Exit code of a stage that refused to do its job on purpose (bad config or data, failed gate): a
+# retry cannot help. A crash exits 1 (Python's code for an uncaught exception) or by a signal.
+REFUSED_EXIT = 2
 
 
 def write_text(path: Path, text: str) -> None:
@@ -80,7 +84,8 @@ def stage_main(
         argv: Arguments (defaults to ``sys.argv[1:]``).
 
     Returns:
-        The process exit code: 0 on success, 1 when the stage raised a :class:`PipelineError`.
+        The process exit code: 0 on success, ``REFUSED_EXIT`` (2) when the stage raised a
+        :class:`PipelineError`.
     """
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=f"Run the '{name}' stage.")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
@@ -88,12 +93,19 @@ def stage_main(
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
+        root = args.params.resolve().parent
+        _refuse_if_workspace_busy(root)
         params = load_params(args.params)
-        cfg = build(params, args.params.resolve().parent)
+        cfg = build(params, root)
         run(cfg)
     except PipelineError as exc:
         if exc.stage is None:
             exc.stage = name
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return REFUSED_EXIT
     return 0
+
+
+def _refuse_if_workspace_busy(root: Path) -> None:
+    # A flow run holds the workspace for all its stages; see stages/lock.py.
+    check_not_locked_by_another(root)

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stages.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+# Sections that shape the pipeline's outputs (the model card prints these). `promote` and
+# `orchestration` steer what happens around the pipeline and never change an output of dvc repro.
+PIPELINE_SECTIONS = ("paths", "prepare", "validate", "train", "evaluate", "export", "engine", "benchmark", "report")
 
 
 class _Section(BaseModel):
@@ -45,6 +48,8 @@ class PathsParams(_Section):
     engine_metrics: str = "metrics/engine.json"
     benchmark_metrics: str = "metrics/benchmark.json"
     model_card: str = "reports/model_card.md"
+    production: str = "models/production"
+    promotion_report: str = "reports/promotion.json"
 
     @field_validator("*")
     @classmethod
@@ -182,6 +187,39 @@ class BenchmarkParams(_Section):
     auto_gpu: bool = Field(True, description="also measure every GPU backend that is available here")
 
 
+class PromoteParams(_Section):
+    """When a trained model replaces the production one."""
+
+    max_map50_95_drop: float = Field(
+        0.0, ge=0.0, le=1.0, description="largest mAP50-95 drop against production that still promotes"
+    )
+    version_with_dvc: bool = Field(True, description="dvc add the production folder after promoting")
+
+
+class OrchestrationParams(_Section):
+    """Prefect flow behaviour: retries, timeouts and the workspace lock."""
+
+    train_retries: int = Field(2, ge=0, description="retries of a crashed training; each resumes from last.pt")
+    retry_delay_s: int = Field(10, ge=0)
+    stage_timeout_s: dict[str, int] = Field(
+        default_factory=lambda: {"train": 86400, "default": 3600},
+        description="per-stage timeout in seconds; 'default' for the others",
+    )
+    lock_timeout_s: int = Field(60, ge=0, description="how long a second run waits for the workspace")
+
+    @field_validator("stage_timeout_s")
+    @classmethod
+    def _known_stages(cls, value: dict[str, int]) -> dict[str, int]:
+        from stages import PIPELINE
+
+        unknown = set(value) - {*PIPELINE, "promote", "default"}
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}")
+        if "default" not in value:
+            raise ValueError("needs a 'default' entry")
+        return value
+
+
 class ReportParams(_Section):
     """Model card contents."""
 
@@ -200,6 +238,8 @@ class Params(_Section):
     engine: EngineParams = Field(default_factory=EngineParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     report: ReportParams = Field(default_factory=ReportParams)
+    promote: PromoteParams = Field(default_factory=PromoteParams)
+    orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -88,4 +88,16 @@ class BackendUnavailable(PipelineError):
 
 
 class StageFailed(PipelineError):
-    """A stage run through DVC (for example from the Prefect flow) exited non-zero."""
+    """A stage run through DVC (for example from the Prefect flow) failed.
+
+    Args:
+        message: The stage's own error lines, or the end of its output.
+        stage: The stage.
+        exit_code: The stage command's exit code when DVC reported one.
+        retryable: Whether running it again can help (a crash or a kill, not a refusal).
+    """
+
+    def __init__(self, message: str, *, stage: str, exit_code: int | None = None, retryable: bool = False) -> None:
+        self.exit_code = exit_code
+        self.retryable = retryable
+        super().__init__(message, stage=stage)

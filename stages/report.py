@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from stages.common import read_json, stage_main, write_text
-from stages.config import Params
+from stages.config import PIPELINE_SECTIONS, Params
+from stages.data_version import recorded_data_version
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class ReportConfig(BaseModel):
         p = params.paths
         return cls(
             title=params.report.title,
-            params=params.as_dict(),
+            params={k: v for k, v in params.as_dict().items() if k in PIPELINE_SECTIONS},
             workspace=root,
             dataset=p.dataset,
             validate_report=p.resolve("validate_report", root),
@@ -74,23 +75,11 @@ class ReportResult(BaseModel):
 
 
 def data_version(workspace: Path, dataset: str) -> str:
-    """DVC's hash of the dataset this pipeline ran on.
-
-    ``dvc.lock`` records the hash of every stage dependency as DVC saw it when the stage ran, so the
-    ``prepare`` entry is the exact version used. Outside a DVC run, the dataset's ``.dvc`` file is used.
-    """
-    lock = workspace / "dvc.lock"
-    if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-        for dep in stages.get("prepare", {}).get("deps", []):
-            if dep.get("path") == dataset and dep.get("md5"):
-                return f"{dep['md5']} ({dep.get('nfiles', '?')} files, {dep.get('size', '?')} bytes; from dvc.lock)"
-    dvc_file = workspace / f"{dataset}.dvc"
-    if dvc_file.is_file():
-        outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
-        if outs and outs[0].get("md5"):
-            return f"{outs[0]['md5']} (from {dataset}.dvc)"
-    return "unknown: the dataset is not tracked by DVC and the pipeline did not run through DVC"
+    """DVC's hash of the dataset this pipeline ran on, described for a reader."""
+    found = recorded_data_version(workspace, dataset)
+    if found is None:
+        return "unknown: the dataset is not tracked by DVC and the pipeline did not run through DVC"
+    return f"{found.md5} ({found.nfiles} files, {found.size} bytes; from {found.source})"
 
 
 def git_commit(workspace: Path) -> str:

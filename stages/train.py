@@ -9,6 +9,8 @@ from a local ``.pt`` file; a name that would make Ultralytics download weights i
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import re
 import shutil
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from stages.common import stage_main, write_json, write_text
@@ -27,6 +30,7 @@ from stages.runtime import import_ultralytics, offline_trainer
 log = logging.getLogger(__name__)
 
 STAGE = "train"
+FINGERPRINT = "pipeline_run.json"  # in the run folder: which configuration and data the run belongs to
 
 # Ultralytics results.csv columns -> names used in metrics/train.json and the curves file.
 _COLUMNS = {
@@ -77,6 +81,7 @@ class TrainResult(BaseModel):
     """Summary written to ``metrics/train.json``."""
 
     model: str
+    resumed_after_epoch: int | None
     epochs_run: int
     best_epoch: int | None
     device: str
@@ -152,6 +157,55 @@ def write_curves(rows: list[dict[str, float]], path: Path) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
+def run_fingerprint(cfg: TrainConfig) -> str:
+    """What makes a training run the same run: its hyper-parameters and the exact prepared data.
+
+    The data part is DVC's hash of the prepared dataset from ``dvc.lock`` (written when ``prepare``
+    ran); outside DVC it is unknown, and then no run is ever resumed.
+    """
+    lock = cfg.workspace / "dvc.lock"
+    data = None
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+        prepared = cfg.data_yaml.parent.relative_to(cfg.workspace).as_posix()
+        outs = stages.get("prepare", {}).get("outs", [])
+        data = next((o.get("md5") for o in outs if o.get("path") == prepared), None)
+    payload = {"hyper": cfg.hyper.model_dump(mode="json"), "data": data or f"unknown-{time.time_ns()}"}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _checkpoint_epochs(last: Path) -> int:
+    """How many epochs an Ultralytics checkpoint has completed (its ``epoch`` is 0-based; -1 when final)."""
+    import torch
+
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    return int(ckpt.get("epoch", -1)) + 1
+
+
+def resumable_checkpoint(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, int] | None:
+    """``last.pt`` of an interrupted run of the same configuration and its completed epochs, or ``None``.
+
+    A run is resumed only when it was started with the same fingerprint, saved a checkpoint, and
+    completed fewer epochs than configured (Ultralytics then trains exactly the remaining ones).
+    Rows that ``results.csv`` holds beyond the checkpoint (the process died between writing them and
+    saving the checkpoint) are dropped, since those epochs run again.
+    """
+    last = run_dir / "weights" / "last.pt"
+    marker = run_dir / FINGERPRINT
+    results = run_dir / "results.csv"
+    if not (last.is_file() and marker.is_file() and results.is_file()):
+        return None
+    if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+        return None
+    done = _checkpoint_epochs(last)
+    if not 0 < done < epochs:
+        return None
+    lines = results.read_text(encoding="utf-8").splitlines()
+    kept = [lines[0]] + [line for line in lines[1:] if int(float(line.split(",")[0])) <= done]
+    results.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return last, done
+
+
 def _train_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     h = cfg.hyper
     return {
@@ -195,15 +249,26 @@ def run(cfg: TrainConfig) -> TrainResult:
     """
     if not cfg.data_yaml.is_file():
         raise TrainingError("prepared data.yaml is missing; run 'prepare' first", stage=STAGE, path=cfg.data_yaml)
+
     ultralytics = import_ultralytics(cfg.workspace)
     model_source = resolve_model(cfg.hyper.model, cfg.workspace, Path(ultralytics.__file__).parent)
     _check_device(cfg.hyper.device)
-    if cfg.run_dir.exists():
-        shutil.rmtree(cfg.run_dir)
 
+    fingerprint = run_fingerprint(cfg)
+    resumable = resumable_checkpoint(cfg.run_dir, fingerprint, cfg.hyper.epochs)
+    last, resumed_after = resumable if resumable else (None, None)
     started = time.perf_counter()
-    model = ultralytics.YOLO(model_source, task="detect")
-    model.train(trainer=offline_trainer(), **_train_kwargs(cfg))
+    if last is not None:
+        log.info("resuming the interrupted run from %s", last)
+        model = ultralytics.YOLO(str(last), task="detect")
+        model.train(resume=True, data=str(cfg.data_yaml), trainer=offline_trainer())
+    else:
+        if cfg.run_dir.exists():
+            shutil.rmtree(cfg.run_dir)
+        cfg.run_dir.mkdir(parents=True)
+        write_json(cfg.run_dir / FINGERPRINT, {"fingerprint": fingerprint})
+        model = ultralytics.YOLO(model_source, task="detect")
+        model.train(trainer=offline_trainer(), **_train_kwargs(cfg))
     seconds = time.perf_counter() - started
 
     trainer = model.trainer
@@ -222,6 +287,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     best_row = max(rows, key=lambda r: 0.1 * r.get("map50", 0.0) + 0.9 * r.get("map50_95", 0.0))
     result = TrainResult(
         model=cfg.hyper.model,
+        resumed_after_epoch=resumed_after,
         epochs_run=len(rows),
         best_epoch=int(best_row["epoch"]) if "epoch" in best_row else None,
         device=str(trainer.device),

@@ -97,6 +97,10 @@ def test_flow_after_repro_reruns_nothing(ws: Workspace):
     proc = ws.run("-m", "flows.pipeline", "--workspace", str(ws.root))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ran: environment\n" in proc.stdout
+    assert "promoted: version 1" in proc.stdout
+    production = ws.json("models/production/metadata.json")
+    assert production["version"] == 1 and production["data_version"].endswith(".dir")
+    assert (ws.root / "models/production.dvc").is_file()
     assert "temporary server" in (proc.stdout + proc.stderr).lower()
 
 
@@ -116,11 +120,13 @@ def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monk
     ws.edit("benchmark", warmup=2)
     monkeypatch.setenv("PATH", ws.env["PATH"])
     with prefect_test_harness():
-        runs = pipeline(workspace=str(ws.root))
+        result = pipeline(workspace=str(ws.root))
         artifacts = _artifacts()
+    runs = result.stages
     assert {r.stage for r in runs if r.ran} == {"environment", "benchmark", "report"}
     assert [r.stage for r in runs] == list(PIPELINE)
-    assert {"stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card"} <= set(artifacts)
+    assert result.promoted_version == 2  # the CLI flow run before promoted version 1
+    assert {"stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card", "promotion"} <= set(artifacts)
     assert {row["backend"] for row in artifacts["latency"]} >= {"onnxruntime-cpu", "pytorch-cpu"}
     assert all(row["passed"] for row in artifacts["gate-verdict"])
 
@@ -128,7 +134,7 @@ def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monk
     assert proc.returncode == 0 and ran == {"environment"}
 
 
-ARTIFACT_KEYS = ("stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card")
+ARTIFACT_KEYS = ("stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card", "promotion", "data-check")
 
 
 def _artifacts() -> dict[str, Any]:
@@ -159,6 +165,7 @@ def test_failing_gate_stops_before_export_in_both_entry_points(ws: Workspace, mo
     from flows.pipeline import pipeline
     from stages.errors import StageFailed
 
+    production_before = tree_digest(ws.root / "models" / "production")
     with ws.edited("evaluate", min_map50=0.99):
         proc, ran = ws.repro()
         output = proc.stdout + proc.stderr
@@ -174,6 +181,7 @@ def test_failing_gate_stops_before_export_in_both_entry_points(ws: Workspace, mo
             artifacts = _artifacts()
     assert err.value.stage == "evaluate"
     assert any(not row["passed"] for row in artifacts["gate-verdict"])
+    assert tree_digest(ws.root / "models" / "production") == production_before, "a failed gate must not promote"
 
 
 def test_input_dataset_never_changed(ws: Workspace):

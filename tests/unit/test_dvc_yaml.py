@@ -45,3 +45,9 @@ def test_engine_and_benchmark_depend_on_the_environment_fingerprint():
     for name in ("build_engine", "benchmark"):
         assert "${paths.environment}" in DVC[name]["deps"]
     assert DVC["environment"]["always_changed"] is True
+
+
+def test_report_reads_exactly_the_pipeline_sections():
+    from stages.config import PIPELINE_SECTIONS
+
+    assert DVC["report"]["params"] == list(PIPELINE_SECTIONS)

@@ -1,0 +1,130 @@
+"""The version of the input dataset: DVC's own hash of it, and whether it differs from production's.
+
+``python -m stages.data_version`` prints the dataset's hash next to the one the production model was
+trained on, and exits 0 when they differ (retraining is due), 10 when they are the same, 1 on error.
+CI and the Prefect flow call it to skip a retrain when the data has not changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from stages.common import configure_logging
+from stages.config import DEFAULT_PARAMS, load_params
+from stages.errors import DatasetError, PipelineError
+
+UNCHANGED_EXIT = 10
+
+
+class DataVersion(BaseModel):
+    """DVC's hash of a dataset folder (``<md5>.dir``), with its size."""
+
+    md5: str
+    nfiles: int
+    size: int
+
+
+class RecordedVersion(DataVersion):
+    """A dataset version as DVC recorded it, and where it was read."""
+
+    source: str
+
+
+class DataCheck(BaseModel):
+    """The dataset's version next to production's."""
+
+    changed: bool
+    current: DataVersion
+    production: str | None
+    reason: str
+
+
+def dataset_version(workspace: Path, dataset: str) -> DataVersion:
+    """Hash ``dataset`` the way ``dvc add`` would, writing nothing (DVC's state cache makes reruns fast).
+
+    Raises:
+        DatasetError: When the folder is missing.
+    """
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+
+    path = workspace / dataset
+    if not path.is_dir():
+        raise DatasetError("dataset folder not found", path=path)
+    with Repo(str(workspace)) as repo:
+        _odb, meta, obj = build(repo.cache.local, str(path), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
+    return DataVersion(md5=obj.hash_info.value, nfiles=meta.nfiles or 0, size=meta.size or 0)
+
+
+def recorded_data_version(workspace: Path, dataset: str) -> RecordedVersion | None:
+    """The dataset version the pipeline last ran on, as DVC recorded it.
+
+    ``dvc.lock`` holds the hash of every stage dependency as DVC saw it when the stage ran, so the
+    ``prepare`` entry is the exact version used. Outside a DVC run, the dataset's ``.dvc`` file is used.
+    """
+    lock = workspace / "dvc.lock"
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+        for dep in stages.get("prepare", {}).get("deps", []):
+            if dep.get("path") == dataset and dep.get("md5"):
+                return RecordedVersion(
+                    md5=dep["md5"], nfiles=dep.get("nfiles", 0), size=dep.get("size", 0), source="dvc.lock"
+                )
+    dvc_file = workspace / f"{dataset}.dvc"
+    if dvc_file.is_file():
+        outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
+        if outs and outs[0].get("md5"):
+            out = outs[0]
+            return RecordedVersion(
+                md5=out["md5"], nfiles=out.get("nfiles", 0), size=out.get("size", 0), source=f"{dataset}.dvc"
+            )
+    return None
+
+
+def production_data_version(production: Path) -> str | None:
+    """The dataset hash the production model was trained on, or ``None`` when there is none."""
+    metadata = production / "metadata.json"
+    if not metadata.is_file():
+        return None
+    return json.loads(metadata.read_text(encoding="utf-8"))["data_version"]
+
+
+def check(workspace: Path, dataset: str, production: Path) -> DataCheck:
+    """Compare the dataset's current version with production's."""
+    current = dataset_version(workspace, dataset)
+    trained_on = production_data_version(production)
+    if trained_on is None:
+        reason = "no production model yet"
+    elif trained_on == current.md5:
+        reason = f"dataset unchanged since the production model was trained ({current.md5})"
+    else:
+        reason = f"dataset changed: {trained_on} -> {current.md5}"
+    return DataCheck(changed=trained_on != current.md5, current=current, production=trained_on, reason=reason)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: exit 0 when the data changed since production, 10 when not, 1 on error."""
+    parser = argparse.ArgumentParser(prog="python -m stages.data_version", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        params = load_params(args.params)
+        root = args.params.resolve().parent
+        result = check(root, params.paths.dataset, params.paths.resolve("production", root))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.model_dump(mode="json")))
+    print(result.reason, file=sys.stderr)
+    return 0 if result.changed else UNCHANGED_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

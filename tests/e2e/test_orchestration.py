@@ -1,0 +1,119 @@
+"""End to end: promotion, the data-change check, one run per workspace, and resuming a killed training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stages.lock import workspace_lock
+from tests.conftest import tree_digest
+from tests.e2e.workspace import Workspace
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    w = Workspace.create(tmp_path_factory.mktemp("ws-orch"), tmp_path_factory.mktemp("prefect-home"))
+    gen = w.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64")
+    assert gen.returncode == 0, gen.stderr
+    w.add_data()
+    proc, _ran = w.repro()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return w
+
+
+def test_promotion_then_data_check_then_regression_refused(ws: Workspace):
+    check = ws.run("-m", "stages.data_version")
+    assert check.returncode == 0 and json.loads(check.stdout)["production"] is None
+
+    proc = ws.run("-m", "stages.promote")
+    assert proc.returncode == 0, proc.stderr
+    meta = ws.json("models/production/metadata.json")
+    assert meta["version"] == 1
+    assert {"model.pt", "model.onnx", "model_card.md", "evaluate.json", "benchmark.json"} <= set(meta["files"])
+    assert meta["data_version"] == json.loads(check.stdout)["current"]["md5"]
+    assert ws.json("reports/promotion.json")["promoted"] is True
+
+    unchanged = ws.run("-m", "stages.data_version")
+    assert unchanged.returncode == 10, unchanged.stdout + unchanged.stderr
+    assert "unchanged" in unchanged.stderr
+
+    # Production claims a better model than the candidate: promotion must refuse and touch nothing.
+    meta["metrics"]["map50_95"] = 0.99
+    (ws.root / "models/production/metadata.json").write_text(json.dumps(meta))
+    before = tree_digest(ws.root / "models" / "production")
+    refused = ws.run("-m", "stages.promote")
+    assert refused.returncode == 2
+    assert "not promoted: no regression" in refused.stderr and "0.99" in refused.stderr
+    assert tree_digest(ws.root / "models" / "production") == before
+    assert ws.json("reports/promotion.json")["promoted"] is False
+
+
+def test_flow_skips_unchanged_data_and_runs_when_it_changes(ws: Workspace):
+    proc = ws.run("-m", "flows.pipeline", "--workspace", str(ws.root), "--only-if-data-changed", "--no-promote")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "skipped: dataset unchanged" in proc.stdout
+
+    extra = ws.root / "data/dataset/images/train/train_00000.jpg"
+    (extra.parent / "new_image.jpg").write_bytes(extra.read_bytes()[:-2] + b"\x00\xff\xd9")
+    try:
+        changed = ws.run("-m", "stages.data_version")
+        assert changed.returncode == 0 and "dataset changed" in changed.stderr
+    finally:
+        (extra.parent / "new_image.jpg").unlink()
+
+
+def test_second_run_on_a_busy_workspace_is_refused(ws: Workspace):
+    with workspace_lock(ws.root, 0, "test holder"):
+        proc, ran = ws.repro("report", "--force", "--single-item")
+        assert proc.returncode != 0
+        assert "test holder" in proc.stderr + proc.stdout and "is using this workspace" in proc.stderr + proc.stdout
+
+        ws.edit("orchestration", lock_timeout_s=1)
+        flow = ws.run("-m", "flows.pipeline", "--workspace", str(ws.root))
+        assert flow.returncode == 1
+        assert "workspace is busy" in flow.stderr and "test holder" in flow.stderr
+    proc, ran = ws.repro("report", "--force", "--single-item")
+    assert proc.returncode == 0 and ran == {"report"}
+
+
+def test_killed_training_resumes_and_trains_exactly_the_configured_epochs(ws: Workspace):
+    ws.edit("train", epochs=6)
+    results = ws.root / "models/train/results.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "train"],
+        cwd=ws.root,
+        env=ws.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if results.is_file() and len(results.read_text().splitlines()) >= 3:  # header + 2 epochs
+            break
+        time.sleep(0.05)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("training did not get through two epochs in time")
+    os.killpg(proc.pid, signal.SIGKILL)  # as an OOM kill or a lost node would
+    proc.wait()
+    done_before = len(results.read_text().splitlines()) - 1
+    assert 2 <= done_before < 6
+
+    again, ran = ws.repro("train")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "train" in ran
+    train = ws.json("metrics/train.json")
+    # The checkpoint can lag the CSV by one epoch when the kill lands between the two writes.
+    assert 1 <= train["resumed_after_epoch"] <= done_before
+    assert train["epochs_run"] == 6
+    epochs = [int(line.split(",")[0]) for line in results.read_text().splitlines()[1:]]
+    assert epochs == [1, 2, 3, 4, 5, 6]
