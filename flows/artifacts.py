@@ -41,7 +41,7 @@ def latency_rows(benchmark: dict[str, Any]) -> list[dict[str, Any]]:
             "p99_ms": r["latency_ms"]["p99"],
             "throughput_ips": r["throughput_ips"],
         }
-        for r in benchmark.get("rows", [])
+        for r in benchmark.get("backends", {}).values()
     ]
 
 

@@ -97,9 +97,12 @@ class BenchmarkRow(BaseModel):
 
 
 class BenchmarkResult(BaseModel):
-    """What ``metrics/benchmark.json`` holds."""
+    """What ``metrics/benchmark.json`` holds: one row per backend measured, keyed by backend.
 
-    rows: list[BenchmarkRow]
+    A mapping rather than a list so that ``dvc metrics show/diff`` can flatten and compare it.
+    """
+
+    backends: dict[str, BenchmarkRow]
     skipped: dict[str, str]
 
 
@@ -308,7 +311,7 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
             latency.p99,
             row.throughput_ips,
         )
-    result = BenchmarkResult(rows=rows, skipped=skipped)
+    result = BenchmarkResult(backends={row.backend: row for row in rows}, skipped=skipped)
     write_json(cfg.metrics, result)
     return result
 

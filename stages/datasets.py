@@ -73,6 +73,11 @@ def read_prepared_yaml(path: Path) -> dict[str, Any]:
         raise DatasetError("prepared data.yaml is missing; run the 'prepare' stage first", path=path) from None
     if not isinstance(data, dict) or "names" not in data:
         raise DatasetError("not a prepared data.yaml (no 'names')", path=path)
+    if Path(data.get("path", "")) != path.parent.resolve():
+        raise DatasetError(
+            f"written for another folder ({data.get('path')}): the workspace moved; run 'dvc repro --force prepare'",
+            path=path,
+        )
     data["names"] = normalise_names(data["names"], source=path)
     return data
 

@@ -115,7 +115,7 @@ def latency_table(benchmark: dict[str, Any]) -> list[str]:
     columns = ["backend", "provider", "device", "precision", "batch", "imgsz"]
     columns += ["p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    for r in benchmark.get("rows", []):
+    for r in benchmark.get("backends", {}).values():
         lat = r["latency_ms"]
         lines.append(
             f"| {r['backend']} | {r['provider']} | {r['device']} | {r['precision']} | {r['batch']} | {r['imgsz']} | "

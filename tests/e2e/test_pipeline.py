@@ -62,7 +62,7 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
     engine = ws.json("metrics/engine.json")
     assert engine["status"] == "skipped" and "CUDA" in engine["reason"]
 
-    rows = {r["backend"]: r for r in ws.json("metrics/benchmark.json")["rows"]}
+    rows = ws.json("metrics/benchmark.json")["backends"]
     assert {"onnxruntime-cpu", "pytorch-cpu"} <= set(rows)
     assert rows["onnxruntime-cpu"]["provider"] == "CPUExecutionProvider"
     for row in rows.values():
@@ -109,7 +109,7 @@ def test_benchmark_param_reruns_only_benchmark_and_report(ws: Workspace):
     proc, ran = ws.repro()
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ran == {"environment", "benchmark", "report"}
-    assert all(r["iterations"] == 6 for r in ws.json("metrics/benchmark.json")["rows"])
+    assert all(r["iterations"] == 6 for r in ws.json("metrics/benchmark.json")["backends"].values())
 
 
 def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monkeypatch: pytest.MonkeyPatch):

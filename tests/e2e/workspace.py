@@ -16,7 +16,17 @@ import yaml
 
 from tests.conftest import REPO, venv_env
 
-COPY = ["stages", "flows", "weights", "dvc.yaml", "params.yaml", ".dvcignore", "prefect.toml", "prefect.yaml"]
+COPY = [
+    "stages",
+    "flows",
+    "weights",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    "prefect.toml",
+    "prefect.yaml",
+    ".gitignore",
+]
 TINY = {
     "train": {"epochs": 1, "imgsz": 64, "batch": 8},
     "evaluate": {"min_map50": 0.0, "min_map50_95": 0.0, "batch": 8},

@@ -51,7 +51,7 @@ def test_gpu_backends_are_benchmarked(gpu_workspace):
     export.run(export.ExportConfig.from_params(params, root))
     engine = build_engine.run(build_engine.BuildEngineConfig.from_params(params, root))
     result = benchmark.run(benchmark.BenchmarkConfig.from_params(params, root))
-    backends = {row.backend: row for row in result.rows}
+    backends = result.backends
     assert "pytorch-cuda" in backends
     assert backends["pytorch-cuda"].device.startswith("cuda:0")
     assert backends["pytorch-cuda"].latency_ms.p50 > 0

@@ -51,3 +51,22 @@ def test_report_reads_exactly_the_pipeline_sections():
     from stages.config import PIPELINE_SECTIONS
 
     assert DVC["report"]["params"] == list(PIPELINE_SECTIONS)
+
+
+def test_prepared_data_yaml_is_left_out_of_hashes():
+    """Its absolute path must not make data/prepared's hash machine-specific."""
+    from stages.config import load_params
+
+    prepared = load_params(REPO / "params.yaml").paths.prepared
+    assert f"/{prepared}/data.yaml" in (REPO / ".dvcignore").read_text().splitlines()
+
+
+def test_only_cheap_outputs_skip_the_cache():
+    """The run-cache restores a stage only when all its outputs are cached."""
+    uncached = {
+        name
+        for name, stage in DVC.items()
+        for out in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", [])
+        if isinstance(out, dict) and next(iter(out.values())).get("cache") is False
+    }
+    assert uncached == {"environment", "prepare"}

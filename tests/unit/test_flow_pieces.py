@@ -34,7 +34,7 @@ def outputs(tmp_path: Path) -> Path:
     }
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(evaluate))
-    (tmp_path / "metrics" / "benchmark.json").write_text(json.dumps({"rows": []}))  # stale, from an earlier run
+    (tmp_path / "metrics" / "benchmark.json").write_text(json.dumps({"backends": {}}))  # stale, from an earlier run
     return tmp_path
 
 

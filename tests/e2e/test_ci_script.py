@@ -1,0 +1,78 @@
+"""End to end: scripts/ci_retrain.sh in a git repo with a DVC remote, then in a fresh clone of it.
+
+The clone pulls data, outputs and run-cache, and its `dvc repro` must not train again; a params
+change there re-runs only what reads it; both runs write a metrics diff against main.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.workspace import Workspace
+
+pytestmark = pytest.mark.e2e
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "ci",
+    "GIT_AUTHOR_EMAIL": "ci@example.invalid",
+    "GIT_COMMITTER_NAME": "ci",
+    "GIT_COMMITTER_EMAIL": "ci@example.invalid",
+}
+
+
+def git(ws: Workspace, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=ws.root, env={**ws.env, **GIT_ENV}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def ci(ws: Workspace, summary: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    env = {**ws.env, "CI_BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary)}
+    proc = subprocess.run(
+        ["bash", "scripts/ci_retrain.sh"], cwd=ws.root, env=env, capture_output=True, text=True, timeout=900
+    )
+    return proc, set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
+
+
+def test_ci_script_shares_results_through_the_remote(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    first = Workspace.create(tmp_path_factory.mktemp("ci-main"), home)
+    shutil.copytree(REPO / "scripts", first.root / "scripts")
+    remote = tmp_path_factory.mktemp("remote")
+    gen = first.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64")
+    assert gen.returncode == 0, gen.stderr
+    assert first.run("-m", "dvc", "remote", "modify", "local", "url", str(remote)).returncode == 0
+    first.add_data()
+    git(first, "checkout", "-q", "-b", "main")
+    git(first, "add", "-A")
+    git(first, "commit", "-q", "-m", "pipeline and data")
+
+    summary = tmp_path_factory.mktemp("summary") / "main.md"
+    proc, ran = ci(first, summary)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "train" in ran
+    assert (remote / "runs").is_dir(), "the run-cache was not pushed"
+    text = summary.read_text()
+    assert "## Metrics against main" in text and "metrics/evaluate.json" in text and "map50" in text
+    git(first, "add", "-A")
+    git(first, "commit", "-q", "-m", "retrained")  # dvc.lock, as a merged retraining commit would
+
+    clone_root = tmp_path_factory.mktemp("ci-clone") / "repo"
+    subprocess.run(["git", "clone", "-q", str(first.root), str(clone_root)], check=True, env={**first.env, **GIT_ENV})
+    second = Workspace(clone_root, home)
+    git(second, "checkout", "-q", "-b", "feature")
+    second.edit("benchmark", iterations=7)
+    summary2 = tmp_path_factory.mktemp("summary") / "feature.md"
+    proc, ran = ci(second, summary2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (second.root / "data/dataset/data.yaml").is_file(), "the data was not pulled"
+    assert "train" not in ran and "evaluate" not in ran, f"results should come from the remote, ran {ran}"
+    assert {"benchmark", "report"} <= ran
+    diff = summary2.read_text()
+    assert "metrics/benchmark.json" in diff and "backends.onnxruntime-cpu.iterations" in diff
