@@ -6,8 +6,13 @@ BIN := $(CURDIR)/$(VENV)/bin
 # dvc.yaml commands call `python`: make it the virtual environment's.
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
+# No usage telemetry from Prefect's SDK (it reads this at import) or any other tool honouring it.
+export DO_NOT_TRACK := 1
+# Where the Prefect deployments run (prefect.yaml): this folder unless told otherwise.
+export PIPELINE_WORKSPACE ?= $(CURDIR)
+PREFECT_PORT ?= 4200
 
-.PHONY: demo flow test test-unit test-e2e lint sample-data install clean
+.PHONY: demo flow test test-unit test-e2e lint sample-data install clean server deploy worker retrain-ci promote
 
 install: $(VENV)/.installed
 
@@ -30,6 +35,27 @@ demo: sample-data
 ## Run the same pipeline as a Prefect flow (shares DVC's cache: cached stages are not re-run).
 flow: sample-data
 	$(BIN)/python -m flows.pipeline --workspace .
+
+## Promote the current model to models/production when every check passes.
+promote: install
+	$(BIN)/python -m stages.promote
+
+## A local Prefect server (SQLite) on loopback; then `export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api`.
+server: install
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+## Create the process work pool and the deployments of prefect.yaml on the server in PREFECT_API_URL.
+deploy: install
+	$(BIN)/prefect work-pool inspect yolo-cpu >/dev/null 2>&1 || $(BIN)/prefect work-pool create yolo-cpu --type process
+	$(BIN)/prefect --no-prompt deploy --all
+
+## A process worker that runs the deployments' flow runs in this workspace.
+worker: install
+	$(BIN)/prefect worker start --pool yolo-cpu
+
+## What CI runs: pull, reproduce, push, metrics diff (scripts/ci_retrain.sh).
+retrain-ci: install
+	bash scripts/ci_retrain.sh
 
 test: lint
 	$(BIN)/python -m pytest

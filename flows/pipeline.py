@@ -13,7 +13,7 @@ holds the workspace (``stages/lock.py``).
 
 Usage::
 
-    python -m flows.pipeline [--workspace .] [--only-if-data-changed] [--no-promote]
+    python -m flows.pipeline [--workspace .] [--pull] [--only-if-data-changed] [--no-promote]
 
 With no Prefect server configured, Prefect starts a temporary local one for the run.
 """
@@ -58,6 +58,26 @@ def check_data(workspace: str) -> DataCheck:
     return check(root, params.paths.dataset, params.paths.resolve("production", root))
 
 
+@task(name="pull-cache", retries=2, retry_delay_seconds=10)
+def pull_cache(workspace: str, token: str) -> None:
+    """``dvc pull --run-cache``: results computed elsewhere (a GPU machine, CI) are then restored.
+
+    Network I/O, so it retries; nothing to pull yet is not an error.
+    """
+    logger = get_run_logger()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "pull", "--run-cache", "--allow-missing"],
+        cwd=workspace,
+        env=dvc_environment(token),
+        capture_output=True,
+        text=True,
+    )
+    for line in (proc.stdout + proc.stderr).splitlines():
+        logger.info("%s", line)
+    if proc.returncode != 0:
+        raise PipelineError(f"dvc pull failed: {proc.stderr.strip()[-1000:]}", stage="pull-cache")
+
+
 def _retry_if_crashed(_task: Any, _task_run: Any, state: Any) -> bool:
     """Retry a stage only when it crashed or was killed, never when it refused (exit code 2)."""
     return isinstance(state.data, StageFailed) and state.data.retryable
@@ -98,13 +118,17 @@ def _stage_options(params: Params, stage: str) -> dict[str, Any]:
 
 
 @flow(name="yolo-train-to-deploy", flow_run_name="{workspace}")
-def pipeline(workspace: str = ".", only_if_data_changed: bool = False, promote_model: bool = True) -> PipelineResult:
+def pipeline(
+    workspace: str = ".", only_if_data_changed: bool = False, promote_model: bool = True, pull: bool = False
+) -> PipelineResult:
     """Run the whole chain in ``workspace``, promote the model, and publish the run's artifacts.
 
     Args:
         workspace: The folder holding ``dvc.yaml`` and ``params.yaml``.
         only_if_data_changed: End early when the dataset is the one production was trained on.
         promote_model: Promote a model that passes every check to ``paths.production``.
+        pull: First pull data and run-cache from the DVC remote, so that results computed on
+            another machine are restored instead of recomputed.
 
     Returns:
         What happened: skipped (and why), each stage, and the promoted version.
@@ -118,6 +142,8 @@ def pipeline(workspace: str = ".", only_if_data_changed: bool = False, promote_m
     logger = get_run_logger()
     owner = f"flow run {flow_run.name or flow_run.id}"
     with workspace_lock(root, params.orchestration.lock_timeout_s, owner) as token:
+        if pull:
+            pull_cache(str(root), token)
         if only_if_data_changed:
             data = check_data(str(root))
             logger.info("%s", data.reason)
@@ -157,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", default=".", help="folder holding dvc.yaml (default: %(default)s)")
     parser.add_argument("--only-if-data-changed", action="store_true", help="skip when the data is production's")
     parser.add_argument("--no-promote", action="store_true", help="do not promote the model to production")
+    parser.add_argument("--pull", action="store_true", help="dvc pull data and run-cache first")
     args = parser.parse_args(argv)
     # prefect.toml turns these off when run from the project folder; keep them off from anywhere.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -166,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             workspace=str(Path(args.workspace).resolve()),
             only_if_data_changed=args.only_if_data_changed,
             promote_model=not args.no_promote,
+            pull=args.pull,
         )
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,12 +4,12 @@ Not a DVC stage: production is what the pipeline is compared against (the no-reg
 its baseline from here), so it cannot be one of the pipeline's own outputs. The Prefect flow runs
 it after a passing chain, CI runs ``python -m stages.promote`` after ``dvc repro``.
 
-Checks, all required: the evaluation gate passed, export parity passed, and the model's mAP50-95 is
-not below production's by more than ``promote.max_map50_95_drop``. On success the new production
-folder is assembled beside the old one and swapped in, so a failure part-way leaves production as it
-was; then it is versioned with ``dvc add`` (commit ``models/production.dvc``). Every attempt writes
-``reports/promotion.json``; a refusal exits non-zero naming each failed check and leaves production
-untouched.
+Checks, all required: the pipeline's results are up to date (``dvc status``), the evaluation gate
+passed, export parity passed, and the model's mAP50-95 is not below production's by more than
+``promote.max_map50_95_drop``. On success the new production folder is assembled beside the old one
+and swapped in, so a failure part-way leaves production as it was; then it is versioned with
+``dvc add`` (commit ``models/production.dvc``). Every attempt writes ``reports/promotion.json``; a
+refusal exits non-zero naming each failed check and leaves production untouched.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from stages import PIPELINE
 from stages.common import read_json, stage_main, write_json
 from stages.config import Params, PromoteParams
 from stages.data_version import recorded_data_version
@@ -155,6 +156,21 @@ def promotion_checks(
     return checks
 
 
+def stale_stages(workspace: Path) -> list[str]:
+    """Pipeline stages whose results are out of date (``dvc status``), the always-run fingerprint aside.
+
+    Raises:
+        PipelineError: When ``dvc status`` itself fails.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"], cwd=workspace, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise PipelineError(f"'dvc status' failed: {proc.stderr.strip()[-500:]}", stage=STAGE)
+    status = json.loads(proc.stdout or "{}")
+    return [stage for stage in PIPELINE if stage != "environment" and stage in status]
+
+
 def _dvc_add(workspace: Path, target: Path) -> None:
     """Version the production folder with DVC (writes ``<target>.dvc``)."""
     proc = subprocess.run(
@@ -185,6 +201,16 @@ def run(cfg: PromoteConfig) -> PromoteResult:
     export = read_json(cfg.files["export.json"], stage=STAGE)
     current = _current_production(cfg.production)
     checks = promotion_checks(evaluate, export, current, cfg.options.max_map50_95_drop)
+    if (cfg.workspace / "dvc.yaml").is_file():
+        stale = stale_stages(cfg.workspace)
+        checks.insert(
+            0,
+            PromotionCheck(
+                name="pipeline up to date",
+                passed=not stale,
+                message="passed" if not stale else f"out of date: {', '.join(stale)}; run 'dvc repro' first",
+            ),
+        )
     recorded = recorded_data_version(cfg.workspace, cfg.dataset)
     version = recorded.md5 if recorded else None
     shown = cfg.production.relative_to(cfg.workspace).as_posix()

@@ -28,6 +28,7 @@ def _offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("YOLO_AUTOINSTALL", "false")
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
 
 
 @pytest.fixture

@@ -56,6 +56,13 @@ def test_promotion_then_data_check_then_regression_refused(ws: Workspace):
     assert ws.json("reports/promotion.json")["promoted"] is False
 
 
+def test_promotion_refuses_results_older_than_the_params(ws: Workspace):
+    with ws.edited("benchmark", iterations=9):
+        refused = ws.run("-m", "stages.promote")
+    assert refused.returncode == 2
+    assert "pipeline up to date out of date: benchmark, report" in refused.stderr
+
+
 def test_flow_skips_unchanged_data_and_runs_when_it_changes(ws: Workspace):
     proc = ws.run("-m", "flows.pipeline", "--workspace", str(ws.root), "--only-if-data-changed", "--no-promote")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
