@@ -58,22 +58,22 @@ def check_data(workspace: str) -> DataCheck:
     return check(root, params.paths.dataset, params.paths.resolve("production", root))
 
 
+def _run_logged(cmd: list[str], workspace: str, token: str) -> subprocess.CompletedProcess[str]:
+    """Run a command in the workspace with this run's lock token; its output goes to the task log."""
+    proc = subprocess.run(cmd, cwd=workspace, env=dvc_environment(token), capture_output=True, text=True)
+    logger = get_run_logger()
+    for line in (proc.stdout + proc.stderr).splitlines():
+        logger.info("%s", line)
+    return proc
+
+
 @task(name="pull-cache", retries=2, retry_delay_seconds=10)
 def pull_cache(workspace: str, token: str) -> None:
     """``dvc pull --run-cache``: results computed elsewhere (a GPU machine, CI) are then restored.
 
     Network I/O, so it retries; nothing to pull yet is not an error.
     """
-    logger = get_run_logger()
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "pull", "--run-cache", "--allow-missing"],
-        cwd=workspace,
-        env=dvc_environment(token),
-        capture_output=True,
-        text=True,
-    )
-    for line in (proc.stdout + proc.stderr).splitlines():
-        logger.info("%s", line)
+    proc = _run_logged([sys.executable, "-m", "dvc", "pull", "--run-cache", "--allow-missing"], workspace, token)
     if proc.returncode != 0:
         raise PipelineError(f"dvc pull failed: {proc.stderr.strip()[-1000:]}", stage="pull-cache")
 
@@ -92,16 +92,7 @@ def run_stage(stage: str, workspace: str, timeout_s: float, token: str) -> Stage
 @task(name="promote")
 def promote(workspace: str, token: str) -> dict[str, Any]:
     """Promote the new model to production (``python -m stages.promote``, in its own process)."""
-    logger = get_run_logger()
-    proc = subprocess.run(
-        [sys.executable, "-m", "stages.promote"],
-        cwd=workspace,
-        env=dvc_environment(token),
-        capture_output=True,
-        text=True,
-    )
-    for line in (proc.stdout + proc.stderr).splitlines():
-        logger.info("%s", line)
+    proc = _run_logged([sys.executable, "-m", "stages.promote"], workspace, token)
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         raise StageFailed("\n".join(errors) or proc.stderr[-2000:], stage="promote", exit_code=proc.returncode)

@@ -32,11 +32,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    w = Workspace.create(tmp_path_factory.mktemp("ws-deploy"), tmp_path_factory.mktemp("prefect-home"))
-    gen = w.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64")
-    assert gen.returncode == 0, gen.stderr
-    w.add_data()
-    proc, _ = w.repro()
+    w = Workspace.with_sample_data(tmp_path_factory, "ws-deploy")
+    proc, _ran = w.repro()
     assert proc.returncode == 0, proc.stderr[-3000:]
     return w
 

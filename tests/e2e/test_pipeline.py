@@ -24,10 +24,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    w = Workspace.create(tmp_path_factory.mktemp("workspace"), tmp_path_factory.mktemp("prefect-home"))
-    gen = w.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64")
-    assert gen.returncode == 0, gen.stderr
-    w.add_data()
+    w = Workspace.with_sample_data(tmp_path_factory, "workspace")
     w.input_digest = tree_digest(w.root / "data" / "dataset")  # type: ignore[attr-defined]
     return w
 

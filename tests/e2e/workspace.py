@@ -63,6 +63,28 @@ class Workspace:
         ws.set_params(params)
         return ws
 
+    @classmethod
+    def with_sample_data(
+        cls, tmp_path_factory: Any, name: str, train: int = 16, val: int = 8, size: int = 64
+    ) -> Workspace:
+        """A new workspace with the generated sample dataset, tracked by DVC."""
+        ws = cls.create(tmp_path_factory.mktemp(name), tmp_path_factory.mktemp("prefect-home"))
+        gen = ws.run(
+            "-m",
+            "stages.sample_data",
+            "--out",
+            "data/dataset",
+            "--train",
+            str(train),
+            "--val",
+            str(val),
+            "--size",
+            str(size),
+        )
+        assert gen.returncode == 0, gen.stderr
+        ws.add_data()
+        return ws
+
     def add_data(self) -> None:
         """Track ``data/dataset`` with DVC."""
         add = self.run("-m", "dvc", "add", "-q", "data/dataset")
