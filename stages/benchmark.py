@@ -198,7 +198,7 @@ def _tensorrt(cfg: BenchmarkConfig, inputs: list[np.ndarray]) -> _Backend:
     engine = cfg.engine_dir / "model.engine"
     backend = AutoBackend(str(engine), device=torch.device("cuda:0"), fp16=engine_info["precision"] == "fp16")
     tensors = [torch.from_numpy(x).to("cuda:0") for x in inputs]
-    if backend.fp16:
+    if getattr(backend, "fp16", False):
         tensors = [t.half() for t in tensors]
 
     def step(i: int) -> None:

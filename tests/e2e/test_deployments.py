@@ -32,10 +32,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    w = Workspace.with_sample_data(tmp_path_factory, "ws-deploy")
-    proc, _ran = w.repro()
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return w
+    return Workspace.with_sample_data(tmp_path_factory, "ws-deploy", repro=True)
 
 
 @pytest.fixture(scope="module")

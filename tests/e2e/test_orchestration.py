@@ -20,10 +20,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    w = Workspace.with_sample_data(tmp_path_factory, "ws-orch")
-    proc, _ran = w.repro()
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return w
+    return Workspace.with_sample_data(tmp_path_factory, "ws-orch", repro=True)
 
 
 def test_promotion_then_data_check_then_regression_refused(ws: Workspace):

@@ -65,9 +65,9 @@ class Workspace:
 
     @classmethod
     def with_sample_data(
-        cls, tmp_path_factory: Any, name: str, train: int = 16, val: int = 8, size: int = 64
+        cls, tmp_path_factory: Any, name: str, train: int = 16, val: int = 8, size: int = 64, repro: bool = False
     ) -> Workspace:
-        """A new workspace with the generated sample dataset, tracked by DVC."""
+        """A new workspace with the generated sample dataset, tracked by DVC (and reproduced, if asked)."""
         ws = cls.create(tmp_path_factory.mktemp(name), tmp_path_factory.mktemp("prefect-home"))
         gen = ws.run(
             "-m",
@@ -83,6 +83,9 @@ class Workspace:
         )
         assert gen.returncode == 0, gen.stderr
         ws.add_data()
+        if repro:
+            proc, _ran = ws.repro()
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return ws
 
     def add_data(self) -> None:
