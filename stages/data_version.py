@@ -49,15 +49,20 @@ def dataset_version(workspace: Path, dataset: str) -> DataVersion:
     """Hash ``dataset`` the way ``dvc add`` would, writing nothing (DVC's state cache makes reruns fast).
 
     Raises:
-        DatasetError: When the folder is missing.
+        DatasetError: When the folder is missing or the workspace is not a DVC project.
     """
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
     from dvc_data.hashfile.build import build
 
     path = workspace / dataset
     if not path.is_dir():
         raise DatasetError("dataset folder not found", path=path)
-    with Repo(str(workspace)) as repo:
+    try:
+        repo = Repo(str(workspace))
+    except NotDvcRepoError:
+        raise DatasetError("not a DVC workspace (no .dvc folder): run 'dvc init'", path=workspace) from None
+    with repo:
         _odb, meta, obj = build(repo.cache.local, str(path), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
     return DataVersion(md5=obj.hash_info.value, nfiles=meta.nfiles or 0, size=meta.size or 0)
 

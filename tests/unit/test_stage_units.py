@@ -81,3 +81,14 @@ def test_data_version_prefers_dvc_lock(tmp_path: Path):
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert data_version(tmp_path, "data/dataset").startswith("bbb.dir (3 files")
     assert data_version(tmp_path / "nowhere", "data/dataset").startswith("unknown")
+
+
+def test_data_version_outside_a_dvc_project_is_a_clear_error(tmp_path: Path):
+    from stages.data_version import dataset_version
+    from stages.errors import DatasetError
+
+    (tmp_path / "data" / "dataset").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="not a DVC workspace"):
+        dataset_version(tmp_path, "data/dataset")
+    with pytest.raises(DatasetError, match="not found"):
+        dataset_version(tmp_path, "data/missing")
