@@ -13,8 +13,6 @@ from stages.report import data_version
 from stages.train import read_results_csv, resolve_model
 from tests.conftest import cuda_available
 
-ULTRALYTICS_STUB = None
-
 
 @pytest.fixture
 def ultralytics_root() -> Path:
