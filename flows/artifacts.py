@@ -20,6 +20,28 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
+METRICS = ("map50", "map50_95", "precision", "recall")
+
+
+def production_metrics(workspace: Path, params: Params) -> dict[str, Any] | None:
+    """Production's version and metrics, read before this run may replace them."""
+    meta = _read(params.paths.resolve("production", workspace) / "metadata.json")
+    return {"version": meta["version"], **meta["metrics"]} if meta else None
+
+
+def diff_rows(evaluate: dict[str, Any], baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run's metrics next to production's, with the change."""
+    return [
+        {
+            "metric": m,
+            f"production v{baseline['version']}": baseline[m],
+            "this run": evaluate[m],
+            "change": round(evaluate[m] - baseline[m], 6),
+        }
+        for m in METRICS
+    ]
+
+
 def gate_rows(evaluate: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per gate check."""
     return [
@@ -72,6 +94,7 @@ def publish(
     runs: list[StageRun],
     failed: str | None = None,
     promotion_attempted: bool = False,
+    baseline: dict[str, Any] | None = None,
 ) -> list[str]:
     """Create the run's artifacts from the outputs of the stages this run completed.
 
@@ -84,6 +107,7 @@ def publish(
         runs: The stages completed in this run, ran or reused from the cache.
         failed: The stage that failed, if one did.
         promotion_attempted: Whether this run tried to promote (then ``reports/promotion.json`` is its).
+        baseline: Production's version and metrics as they were when the run started.
 
     Returns:
         The keys of the artifacts created.
@@ -108,6 +132,11 @@ def publish(
             key="evaluation-metrics", markdown=metrics_markdown(evaluate, export), description="Evaluation"
         )
         created += ["gate-verdict", "evaluation-metrics"]
+        if baseline is not None:
+            create_table_artifact(
+                key="metrics-vs-production", table=diff_rows(evaluate, baseline), description="Against production"
+            )
+            created.append("metrics-vs-production")
     benchmark = _read(paths.resolve("benchmark_metrics", workspace)) if "benchmark" in done else None
     if benchmark is not None:
         create_table_artifact(key="latency", table=latency_rows(benchmark), description="Latency per backend")

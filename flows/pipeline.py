@@ -141,6 +141,7 @@ def pipeline(
             if not data.changed:
                 artifacts.publish_skip(data.reason)
                 return PipelineResult(skipped=True, reason=data.reason)
+        baseline = artifacts.production_metrics(root, params)
         result = PipelineResult()
         failed: str | None = None
         attempted = False
@@ -157,7 +158,7 @@ def pipeline(
             failed = exc.stage
             raise
         finally:
-            artifacts.publish(root, params, result.stages, failed, attempted)
+            artifacts.publish(root, params, result.stages, failed, attempted, baseline)
     ran = [r.stage for r in result.stages if r.ran]
     logger.info(
         "stages run: %s; reused from the DVC cache: %s; promoted: %s",

@@ -123,7 +123,8 @@ def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monk
     assert {r.stage for r in runs if r.ran} == {"environment", "benchmark", "report"}
     assert [r.stage for r in runs] == list(PIPELINE)
     assert result.promoted_version == 2  # the CLI flow run before promoted version 1
-    assert {"stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card", "promotion"} <= set(artifacts)
+    expected = {"stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card", "promotion"}
+    assert expected | {"metrics-vs-production"} <= set(artifacts)
     assert {row["backend"] for row in artifacts["latency"]} >= {"onnxruntime-cpu", "pytorch-cpu"}
     assert all(row["passed"] for row in artifacts["gate-verdict"])
 
@@ -131,7 +132,16 @@ def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monk
     assert proc.returncode == 0 and ran == {"environment"}
 
 
-ARTIFACT_KEYS = ("stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card", "promotion", "data-check")
+ARTIFACT_KEYS = (
+    "metrics-vs-production",
+    "stage-runs",
+    "gate-verdict",
+    "evaluation-metrics",
+    "latency",
+    "model-card",
+    "promotion",
+    "data-check",
+)
 
 
 def _artifacts() -> dict[str, Any]:

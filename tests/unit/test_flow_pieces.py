@@ -53,3 +53,12 @@ def test_outputs_of_stages_not_completed_are_not_published(outputs: Path, record
     keys = artifacts.publish(outputs, parse_params({}), runs("environment", "prepare"), "validate")
     assert keys == ["stage-runs"]
     assert recorded["stage-runs"][0] == {"stage": "environment", "ran": True, "seconds": 1.0}
+
+
+def test_metrics_are_compared_with_production_as_it_was(outputs: Path, recorded: dict):
+    baseline = {"version": 2, "map50": 0.3, "map50_95": 0.2, "precision": 0.5, "recall": 0.5}
+    done = runs("environment", "prepare", "validate", "train", "evaluate")
+    keys = artifacts.publish(outputs, parse_params({}), done, baseline=baseline)
+    assert "metrics-vs-production" in keys
+    rows = {r["metric"]: r for r in recorded["metrics-vs-production"]}
+    assert rows["map50"] == {"metric": "map50", "production v2": 0.3, "this run": 0.2, "change": -0.1}
