@@ -77,8 +77,8 @@ def test_second_run_on_a_busy_workspace_is_refused(ws: Workspace):
         assert proc.returncode != 0
         assert "test holder" in proc.stderr + proc.stdout and "is using this workspace" in proc.stderr + proc.stdout
 
-        ws.edit("orchestration", lock_timeout_s=1)
-        flow = ws.run("-m", "flows.pipeline", "--workspace", str(ws.root))
+        with ws.edited("orchestration", lock_timeout_s=1):
+            flow = ws.run("-m", "flows.pipeline", "--workspace", str(ws.root))
         assert flow.returncode == 1
         assert "workspace is busy" in flow.stderr and "test holder" in flow.stderr
     proc, ran = ws.repro("report", "--force", "--single-item")
