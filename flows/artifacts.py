@@ -5,19 +5,17 @@ They are read from the files the stages wrote, so they show exactly what DVC cac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from flows.dvc_runner import StageRun
+from stages.common import read_json
 from stages.config import Params
+from stages.data_version import production_metadata
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+    return read_json(path, default=None)
 
 
 METRICS = ("map50", "map50_95", "precision", "recall")
@@ -25,7 +23,7 @@ METRICS = ("map50", "map50_95", "precision", "recall")
 
 def production_metrics(workspace: Path, params: Params) -> dict[str, Any] | None:
     """Production's version and metrics, read before this run may replace them."""
-    meta = _read(params.paths.resolve("production", workspace) / "metadata.json")
+    meta = production_metadata(params.paths.resolve("production", workspace))
     return {"version": meta["version"], **meta["metrics"]} if meta else None
 
 

@@ -51,11 +51,9 @@ class PipelineResult(BaseModel):
 
 
 @task(name="check-data")
-def check_data(workspace: str) -> DataCheck:
+def check_data(workspace: str, dataset: str, production: str) -> DataCheck:
     """Compare the dataset's DVC hash with the one the production model was trained on."""
-    root = Path(workspace)
-    params = load_params(root / "params.yaml")
-    return check(root, params.paths.dataset, params.paths.resolve("production", root))
+    return check(Path(workspace), dataset, Path(production))
 
 
 def _run_logged(cmd: list[str], workspace: str, token: str) -> subprocess.CompletedProcess[str]:
@@ -90,14 +88,17 @@ def run_stage(stage: str, workspace: str, timeout_s: float, token: str) -> Stage
 
 
 @task(name="promote")
-def promote(workspace: str, token: str) -> dict[str, Any]:
-    """Promote the new model to production (``python -m stages.promote``, in its own process)."""
+def promote(workspace: str, token: str, report: str) -> dict[str, Any]:
+    """Promote the new model to production (``python -m stages.promote``, in its own process).
+
+    Returns:
+        The promotion report it wrote to ``report``.
+    """
     proc = _run_logged([sys.executable, "-m", "stages.promote"], workspace, token)
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         raise StageFailed("\n".join(errors) or proc.stderr[-2000:], stage="promote", exit_code=proc.returncode)
-    params = load_params(Path(workspace) / "params.yaml")
-    return read_json(params.paths.resolve("promotion_report", Path(workspace)), stage="promote")
+    return read_json(Path(report), stage="promote")
 
 
 def _stage_options(params: Params, stage: str) -> dict[str, Any]:
@@ -136,7 +137,7 @@ def pipeline(
         if pull:
             pull_cache(str(root), token)
         if only_if_data_changed:
-            data = check_data(str(root))
+            data = check_data(str(root), params.paths.dataset, str(params.paths.resolve("production", root)))
             logger.info("%s", data.reason)
             if not data.changed:
                 artifacts.publish_skip(data.reason)
@@ -152,7 +153,7 @@ def pipeline(
                 result.stages.append(task_(stage, str(root), timeouts.get(stage, timeouts["default"]), token))
             if promote_model:
                 attempted = True
-                promotion = promote(str(root), token)
+                promotion = promote(str(root), token, str(params.paths.resolve("promotion_report", root)))
                 result.promoted_version = promotion["version"]
         except StageFailed as exc:
             failed = exc.stage

@@ -46,15 +46,25 @@ def write_json(path: Path, data: BaseModel | dict[str, Any] | list[Any]) -> None
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: Path, *, stage: str | None = None) -> Any:
+_REQUIRED = object()
+
+
+def read_json(path: Path, *, stage: str | None = None, default: Any = _REQUIRED) -> Any:
     """Read a JSON file written by an earlier stage.
 
+    Args:
+        path: The file.
+        stage: The stage reading it, for error messages.
+        default: Returned when the file does not exist; without it a missing file is an error.
+
     Raises:
-        PipelineError: When the file is missing or is not JSON, naming the file.
+        PipelineError: When the file is missing (and no default was given) or is not JSON.
     """
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if default is not _REQUIRED:
+            return default
         raise PipelineError("expected output of an earlier stage is missing", stage=stage, path=path) from None
     except json.JSONDecodeError as exc:
         raise PipelineError(f"not valid JSON: {exc}", stage=stage, path=path) from None
@@ -94,7 +104,7 @@ def stage_main(
     configure_logging(args.verbose)
     try:
         root = args.params.resolve().parent
-        _refuse_if_workspace_busy(root)
+        check_not_locked_by_another(root)  # a flow run holds the workspace for all its stages
         params = load_params(args.params)
         cfg = build(params, root)
         run(cfg)
@@ -104,8 +114,3 @@ def stage_main(
         print(f"error: {exc}", file=sys.stderr)
         return REFUSED_EXIT
     return 0
-
-
-def _refuse_if_workspace_busy(root: Path) -> None:
-    # A flow run holds the workspace for all its stages; see stages/lock.py.
-    check_not_locked_by_another(root)

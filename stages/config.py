@@ -212,7 +212,7 @@ class OrchestrationParams(_Section):
     def _known_stages(cls, value: dict[str, int]) -> dict[str, int]:
         from stages import PIPELINE
 
-        unknown = set(value) - {*PIPELINE, "promote", "default"}
+        unknown = set(value) - {*PIPELINE, "default"}
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}")
         if "default" not in value:

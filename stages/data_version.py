@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
-from stages.common import configure_logging
+from stages.common import configure_logging, read_json
 from stages.config import DEFAULT_PARAMS, load_params
 from stages.errors import DatasetError, PipelineError
 
@@ -67,20 +68,30 @@ def dataset_version(workspace: Path, dataset: str) -> DataVersion:
     return DataVersion(md5=obj.hash_info.value, nfiles=meta.nfiles or 0, size=meta.size or 0)
 
 
+def dvc_lock_stage(workspace: Path, stage: str) -> dict[str, Any]:
+    """A stage's entry in ``dvc.lock`` (deps and outs with DVC's hashes), empty when there is none."""
+    lock = workspace / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    return (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage, {})
+
+
+def production_metadata(production: Path) -> dict[str, Any] | None:
+    """Production's ``metadata.json`` (written by ``stages.promote``), or ``None`` when there is none."""
+    return read_json(production / "metadata.json", default=None)
+
+
 def recorded_data_version(workspace: Path, dataset: str) -> RecordedVersion | None:
     """The dataset version the pipeline last ran on, as DVC recorded it.
 
     ``dvc.lock`` holds the hash of every stage dependency as DVC saw it when the stage ran, so the
     ``prepare`` entry is the exact version used. Outside a DVC run, the dataset's ``.dvc`` file is used.
     """
-    lock = workspace / "dvc.lock"
-    if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-        for dep in stages.get("prepare", {}).get("deps", []):
-            if dep.get("path") == dataset and dep.get("md5"):
-                return RecordedVersion(
-                    md5=dep["md5"], nfiles=dep.get("nfiles", 0), size=dep.get("size", 0), source="dvc.lock"
-                )
+    for dep in dvc_lock_stage(workspace, "prepare").get("deps", []):
+        if dep.get("path") == dataset and dep.get("md5"):
+            return RecordedVersion(
+                md5=dep["md5"], nfiles=dep.get("nfiles", 0), size=dep.get("size", 0), source="dvc.lock"
+            )
     dvc_file = workspace / f"{dataset}.dvc"
     if dvc_file.is_file():
         outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
@@ -94,10 +105,8 @@ def recorded_data_version(workspace: Path, dataset: str) -> RecordedVersion | No
 
 def production_data_version(production: Path) -> str | None:
     """The dataset hash the production model was trained on, or ``None`` when there is none."""
-    metadata = production / "metadata.json"
-    if not metadata.is_file():
-        return None
-    return json.loads(metadata.read_text(encoding="utf-8"))["data_version"]
+    metadata = production_metadata(production)
+    return metadata["data_version"] if metadata else None
 
 
 def check(workspace: Path, dataset: str, production: Path) -> DataCheck:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from stages import PIPELINE
 from stages.common import read_json, stage_main, write_json
 from stages.config import Params, PromoteParams
-from stages.data_version import recorded_data_version
+from stages.data_version import production_metadata, recorded_data_version
 from stages.errors import PipelineError
 from stages.report import git_commit
 
@@ -106,11 +106,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _current_production(production: Path) -> dict[str, Any] | None:
-    metadata = production / "metadata.json"
-    return json.loads(metadata.read_text(encoding="utf-8")) if metadata.is_file() else None
 
 
 def promotion_checks(
@@ -199,7 +194,7 @@ def run(cfg: PromoteConfig) -> PromoteResult:
     """
     evaluate = read_json(cfg.files["evaluate.json"], stage=STAGE)
     export = read_json(cfg.files["export.json"], stage=STAGE)
-    current = _current_production(cfg.production)
+    current = production_metadata(cfg.production)
     checks = promotion_checks(evaluate, export, current, cfg.options.max_map50_95_drop)
     if (cfg.workspace / "dvc.yaml").is_file():
         stale = stale_stages(cfg.workspace)
@@ -246,7 +241,7 @@ def run(cfg: PromoteConfig) -> PromoteResult:
         "checks": [c.model_dump() for c in checks],
         "files": {p.name: _sha256(p) for p in sorted(staging.iterdir())},
     }
-    (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    write_json(staging / "metadata.json", metadata)
     # Swap: the old folder is moved aside first and removed only once the new one is in place.
     retired = cfg.production.with_name(f".{cfg.production.name}.retired-{os.getpid()}")
     if cfg.production.exists():

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
 from stages.common import stage_main, write_json, write_text
 from stages.config import Params, TrainParams
+from stages.data_version import dvc_lock_stage
 from stages.errors import ConfigError, TrainingError
 from stages.runtime import import_ultralytics, offline_trainer
 
@@ -163,13 +163,9 @@ def run_fingerprint(cfg: TrainConfig) -> str:
     The data part is DVC's hash of the prepared dataset from ``dvc.lock`` (written when ``prepare``
     ran); outside DVC it is unknown, and then no run is ever resumed.
     """
-    lock = cfg.workspace / "dvc.lock"
-    data = None
-    if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-        prepared = cfg.data_yaml.parent.relative_to(cfg.workspace).as_posix()
-        outs = stages.get("prepare", {}).get("outs", [])
-        data = next((o.get("md5") for o in outs if o.get("path") == prepared), None)
+    prepared = cfg.data_yaml.parent.relative_to(cfg.workspace).as_posix()
+    outs = dvc_lock_stage(cfg.workspace, "prepare").get("outs", [])
+    data = next((o.get("md5") for o in outs if o.get("path") == prepared), None)
     payload = {"hyper": cfg.hyper.model_dump(mode="json"), "data": data or f"unknown-{time.time_ns()}"}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -3,9 +3,9 @@
 Each image is read once, hashed, and decoded once (JPEGs at reduced scale through libjpeg's DCT
 scaling, which still walks the whole compressed stream, so truncation and corruption are caught at a
 fraction of the cost of a full decode). Work is spread over processes with a bounded number of
-chunks in flight, so memory stays flat however many images there are. Cross-file checks (pairs,
-duplicate images within and across splits, empty splits, classes missing from train) run on small
-per-image records. Problems met by ``prepare`` while reading VOC/COCO annotations are merged in, and
+chunks in flight, so only small per-image records (a digest, a path) accumulate, never the images.
+Cross-file checks (pairs, duplicate images within and across splits, empty splits, classes missing
+from train) run on those records. Problems met by ``prepare`` while reading VOC/COCO annotations are merged in, and
 problems in converted labels are reported against the source annotation file and line.
 
 Every problem carries the file (the source file in the input dataset), the line where there is one,
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import json
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import stage_main, write_json, write_text
+from stages.common import read_json, stage_main, write_json, write_text
 from stages.config import Params, ValidateParams
 from stages.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, iter_images, label_path_for, read_prepared_yaml, split_dirs
 from stages.errors import ValidationFailed
@@ -393,11 +392,13 @@ def _check_chunk(jobs: list[tuple[str, Path, Path | None, _LabelSource | None]],
 
 
 def _jobs(
-    splits: dict[str, tuple[Path, Path]], prepared: Path, sources: dict[str, Any]
+    splits: dict[str, tuple[Path, Path]], prepared: Path, sources: dict[str, Any], paired: set[Path]
 ) -> Iterator[tuple[str, Path, Path | None, _LabelSource | None]]:
+    """One job per image; records in ``paired`` the label path of every image, for the orphan check."""
     for split, (images, labels) in splits.items():
         for image in iter_images(images):
             label = label_path_for(image, images, labels)
+            paired.add(label)
             if not label.is_file():
                 yield split, image, None, None
                 continue
@@ -422,22 +423,17 @@ def _records(jobs: Iterator[tuple], checks: _Checks, workers: int) -> Iterator[_
             yield from future.result()
 
 
-def _orphan_labels(splits: dict[str, tuple[Path, Path]], workspace: str) -> list[Problem]:
+def _orphan_labels(splits: dict[str, tuple[Path, Path]], paired: set[Path], workspace: str) -> list[Problem]:
     problems = []
-    for images, labels in splits.values():
+    for _images, labels in splits.values():
         if not labels.is_dir():
             continue
-        expected = {label_path_for(image, images, labels) for image in iter_images(images)}
         for label in sorted(labels.rglob("*.txt")):
-            if label not in expected:
+            if label not in paired:
                 problems.append(
                     _problem("label_without_image", _display(label, workspace), "label file has no matching image")
                 )
     return problems
-
-
-def _read_prepared_json(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
 
 
 def run(cfg: ValidateConfig) -> ValidateResult:
@@ -465,14 +461,18 @@ def run(cfg: ValidateConfig) -> ValidateResult:
         duplicate_iou=cfg.options.duplicate_iou,
         decode=cfg.options.decode,
     )
-    sources = _read_prepared_json(prepared / LABEL_SOURCES, {})
-    problems = [Problem(severity=CODES[p["code"]], **p) for p in _read_prepared_json(prepared / SOURCE_PROBLEMS, [])]
+    sources = read_json(prepared / LABEL_SOURCES, stage=STAGE, default={})
+    problems = [
+        Problem(severity=CODES[p["code"]], **p) for p in read_json(prepared / SOURCE_PROBLEMS, stage=STAGE, default=[])
+    ]
     split_counts: Counter[str] = Counter()
     instances: dict[str, Counter[str]] = defaultdict(Counter)
     first_seen: dict[str, tuple[str, str]] = {}  # image digest -> (split, file) of its first occurrence
     widths, heights = array("f"), array("f")
 
-    for record in _records(_jobs(splits, prepared, sources), checks, cfg.options.workers or os.cpu_count() or 1):
+    paired: set[Path] = set()  # label paths of every image, filled while the jobs are handed out
+    jobs = _jobs(splits, prepared, sources, paired)
+    for record in _records(jobs, checks, cfg.options.workers or os.cpu_count() or 1):
         split_counts[record.split] += 1
         problems.extend(record.problems)
         if record.digest:
@@ -496,7 +496,7 @@ def run(cfg: ValidateConfig) -> ValidateResult:
                 widths.append(w * record.width)
                 heights.append(h * record.height)
 
-    problems.extend(_orphan_labels(splits, workspace))
+    problems.extend(_orphan_labels(splits, paired, workspace))
     yaml_shown = _display(cfg.data_yaml, workspace)
     total = sum(split_counts.values())
     if total == 0:

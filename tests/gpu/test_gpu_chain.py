@@ -42,7 +42,7 @@ def test_cuda_training_uses_amp_without_downloading(gpu_workspace):
     assert result.amp is True, "the offline AMP check should pass on a healthy GPU"
     assert (root / "models" / "best.pt").is_file()
     weights_dir = root / ".cache" / "ultralytics" / "weights"
-    assert not any(weights_dir.glob("*.pt")) if weights_dir.exists() else True, "AMP check must not fetch weights"
+    assert not weights_dir.exists() or not any(weights_dir.glob("*.pt")), "the AMP check must not fetch weights"
 
 
 def test_gpu_backends_are_benchmarked(gpu_workspace):
