@@ -70,3 +70,21 @@ def test_only_cheap_outputs_skip_the_cache():
         if isinstance(out, dict) and next(iter(out.values())).get("cache") is False
     }
     assert uncached == {"environment", "prepare"}
+
+
+def test_dvc_sees_every_dvc_file_the_project_writes():
+    """DVC skips folders that git ignores; a .dvc file in one is invisible to checkout, push and pull.
+
+    That is how `dvc exp run` once deleted models/production: its forced checkout removed the folder
+    as an unused link, because models/production.dvc sat in a folder DVC never walked into.
+    """
+    from dvc.scm import SCM
+
+    scm = SCM(str(REPO))
+    paths = Params().paths
+    for tracked in (paths.dataset, paths.production):
+        parts = tracked.split("/")[:-1]
+        for folder in ("/".join(parts[: i + 1]) + "/" for i in range(len(parts))):
+            assert not scm.is_ignored(folder), f"git ignores {folder}, so DVC never sees {tracked}.dvc"
+        assert not scm.is_ignored(f"{tracked}.dvc"), f"{tracked}.dvc must be committed"
+        assert scm.is_ignored(f"{tracked}/"), f"{tracked}/ is DVC's to version, not git's"
