@@ -27,10 +27,12 @@ sample-data: install
 	test -d data/dataset || $(BIN)/python -m stages.sample_data --out data/dataset
 	$(BIN)/dvc add --quiet data/dataset
 
-## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote.
+## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote,
+## then fail if the model missed the quality gate (recorded in metrics/evaluate.json either way).
 demo: sample-data
 	$(BIN)/dvc repro
 	$(BIN)/dvc push --quiet
+	$(BIN)/python -m stages.gate
 
 ## Run the same pipeline as a Prefect flow (shares DVC's cache: cached stages are not re-run).
 flow: sample-data

@@ -12,6 +12,7 @@ from flows.dvc_runner import StageRun
 from stages.common import read_json
 from stages.config import Params
 from stages.data_version import production_metadata
+from stages.evaluate import describe
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -43,8 +44,8 @@ def diff_rows(evaluate: dict[str, Any], baseline: dict[str, Any]) -> list[dict[s
 def gate_rows(evaluate: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per gate check."""
     return [
-        {"check": c["name"], "value": c["value"], "threshold": c["threshold"], "passed": c["passed"]}
-        for c in evaluate["gate"]["checks"]
+        {"check": name, "value": c["value"], "threshold": c["threshold"], "passed": bool(c["passed"])}
+        for name, c in evaluate["gates"]["checks"].items()
     ]
 
 
@@ -67,7 +68,7 @@ def latency_rows(benchmark: dict[str, Any]) -> list[dict[str, Any]]:
 
 def metrics_markdown(evaluate: dict[str, Any], export: dict[str, Any] | None) -> str:
     """A short markdown summary of the evaluation (and export parity when there is one)."""
-    verdict = "PASSED" if evaluate["gate"]["passed"] else "FAILED"
+    verdict = "PASSED" if evaluate["gates"]["passed"] else "FAILED"
     lines = [
         f"## Gate {verdict}",
         "",
@@ -75,8 +76,8 @@ def metrics_markdown(evaluate: dict[str, Any], export: dict[str, Any] | None) ->
         f"precision {evaluate['precision']:.4f}, recall {evaluate['recall']:.4f}",
         "",
     ]
-    lines += [f"- {'✅' if c['passed'] else '❌'} {c['message']}" for c in evaluate["gate"]["checks"]]
-    if export:
+    lines += [f"- {'✅' if c['passed'] else '❌'} {describe(n, c)}" for n, c in evaluate["gates"]["checks"].items()]
+    if export and export.get("parity"):
         p = export["parity"]
         lines += [
             "",
@@ -145,7 +146,13 @@ def publish(
         created.append("model-card")
     promotion = _read(paths.resolve("promotion_report", workspace)) if promotion_attempted else None
     if promotion is not None:
-        outcome = f"version {promotion['version']}" if promotion["promoted"] else "refused"
+        outcome = (
+            f"version {promotion['version']}"
+            if promotion["promoted"]
+            else f"unchanged (already version {promotion['version']})"
+            if promotion.get("unchanged")
+            else "refused"
+        )
         create_table_artifact(
             key="promotion",
             table=[{"check": c["name"], "passed": c["passed"], "message": c["message"]} for c in promotion["checks"]],

@@ -4,7 +4,9 @@ DVC decides what runs and caches every result, so a ``dvc repro`` and this flow 
 work; Prefect adds the run history, logs, retries, schedules and artifacts (gate verdict, metrics,
 latency table, model card, promotion). A failed stage, a failed gate included, fails its task and the
 flow with the stage's message. After a passing chain the model is promoted to production
-(``stages/promote.py``) unless ``promote=False``. With ``only_if_data_changed=True`` the run ends
+(``stages/promote.py``) unless ``promote=False``. A failed gate is recorded by ``evaluate`` and
+builds nothing deployable, so every stage completes; the flow then fails on it (``stages/gate.py``),
+before promoting, naming every failed check. With ``only_if_data_changed=True`` the run ends
 early, successfully, when the dataset is the one production was trained on.
 
 Only a crashed or killed training is retried (``orchestration.train_retries``), and it resumes from
@@ -48,6 +50,7 @@ class PipelineResult(BaseModel):
     reason: str = ""
     stages: list[StageRun] = []
     promoted_version: int | None = None
+    unchanged_version: int | None = None  # the model was already this production version
 
 
 @task(name="check-data")
@@ -85,6 +88,15 @@ def _retry_if_crashed(_task: Any, _task_run: Any, state: Any) -> bool:
 def run_stage(stage: str, workspace: str, timeout_s: float, token: str) -> StageRun:
     """Reproduce one stage through DVC (skipped by DVC when its results are up to date)."""
     return repro_stage(stage, Path(workspace), get_run_logger(), timeout_s=timeout_s, token=token)
+
+
+@task(name="gate")
+def gate(workspace: str, token: str) -> None:
+    """Fail when the recorded evaluation gate failed (``python -m stages.gate``), naming each failed check."""
+    proc = _run_logged([sys.executable, "-m", "stages.gate"], workspace, token)
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        raise StageFailed("\n".join(errors) or proc.stderr[-2000:], stage="evaluate", exit_code=proc.returncode)
 
 
 @task(name="promote")
@@ -151,10 +163,14 @@ def pipeline(
             for stage in PIPELINE:
                 task_ = run_stage.with_options(**_stage_options(params, stage))
                 result.stages.append(task_(stage, str(root), timeouts.get(stage, timeouts["default"]), token))
+            gate(str(root), token)
             if promote_model:
                 attempted = True
                 promotion = promote(str(root), token, str(params.paths.resolve("promotion_report", root)))
-                result.promoted_version = promotion["version"]
+                if promotion["promoted"]:
+                    result.promoted_version = promotion["version"]
+                else:
+                    result.unchanged_version = promotion["version"]
         except StageFailed as exc:
             failed = exc.stage
             raise
@@ -165,7 +181,11 @@ def pipeline(
         "stages run: %s; reused from the DVC cache: %s; promoted: %s",
         ran or "none",
         [r.stage for r in result.stages if not r.ran] or "none",
-        f"version {result.promoted_version}" if result.promoted_version else "no",
+        f"version {result.promoted_version}"
+        if result.promoted_version
+        else f"no, already production version {result.unchanged_version}"
+        if result.unchanged_version
+        else "no",
     )
     return result
 
@@ -197,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print("ran: " + (", ".join(r.stage for r in result.stages if r.ran) or "nothing (all cached)"))
     if result.promoted_version:
         print(f"promoted: version {result.promoted_version}")
+    elif result.unchanged_version:
+        print(f"production unchanged: this model is already version {result.unchanged_version}")
     return 0
 
 

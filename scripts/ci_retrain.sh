@@ -2,7 +2,8 @@
 # CI-triggered retraining, the same on GitHub Actions and on any machine (tests/e2e run it here):
 # pull the data, the outputs in dvc.lock and the DVC run-cache -> reproduce (stages whose results
 # exist anywhere in the cache are restored, not recomputed) -> optionally promote -> push results
-# and run-cache -> write the metrics diff against the base branch as a job summary.
+# and run-cache -> write the metrics diff against the base branch as a job summary -> fail if the
+# model missed the quality gate.
 #
 # Environment:
 #   CI_BASE_REF           branch or commit to diff metrics against (default: main)
@@ -35,7 +36,13 @@ fi
 echo "== reproduce"
 "$py" -m dvc repro
 
-if [ "${PROMOTE:-0}" = 1 ]; then
+# A failed gate is recorded, not a crash: its results are pushed like any others, and the job then
+# fails at the end, naming the failed checks.
+echo "== quality gate"
+gate=0
+"$py" -m stages.gate || gate=$?
+
+if [ "${PROMOTE:-0}" = 1 ] && [ "$gate" = 0 ]; then
   echo "== promote"
   "$py" -m stages.promote
 fi
@@ -52,3 +59,4 @@ echo "== metrics against $base"
   printf '\n'
 } >>"$summary"
 cat "$summary"
+exit "$gate"

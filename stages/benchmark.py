@@ -43,6 +43,7 @@ class BenchmarkConfig(BaseModel):
 
     model: Path
     onnx: Path
+    export_metrics: Path
     engine_dir: Path
     engine_metrics: Path
     data_yaml: Path
@@ -57,7 +58,8 @@ class BenchmarkConfig(BaseModel):
         paths = params.paths
         return cls(
             model=paths.resolve("model", root),
-            onnx=paths.resolve("onnx", root),
+            onnx=paths.onnx_model(root),
+            export_metrics=paths.resolve("export_metrics", root),
             engine_dir=paths.resolve("engine_dir", root),
             engine_metrics=paths.resolve("engine_metrics", root),
             data_yaml=paths.resolve("prepared", root) / "data.yaml",
@@ -259,6 +261,12 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
         ConfigError: When the batch size does not fit the exported model.
     """
     o = cfg.options
+    if not read_json(cfg.export_metrics, stage=STAGE).get("exported"):
+        reason = "nothing was exported (the evaluation gate failed)"
+        log.warning("nothing measured: %s", reason)
+        result = BenchmarkResult(backends={}, skipped=dict.fromkeys(o.backends, reason))
+        write_json(cfg.metrics, result)
+        return result
     for path in (cfg.model, cfg.onnx):
         if not path.is_file():
             raise PipelineError("model file is missing; run the earlier stages first", stage=STAGE, path=path)

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import stage_main, write_json
+from stages.common import read_json, stage_main, write_json
 from stages.config import EngineParams, Params
 from stages.errors import EngineUnavailable, PipelineError
 from stages.runtime import import_ultralytics
@@ -36,6 +36,7 @@ class BuildEngineConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     model: Path
+    export_metrics: Path
     engine_dir: Path
     metrics: Path
     workspace: Path
@@ -48,6 +49,7 @@ class BuildEngineConfig(BaseModel):
         """Build the config from ``params.yaml`` values and the workspace root."""
         return cls(
             model=params.paths.resolve("model", root),
+            export_metrics=params.paths.resolve("export_metrics", root),
             engine_dir=params.paths.resolve("engine_dir", root),
             metrics=params.paths.resolve("engine_metrics", root),
             workspace=root,
@@ -104,7 +106,9 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
     cfg.engine_dir.mkdir(parents=True)
     precision = cfg.options.precision
 
-    reason = missing_prerequisite()
+    # A model that failed the gate was not exported: nothing to build, and not this machine's fault.
+    exported = bool(read_json(cfg.export_metrics, stage=STAGE).get("exported"))
+    reason = missing_prerequisite() if exported else "nothing was exported (the evaluation gate failed)"
     if reason is not None:
         result = BuildEngineResult(
             status="skipped", reason=reason, precision=precision, imgsz=cfg.imgsz, batch=cfg.batch
@@ -115,7 +119,7 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
             f"No TensorRT engine was built: {reason}.\nSee {cfg.metrics.name} for the build record.\n",
             encoding="utf-8",
         )
-        if cfg.options.required:
+        if cfg.options.required and exported:
             raise EngineUnavailable(f"engine.required is true but {reason}", stage=STAGE, key="engine.required")
         log.warning("TensorRT engine skipped: %s", reason)
         return result

@@ -38,11 +38,12 @@ class PathsParams(_Section):
     validate_report: str = "reports/validate.json"
     validate_summary: str = "reports/validate.md"
     train_dir: str = "models/train"
+    train_runs: str = ".cache/train-runs"
     model: str = "models/best.pt"
     train_metrics: str = "metrics/train.json"
     train_plot: str = "plots/train_curves.csv"
     evaluate_metrics: str = "metrics/evaluate.json"
-    onnx: str = "models/model.onnx"
+    deploy_dir: str = "models/deploy"
     export_metrics: str = "metrics/export.json"
     engine_dir: str = "models/engine"
     engine_metrics: str = "metrics/engine.json"
@@ -74,6 +75,10 @@ class PathsParams(_Section):
     def resolve(self, name: str, root: Path) -> Path:
         """Absolute path of the entry ``name`` under the workspace ``root``."""
         return (root / getattr(self, name)).resolve()
+
+    def onnx_model(self, root: Path) -> Path:
+        """The exported ONNX model in ``deploy_dir`` (absent when a failed gate stopped the export)."""
+        return self.resolve("deploy_dir", root) / "model.onnx"
 
 
 class PrepareParams(_Section):

@@ -46,8 +46,12 @@ class DataCheck(BaseModel):
     reason: str
 
 
-def dataset_version(workspace: Path, dataset: str) -> DataVersion:
-    """Hash ``dataset`` the way ``dvc add`` would, writing nothing (DVC's state cache makes reruns fast).
+def folder_version(workspace: Path, folder: str) -> DataVersion:
+    """Hash ``folder`` the way ``dvc add`` would, writing nothing (DVC's state cache makes reruns fast).
+
+    Args:
+        workspace: The DVC workspace root.
+        folder: The folder, relative to ``workspace`` (the dataset, or the production model).
 
     Raises:
         DatasetError: When the folder is missing or the workspace is not a DVC project.
@@ -56,9 +60,9 @@ def dataset_version(workspace: Path, dataset: str) -> DataVersion:
     from dvc.repo import Repo
     from dvc_data.hashfile.build import build
 
-    path = workspace / dataset
+    path = workspace / folder
     if not path.is_dir():
-        raise DatasetError("dataset folder not found", path=path)
+        raise DatasetError("folder not found", path=path)
     try:
         repo = Repo(str(workspace))
     except NotDvcRepoError:
@@ -66,6 +70,18 @@ def dataset_version(workspace: Path, dataset: str) -> DataVersion:
     with repo:
         _odb, meta, obj = build(repo.cache.local, str(path), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
     return DataVersion(md5=obj.hash_info.value, nfiles=meta.nfiles or 0, size=meta.size or 0)
+
+
+def dvc_file_version(workspace: Path, folder: str) -> RecordedVersion | None:
+    """The version ``<folder>.dvc`` records (what ``dvc add`` saw), or ``None`` without that file."""
+    dvc_file = workspace / f"{folder}.dvc"
+    if not dvc_file.is_file():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
+    if not outs or not outs[0].get("md5"):
+        return None
+    out = outs[0]
+    return RecordedVersion(md5=out["md5"], nfiles=out.get("nfiles", 0), size=out.get("size", 0), source=f"{folder}.dvc")
 
 
 def dvc_lock_stage(workspace: Path, stage: str) -> dict[str, Any]:
@@ -92,15 +108,7 @@ def recorded_data_version(workspace: Path, dataset: str) -> RecordedVersion | No
             return RecordedVersion(
                 md5=dep["md5"], nfiles=dep.get("nfiles", 0), size=dep.get("size", 0), source="dvc.lock"
             )
-    dvc_file = workspace / f"{dataset}.dvc"
-    if dvc_file.is_file():
-        outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
-        if outs and outs[0].get("md5"):
-            out = outs[0]
-            return RecordedVersion(
-                md5=out["md5"], nfiles=out.get("nfiles", 0), size=out.get("size", 0), source=f"{dataset}.dvc"
-            )
-    return None
+    return dvc_file_version(workspace, dataset)
 
 
 def production_data_version(production: Path) -> str | None:
@@ -111,7 +119,7 @@ def production_data_version(production: Path) -> str | None:
 
 def check(workspace: Path, dataset: str, production: Path) -> DataCheck:
     """Compare the dataset's current version with production's."""
-    current = dataset_version(workspace, dataset)
+    current = folder_version(workspace, dataset)
     trained_on = production_data_version(production)
     if trained_on is None:
         reason = "no production model yet"

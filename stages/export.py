@@ -4,6 +4,11 @@ Ultralytics performs the export; this stage then runs the ONNX file with ONNX Ru
 checkpoint with PyTorch (CPU) on the same real validation images and records how far their raw
 outputs differ, separately for box coordinates (pixels) and class scores. Differences beyond the
 tolerances in ``params.yaml`` fail the stage.
+
+The deployable artifacts go to ``paths.deploy_dir``. A model that failed the evaluation gate is not
+exported: the folder then holds only a README saying why, ``metrics/export.json`` records
+``exported: 0``, and the stages after it build and measure nothing, so the run still completes and
+records its metrics.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import stage_main, write_json
+from stages.common import read_json, stage_main, write_json, write_text
 from stages.config import ExportParams, Params
 from stages.errors import ExportError, PipelineError
+from stages.evaluate import failed_checks
 from stages.inference import batches, load_inputs, onnx_session, torch_forward, torch_model, validation_images
 from stages.runtime import import_ultralytics
 
@@ -35,6 +41,8 @@ class ExportConfig(BaseModel):
 
     model: Path
     data_yaml: Path
+    evaluate_metrics: Path
+    deploy_dir: Path
     onnx: Path
     metrics: Path
     workspace: Path
@@ -47,7 +55,9 @@ class ExportConfig(BaseModel):
         return cls(
             model=params.paths.resolve("model", root),
             data_yaml=params.paths.resolve("prepared", root) / "data.yaml",
-            onnx=params.paths.resolve("onnx", root),
+            evaluate_metrics=params.paths.resolve("evaluate_metrics", root),
+            deploy_dir=params.paths.resolve("deploy_dir", root),
+            onnx=params.paths.onnx_model(root),
             metrics=params.paths.resolve("export_metrics", root),
             workspace=root,
             imgsz=params.train.imgsz,
@@ -68,18 +78,19 @@ class Parity(BaseModel):
 
 
 class ExportResult(BaseModel):
-    """What ``metrics/export.json`` holds."""
+    """What ``metrics/export.json`` holds; only ``exported: 0`` when the gate stopped the export."""
 
-    onnx: str
-    size_mb: float
-    opset: int
-    imgsz: int
-    batch: int
-    dynamic: bool
-    simplify: bool
-    export_seconds: float
-    onnxruntime_provider: str
-    parity: Parity
+    exported: int
+    onnx: str | None = None
+    size_mb: float | None = None
+    opset: int | None = None
+    imgsz: int | None = None
+    batch: int | None = None
+    dynamic: bool | None = None
+    simplify: bool | None = None
+    export_seconds: float | None = None
+    onnxruntime_provider: str | None = None
+    parity: Parity | None = None
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float, float]:
@@ -112,6 +123,17 @@ def run(cfg: ExportConfig) -> ExportResult:
     """
     if not cfg.model.is_file():
         raise PipelineError("trained model is missing; run 'train' first", stage=STAGE, path=cfg.model)
+    if cfg.deploy_dir.exists():
+        shutil.rmtree(cfg.deploy_dir)
+    cfg.deploy_dir.mkdir(parents=True)
+    failed = failed_checks(read_json(cfg.evaluate_metrics, stage=STAGE)["gates"])
+    if failed:
+        reason = "the evaluation gate failed: " + "; ".join(failed)
+        write_text(cfg.deploy_dir / "README.md", f"Nothing was exported: {reason}.\n")
+        result = ExportResult(exported=0)
+        write_json(cfg.metrics, result)
+        log.warning("not exported: %s", reason)
+        return result
     o = cfg.options
     ultralytics = import_ultralytics(cfg.workspace)
     started = time.perf_counter()
@@ -145,6 +167,7 @@ def run(cfg: ExportConfig) -> ExportResult:
     box_diff, score_diff, mean_diff, agreement = compare_outputs(reference, candidate)
     passed = box_diff <= o.max_box_diff_px and score_diff <= o.max_score_diff
     result = ExportResult(
+        exported=1,
         onnx=str(cfg.onnx.relative_to(cfg.workspace) if cfg.onnx.is_relative_to(cfg.workspace) else cfg.onnx),
         size_mb=round(cfg.onnx.stat().st_size / 1e6, 3),
         opset=o.opset,

@@ -4,6 +4,11 @@ Not a DVC stage: production is what the pipeline is compared against (the no-reg
 its baseline from here), so it cannot be one of the pipeline's own outputs. The Prefect flow runs
 it after a passing chain, CI runs ``python -m stages.promote`` after ``dvc repro``.
 
+First, production must be the one ``models/production.dvc`` records: a folder that is missing (a
+fresh clone before ``dvc pull``) or differs would make the no-regression check compare against
+nothing or against the wrong model, so promotion refuses and names the command that restores it.
+A candidate that is already production (same weights and ONNX file) changes nothing and says so.
+
 Checks, all required: the pipeline's results are up to date (``dvc status``), the evaluation gate
 passed, export parity passed, and the model's mAP50-95 is not below production's by more than
 ``promote.max_map50_95_drop``. On success the new production folder is assembled beside the old one
@@ -30,8 +35,9 @@ from pydantic import BaseModel, ConfigDict
 from stages import PIPELINE
 from stages.common import read_json, stage_main, write_json
 from stages.config import Params, PromoteParams
-from stages.data_version import production_metadata, recorded_data_version
+from stages.data_version import dvc_file_version, folder_version, production_metadata, recorded_data_version
 from stages.errors import PipelineError
+from stages.evaluate import failed_checks
 from stages.report import git_commit
 
 log = logging.getLogger(__name__)
@@ -62,7 +68,6 @@ class PromoteConfig(BaseModel):
         p = params.paths
         names = {
             "model.pt": "model",
-            "model.onnx": "onnx",
             "model_card.md": "model_card",
             "train.json": "train_metrics",
             "evaluate.json": "evaluate_metrics",
@@ -76,7 +81,7 @@ class PromoteConfig(BaseModel):
             dataset=p.dataset,
             production=p.resolve("production", root),
             report=p.resolve("promotion_report", root),
-            files={name: p.resolve(key, root) for name, key in names.items()},
+            files={name: p.resolve(key, root) for name, key in names.items()} | {"model.onnx": p.onnx_model(root)},
             engine_dir=p.resolve("engine_dir", root),
             options=params.promote,
         )
@@ -90,10 +95,15 @@ class PromotionCheck(BaseModel):
     message: str
 
 
+# The files that make a model what it is: a candidate whose files match production's is production.
+MODEL_FILES = ("model.pt", "model.onnx")
+
+
 class PromoteResult(BaseModel):
-    """What ``reports/promotion.json`` holds."""
+    """What ``reports/promotion.json`` holds (``version``: the new one, or production's when unchanged)."""
 
     promoted: bool
+    unchanged: bool = False
     version: int | None
     checks: list[PromotionCheck]
     data_version: str | None
@@ -122,17 +132,22 @@ def promotion_checks(
     Returns:
         One check per rule.
     """
-    failed_gates = [c["message"] for c in evaluate["gate"]["checks"] if not c["passed"]]
+    failed_gates = failed_checks(evaluate["gates"])
+    parity = export.get("parity")
     checks = [
         PromotionCheck(
             name="evaluation gate",
-            passed=bool(evaluate["gate"]["passed"]),
-            message="passed" if evaluate["gate"]["passed"] else "failed: " + "; ".join(failed_gates),
+            passed=not failed_gates,
+            message="failed: " + "; ".join(failed_gates) if failed_gates else "passed",
         ),
         PromotionCheck(
             name="export parity",
-            passed=bool(export["parity"]["passed"]),
-            message="passed" if export["parity"]["passed"] else "ONNX output differs from PyTorch beyond tolerance",
+            passed=bool(parity and parity["passed"]),
+            message="passed"
+            if parity and parity["passed"]
+            else "nothing was exported"
+            if parity is None
+            else "ONNX output differs from PyTorch beyond tolerance",
         ),
     ]
     if production is None:
@@ -149,6 +164,32 @@ def promotion_checks(
             )
         )
     return checks
+
+
+def production_mismatch(workspace: Path, production: Path) -> str | None:
+    """Why the production folder is not the version ``<production>.dvc`` records, or ``None`` when it is.
+
+    Without a ``.dvc`` file there is no record to hold it to (the first promotion, or DVC versioning off).
+    """
+    rel = production.relative_to(workspace).as_posix()
+    recorded = dvc_file_version(workspace, rel)
+    if recorded is None:
+        return None
+    restore = f"'dvc checkout {rel}.dvc' (or 'dvc pull {rel}.dvc' where the local cache does not have it)"
+    if not production.is_dir():
+        return f"{rel}.dvc records a production model ({recorded.md5}) but {rel}/ is missing: restore it with {restore}"
+    current = folder_version(workspace, rel).md5
+    if current != recorded.md5:
+        return f"{rel}/ ({current}) differs from what {rel}.dvc records ({recorded.md5}): restore it with {restore}"
+    return None
+
+
+def already_in_production(files: dict[str, Path], production: dict[str, Any] | None) -> bool:
+    """Whether the candidate's model files are byte for byte the production model's."""
+    if production is None:
+        return False
+    recorded = production.get("files", {})
+    return all(files[name].is_file() and recorded.get(name) == _sha256(files[name]) for name in MODEL_FILES)
 
 
 def stale_stages(workspace: Path) -> list[str]:
@@ -192,9 +233,33 @@ def run(cfg: PromoteConfig) -> PromoteResult:
     Raises:
         PromotionRefused: When a check fails (production is left untouched).
     """
+    shown = cfg.production.relative_to(cfg.workspace).as_posix()
+    mismatch = production_mismatch(cfg.workspace, cfg.production)
+    if mismatch is not None:
+        check = PromotionCheck(name="production intact", passed=False, message=mismatch)
+        write_json(
+            cfg.report, PromoteResult(promoted=False, version=None, checks=[check], data_version=None, production=shown)
+        )
+        raise PromotionRefused(f"not promoted: {mismatch}", stage=STAGE, path=cfg.report)
     evaluate = read_json(cfg.files["evaluate.json"], stage=STAGE)
     export = read_json(cfg.files["export.json"], stage=STAGE)
     current = production_metadata(cfg.production)
+    recorded = recorded_data_version(cfg.workspace, cfg.dataset)
+    version = recorded.md5 if recorded else None
+    if current is not None and already_in_production(cfg.files, current):
+        message = f"this model is already production version {current['version']}; nothing changed"
+        check = PromotionCheck(name="already in production", passed=True, message=message)
+        result = PromoteResult(
+            promoted=False,
+            unchanged=True,
+            version=current["version"],
+            checks=[check],
+            data_version=version,
+            production=shown,
+        )
+        write_json(cfg.report, result)
+        log.info("%s", message)
+        return result
     checks = promotion_checks(evaluate, export, current, cfg.options.max_map50_95_drop)
     if (cfg.workspace / "dvc.yaml").is_file():
         stale = stale_stages(cfg.workspace)
@@ -206,9 +271,6 @@ def run(cfg: PromoteConfig) -> PromoteResult:
                 message="passed" if not stale else f"out of date: {', '.join(stale)}; run 'dvc repro' first",
             ),
         )
-    recorded = recorded_data_version(cfg.workspace, cfg.dataset)
-    version = recorded.md5 if recorded else None
-    shown = cfg.production.relative_to(cfg.workspace).as_posix()
     if not all(c.passed for c in checks):
         result = PromoteResult(promoted=False, version=None, checks=checks, data_version=version, production=shown)
         write_json(cfg.report, result)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from stages.common import read_json, stage_main, write_text
 from stages.config import PIPELINE_SECTIONS, Params
 from stages.data_version import recorded_data_version
+from stages.evaluate import failed_checks
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,28 @@ def latency_table(benchmark: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _parity_cell(parity: dict[str, Any] | None) -> str:
+    if parity is None:
+        return "not measured: nothing was exported"
+    return (
+        f"{'passed' if parity['passed'] else 'FAILED'} (max Δbox {parity['max_abs_diff_boxes_px']:.2e} px, "
+        f"max Δscore {parity['max_abs_diff_scores']:.2e})"
+    )
+
+
+def _export_text(export: dict[str, Any]) -> str:
+    if not export.get("exported"):
+        return "Nothing was exported: the model failed the evaluation gate, so it is not deployable."
+    parity = export["parity"]
+    return (
+        f"ONNX opset {export['opset']}, {export['size_mb']} MB, batch {export['batch']}"
+        f"{' (dynamic)' if export['dynamic'] else ''}; parity measured with {export['onnxruntime_provider']} "
+        f"against PyTorch on {parity['images']} validation images: max |Δ| boxes "
+        f"{parity['max_abs_diff_boxes_px']:.3g} px, scores {parity['max_abs_diff_scores']:.3g}, "
+        f"top-1 agreement {100 * parity['top_class_agreement']:.0f}%."
+    )
+
+
 def render(cfg: ReportConfig) -> tuple[str, str, bool]:
     """The card's markdown, the data version, and the gate verdict."""
     validate = read_json(cfg.validate_report, stage=STAGE)
@@ -135,8 +158,8 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
     benchmark = read_json(cfg.benchmark_metrics, stage=STAGE)
     env = read_json(cfg.environment, stage=STAGE)
     version = data_version(cfg.workspace, cfg.dataset)
-    gate = evaluate["gate"]
-    parity = export["parity"]
+    gates = evaluate["gates"]
+    parity = export.get("parity")
 
     out = [
         f"# Model card: {cfg.title}",
@@ -146,10 +169,9 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
         f"| Data version (DVC) | `{version}` |",
         f"| Code version (git) | `{git_commit(cfg.workspace)}` |",
         f"| Model | `{train['model']}`, {train['epochs_run']} epochs, imgsz {cfg.params['train']['imgsz']} |",
-        f"| Gate | **{'PASSED' if gate['passed'] else 'FAILED'}** |",
+        f"| Gate | **{'PASSED' if gates['passed'] else 'FAILED: not deployable'}** |",
         f"| mAP50 / mAP50-95 | {_fmt(evaluate['map50'])} / {_fmt(evaluate['map50_95'])} |",
-        f"| Export parity | {'passed' if parity['passed'] else 'FAILED'} "
-        f"(max Δbox {parity['max_abs_diff_boxes_px']:.2e} px, max Δscore {parity['max_abs_diff_scores']:.2e}) |",
+        f"| Export parity | {_parity_cell(parity)} |",
         f"| TensorRT engine | {engine['status']}{': ' + engine['reason'] if engine.get('reason') else ''} |",
         "",
         "## Evaluation",
@@ -166,10 +188,9 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
             f"{_fmt(c['ap50'])} | {_fmt(c['ap50_95'])} |"
         )
     out += ["", "### Gate", "", "| check | value | threshold | result |", "|---|---|---|---|"]
-    for check in gate["checks"]:
+    for name, check in gates["checks"].items():
         out.append(
-            f"| {check['name']} | {_fmt(check['value'])} | {check['threshold']} | "
-            f"{'pass' if check['passed'] else '**FAIL**'} |"
+            f"| {name} | {_fmt(check['value'])} | {check['threshold']} | {'pass' if check['passed'] else '**FAIL**'} |"
         )
     out += [
         "",
@@ -180,11 +201,7 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
         "",
         "## Export",
         "",
-        f"ONNX opset {export['opset']}, {export['size_mb']} MB, batch {export['batch']}"
-        f"{' (dynamic)' if export['dynamic'] else ''}; parity measured with {export['onnxruntime_provider']} "
-        f"against PyTorch on {parity['images']} validation images: max |Δ| boxes "
-        f"{parity['max_abs_diff_boxes_px']:.3g} px, scores {parity['max_abs_diff_scores']:.3g}, "
-        f"top-1 agreement {100 * parity['top_class_agreement']:.0f}%.",
+        _export_text(export),
         "",
         "## Latency",
         "",
@@ -216,7 +233,9 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
     ]
     if not validate.get("ok", False):
         out.insert(2, "> **Warning:** the dataset validation report has errors.\n")
-    return "\n".join(out), version, bool(gate["passed"])
+    if not gates["passed"]:
+        out.insert(2, "> **Not deployable:** the quality gate failed: " + "; ".join(failed_checks(gates)) + ".\n")
+    return "\n".join(out), version, bool(gates["passed"])
 
 
 def run(cfg: ReportConfig) -> ReportResult:

@@ -1,9 +1,16 @@
 """Stage ``train``: train an Ultralytics YOLO detector on the prepared dataset.
 
 Everything Ultralytics needs is passed explicitly; its outputs are read back and copied to the
-pipeline's own paths: ``models/best.pt``, ``metrics/train.json`` and the training curves
-``plots/train_curves.csv`` (a DVC plot). The model is built from a model YAML (no download) or loaded
-from a local ``.pt`` file; a name that would make Ultralytics download weights is refused.
+pipeline's own paths: ``models/best.pt``, ``models/train/`` (``results.csv`` and the ``args.yaml``
+Ultralytics trained with), ``metrics/train.json`` and the training curves ``plots/train_curves.csv``
+(a DVC plot). The model is built from a model YAML (no download) or loaded from a local ``.pt``
+file; a name that would make Ultralytics download weights is refused.
+
+Ultralytics' run folder, with the ``last.pt`` checkpoint, lives outside the stage's outputs, in
+``paths.train_runs/<fingerprint>/``: the outputs are then ordinary ones that DVC's run-cache keeps,
+and an interrupted run of the same params and data still resumes from its last epoch. The folder is
+removed once the run has finished and its results are in place. A training that fails puts back the
+outputs of the last good run, which DVC removed before starting the stage.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import logging
 import re
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,12 +33,14 @@ from stages.common import stage_main, write_json, write_text
 from stages.config import Params, TrainParams
 from stages.data_version import dvc_lock_stage
 from stages.errors import ConfigError, TrainingError
+from stages.recorded_outputs import restore_recorded_outputs
 from stages.runtime import import_ultralytics, offline_trainer
 
 log = logging.getLogger(__name__)
 
 STAGE = "train"
 FINGERPRINT = "pipeline_run.json"  # in the run folder: which configuration and data the run belongs to
+RUN_RECORD = ("results.csv", "args.yaml")  # what of Ultralytics' run folder becomes the train_dir output
 
 # Ultralytics results.csv columns -> names used in metrics/train.json and the curves file.
 _COLUMNS = {
@@ -56,6 +66,7 @@ class TrainConfig(BaseModel):
 
     data_yaml: Path
     run_dir: Path
+    runs: Path
     best: Path
     metrics: Path
     curves: Path
@@ -69,6 +80,7 @@ class TrainConfig(BaseModel):
         return cls(
             data_yaml=paths.resolve("prepared", root) / "data.yaml",
             run_dir=paths.resolve("train_dir", root),
+            runs=paths.resolve("train_runs", root),
             best=paths.resolve("model", root),
             metrics=paths.resolve("train_metrics", root),
             curves=paths.resolve("train_plot", root),
@@ -202,7 +214,7 @@ def resumable_checkpoint(run_dir: Path, fingerprint: str, epochs: int) -> tuple[
     return last, done
 
 
-def _train_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+def _train_kwargs(cfg: TrainConfig, ultralytics_run: Path) -> dict[str, Any]:
     h = cfg.hyper
     return {
         "data": str(cfg.data_yaml),
@@ -220,8 +232,8 @@ def _train_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         "cache": h.cache,
         "mosaic": h.mosaic,
         "close_mosaic": h.close_mosaic,
-        "project": str(cfg.run_dir.parent),
-        "name": cfg.run_dir.name,
+        "project": str(ultralytics_run.parent),
+        "name": ultralytics_run.name,
         "exist_ok": True,
         "plots": False,  # plots need fonts and time; the curves come from results.csv instead
         "val": True,
@@ -230,8 +242,59 @@ def _train_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _raise_on_sigterm(signum: int, _frame: Any) -> None:
+    # A stop request (a timeout, a scheduler) becomes an exception, so the failure path below runs.
+    raise SystemExit(128 + signum)
+
+
+def _train(
+    ultralytics: Any, cfg: TrainConfig, model_source: str, ultralytics_run: Path, fingerprint: str
+) -> tuple[Any, int | None]:
+    """Run Ultralytics' training in ``ultralytics_run``, resuming it when it holds an unfinished run.
+
+    Returns:
+        The trainer, and the epoch the run resumed after (``None`` for a fresh run).
+    """
+    resumable = resumable_checkpoint(ultralytics_run, fingerprint, cfg.hyper.epochs)
+    if resumable is not None:
+        last, resumed_after = resumable
+        log.info("resuming the interrupted run from %s (%d epochs done)", last, resumed_after)
+        model = ultralytics.YOLO(str(last), task="detect")
+        model.train(resume=True, data=str(cfg.data_yaml), trainer=offline_trainer())
+        return model.trainer, resumed_after
+    if ultralytics_run.exists():
+        shutil.rmtree(ultralytics_run)
+    ultralytics_run.mkdir(parents=True)
+    write_json(ultralytics_run / FINGERPRINT, {"fingerprint": fingerprint})
+    model = ultralytics.YOLO(model_source, task="detect")
+    model.train(trainer=offline_trainer(), **_train_kwargs(cfg, ultralytics_run))
+    return model.trainer, None
+
+
+def _publish(trainer: Any, cfg: TrainConfig) -> list[dict[str, float]]:
+    """Copy the finished run's weights and record into the stage's outputs; returns the per-epoch rows."""
+    save_dir = Path(trainer.save_dir)
+    best = save_dir / "weights" / "best.pt"
+    results_csv = save_dir / "results.csv"
+    if not best.is_file():
+        raise TrainingError("Ultralytics finished without writing best.pt", stage=STAGE, path=best)
+    if not results_csv.is_file():
+        raise TrainingError("Ultralytics finished without writing results.csv", stage=STAGE, path=results_csv)
+    rows = read_results_csv(results_csv)
+    write_curves(rows, cfg.curves)
+    cfg.best.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best, cfg.best)
+    if cfg.run_dir.exists():
+        shutil.rmtree(cfg.run_dir)
+    cfg.run_dir.mkdir(parents=True)
+    for name in RUN_RECORD:
+        if (save_dir / name).is_file():
+            shutil.copyfile(save_dir / name, cfg.run_dir / name)
+    return rows
+
+
 def run(cfg: TrainConfig) -> TrainResult:
-    """Train and write the model, metrics and curves.
+    """Train (or resume an interrupted run), and write the model, run record, metrics and curves.
 
     Args:
         cfg: Paths and hyper-parameters.
@@ -245,41 +308,27 @@ def run(cfg: TrainConfig) -> TrainResult:
     """
     if not cfg.data_yaml.is_file():
         raise TrainingError("prepared data.yaml is missing; run 'prepare' first", stage=STAGE, path=cfg.data_yaml)
-
     ultralytics = import_ultralytics(cfg.workspace)
     model_source = resolve_model(cfg.hyper.model, cfg.workspace, Path(ultralytics.__file__).parent)
     _check_device(cfg.hyper.device)
 
     fingerprint = run_fingerprint(cfg)
-    resumable = resumable_checkpoint(cfg.run_dir, fingerprint, cfg.hyper.epochs)
-    last, resumed_after = resumable if resumable else (None, None)
+    ultralytics_run = cfg.runs / fingerprint[:16]
     started = time.perf_counter()
-    if last is not None:
-        log.info("resuming the interrupted run from %s", last)
-        model = ultralytics.YOLO(str(last), task="detect")
-        model.train(resume=True, data=str(cfg.data_yaml), trainer=offline_trainer())
-    else:
-        if cfg.run_dir.exists():
-            shutil.rmtree(cfg.run_dir)
-        cfg.run_dir.mkdir(parents=True)
-        write_json(cfg.run_dir / FINGERPRINT, {"fingerprint": fingerprint})
-        model = ultralytics.YOLO(model_source, task="detect")
-        model.train(trainer=offline_trainer(), **_train_kwargs(cfg))
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        trainer, resumed_after = _train(ultralytics, cfg, model_source, ultralytics_run, fingerprint)
+        rows = _publish(trainer, cfg)
+    except BaseException:
+        # The checkpoint stays for a resume; the workspace gets the last good results back.
+        restored = restore_recorded_outputs(cfg.workspace, STAGE)
+        if restored:
+            log.error("training failed; restored the last good outputs: %s", ", ".join(restored))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - started
 
-    trainer = model.trainer
-    save_dir = Path(trainer.save_dir)
-    best = save_dir / "weights" / "best.pt"
-    results_csv = save_dir / "results.csv"
-    if not best.is_file():
-        raise TrainingError("Ultralytics finished without writing best.pt", stage=STAGE, path=best)
-    if not results_csv.is_file():
-        raise TrainingError("Ultralytics finished without writing results.csv", stage=STAGE, path=results_csv)
-    cfg.best.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, cfg.best)
-
-    rows = read_results_csv(results_csv)
-    write_curves(rows, cfg.curves)
     best_row = max(rows, key=lambda r: 0.1 * r.get("map50", 0.0) + 0.9 * r.get("map50_95", 0.0))
     result = TrainResult(
         model=cfg.hyper.model,
@@ -293,6 +342,8 @@ def run(cfg: TrainConfig) -> TrainResult:
         best={k: v for k, v in best_row.items() if k != "epoch"},
     )
     write_json(cfg.metrics, result)
+    # Finished and published: the checkpoint has no further use (DVC's cache holds the results).
+    shutil.rmtree(ultralytics_run, ignore_errors=True)
     log.info(
         "trained %d epochs in %.1fs on %s (AMP %s): final mAP50 %.4f, mAP50-95 %.4f",
         result.epochs_run,

@@ -24,13 +24,13 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict:
 
 @pytest.fixture
 def outputs(tmp_path: Path) -> Path:
-    checks = [{"name": "map50", "value": 0.2, "threshold": 0.5, "passed": False, "message": "map50 0.2000 < 0.5"}]
+    checks = {"map50": {"value": 0.2, "threshold": 0.5, "passed": 0}}
     evaluate = {
         "map50": 0.2,
         "map50_95": 0.1,
         "precision": 0.3,
         "recall": 0.4,
-        "gate": {"passed": False, "checks": checks},
+        "gates": {"passed": 0, "failed": 1, "checks": checks},
     }
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(evaluate))
@@ -47,6 +47,7 @@ def test_failed_gate_publishes_its_verdict_but_no_stale_outputs(outputs: Path, r
     assert keys == ["stage-runs", "gate-verdict", "evaluation-metrics"]
     assert recorded["gate-verdict"] == [{"check": "map50", "value": 0.2, "threshold": 0.5, "passed": False}]
     assert "Gate FAILED" in recorded["evaluation-metrics"]
+    assert "map50 0.2000 < 0.5" in recorded["evaluation-metrics"]
 
 
 def test_outputs_of_stages_not_completed_are_not_published(outputs: Path, recorded: dict):

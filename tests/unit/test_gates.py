@@ -2,7 +2,7 @@ import pytest
 
 from stages.config import EvaluateParams
 from stages.errors import ConfigError, GateFailed
-from stages.evaluate import ClassMetrics, build_checks
+from stages.evaluate import ClassMetrics, build_checks, describe, failed_checks
 
 
 def per_class(**ap50):
@@ -14,23 +14,28 @@ def per_class(**ap50):
 
 def test_all_gates_pass_at_or_above_thresholds():
     checks = build_checks(0.5, 0.3, per_class(a=0.5), EvaluateParams(min_map50=0.5, min_map50_95=0.3))
-    assert [c.passed for c in checks] == [True, True]
+    assert {name: c.passed for name, c in checks.items()} == {"map50": 1, "map50_95": 1}
 
 
 def test_failing_threshold_is_reported_with_value_and_threshold():
     checks = build_checks(0.2, 0.3, per_class(a=0.5), EvaluateParams(min_map50=0.5, min_map50_95=0.1))
-    failed = [c for c in checks if not c.passed]
-    assert [c.name for c in failed] == ["map50"]
-    assert "0.2000 < 0.5" in failed[0].message
+    failed = [name for name, c in checks.items() if not c.passed]
+    assert failed == ["map50"]
+    assert describe("map50", checks["map50"].model_dump()) == "map50 0.2000 < 0.5"
 
 
 def test_per_class_floor_and_missing_class_measurement():
     gates = EvaluateParams(min_class_map50={"a": 0.4, "b": 0.1})
     checks = build_checks(0.5, 0.3, per_class(a=0.3, b=None), gates)
-    by_name = {c.name: c for c in checks}
-    assert by_name["ap50[a]"].passed is False
-    assert by_name["ap50[b]"].passed is False
-    assert "no validation boxes" in by_name["ap50[b]"].message
+    assert checks["ap50[a]"].passed == 0 and checks["ap50[b]"].passed == 0
+    assert "no validation boxes" in describe("ap50[b]", checks["ap50[b]"].model_dump())
+
+
+def test_recorded_verdict_is_numbers_and_names_its_failed_checks():
+    checks = build_checks(0.2, 0.3, per_class(a=0.5), EvaluateParams(min_map50=0.5, min_map50_95=0.1))
+    recorded = {"checks": {name: c.model_dump() for name, c in checks.items()}}
+    assert all(isinstance(v, (int, float)) for c in recorded["checks"].values() for v in c.values())
+    assert failed_checks(recorded) == ["map50 0.2000 < 0.5"]
 
 
 def test_floor_for_unknown_class_is_a_config_error():

@@ -2,11 +2,11 @@ from stages.promote import promotion_checks
 
 
 def evaluate(map50_95=0.3, passed=True):
-    checks = [{"name": "map50", "passed": passed, "message": "map50 0.1000 < 0.5" if not passed else "ok"}]
-    return {"map50_95": map50_95, "gate": {"passed": passed, "checks": checks}}
+    checks = {"map50": {"value": 0.5 if passed else 0.1, "threshold": 0.5, "passed": int(passed)}}
+    return {"map50_95": map50_95, "gates": {"passed": int(passed), "failed": int(not passed), "checks": checks}}
 
 
-EXPORT_OK = {"parity": {"passed": True}}
+EXPORT_OK = {"exported": 1, "parity": {"passed": True}}
 
 
 def by_name(checks):
@@ -20,9 +20,27 @@ def test_first_promotion_needs_only_gate_and_parity():
 
 
 def test_failed_gate_and_parity_are_refused_with_reasons():
-    checks = by_name(promotion_checks(evaluate(passed=False), {"parity": {"passed": False}}, None, 0.0))
+    checks = by_name(promotion_checks(evaluate(passed=False), {"exported": 1, "parity": {"passed": False}}, None, 0.0))
     assert not checks["evaluation gate"].passed and "map50 0.1000 < 0.5" in checks["evaluation gate"].message
-    assert not checks["export parity"].passed
+    assert not checks["export parity"].passed and "beyond tolerance" in checks["export parity"].message
+
+
+def test_nothing_exported_is_refused():
+    checks = by_name(promotion_checks(evaluate(passed=False), {"exported": 0}, None, 0.0))
+    assert not checks["export parity"].passed and checks["export parity"].message == "nothing was exported"
+
+
+def test_a_candidate_is_production_only_when_its_model_files_match(tmp_path):
+    from stages.promote import _sha256, already_in_production
+
+    files = {"model.pt": tmp_path / "model.pt", "model.onnx": tmp_path / "model.onnx"}
+    files["model.pt"].write_bytes(b"weights")
+    files["model.onnx"].write_bytes(b"graph")
+    production = {"version": 2, "files": {name: _sha256(path) for name, path in files.items()}}
+    assert already_in_production(files, production)
+    assert not already_in_production(files, None)
+    files["model.onnx"].write_bytes(b"another graph")
+    assert not already_in_production(files, production)
 
 
 def test_regression_against_production_respects_the_allowed_drop():

@@ -58,6 +58,8 @@ def test_results_csv_columns_are_renamed(tmp_path: Path):
 def test_engine_is_skipped_without_gpu_and_required_fails(tmp_path: Path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "best.pt").write_bytes(b"weights")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "export.json").write_text(json.dumps({"exported": 1}))
     cfg = build_engine.BuildEngineConfig.from_params(parse_params({}), tmp_path)
     result = build_engine.run(cfg)
     assert result.status == "skipped" and "CUDA" in result.reason
@@ -71,6 +73,17 @@ def test_engine_is_skipped_without_gpu_and_required_fails(tmp_path: Path):
     assert err.value.key == "engine.required"
 
 
+def test_engine_after_a_failed_gate_is_skipped_even_when_required(tmp_path: Path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "best.pt").write_bytes(b"weights")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "export.json").write_text(json.dumps({"exported": 0}))
+    required = build_engine.BuildEngineConfig.from_params(parse_params({"engine": {"required": True}}), tmp_path)
+    result = build_engine.run(required)
+    assert result.status == "skipped" and "evaluation gate failed" in result.reason
+    assert "evaluation gate failed" in (tmp_path / "models" / "engine" / "README.md").read_text()
+
+
 def test_data_version_prefers_dvc_lock(tmp_path: Path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dataset.dvc").write_text(yaml.safe_dump({"outs": [{"md5": "aaa.dir", "path": "dataset"}]}))
@@ -82,11 +95,11 @@ def test_data_version_prefers_dvc_lock(tmp_path: Path):
 
 
 def test_data_version_outside_a_dvc_project_is_a_clear_error(tmp_path: Path):
-    from stages.data_version import dataset_version
+    from stages.data_version import folder_version
     from stages.errors import DatasetError
 
     (tmp_path / "data" / "dataset").mkdir(parents=True)
     with pytest.raises(DatasetError, match="not a DVC workspace"):
-        dataset_version(tmp_path, "data/dataset")
+        folder_version(tmp_path, "data/dataset")
     with pytest.raises(DatasetError, match="not found"):
-        dataset_version(tmp_path, "data/missing")
+        folder_version(tmp_path, "data/missing")
