@@ -131,7 +131,7 @@ def run(cfg: ExportConfig) -> ExportResult:
         reason = "the evaluation gate failed: " + "; ".join(failed)
         write_text(cfg.deploy_dir / "README.md", f"Nothing was exported: {reason}.\n")
         result = ExportResult(exported=0)
-        write_json(cfg.metrics, result)
+        write_json(cfg.metrics, result.model_dump(exclude_none=True))  # numbers only, no nulls
         log.warning("not exported: %s", reason)
         return result
     o = cfg.options

@@ -246,20 +246,6 @@ def run(cfg: PromoteConfig) -> PromoteResult:
     current = production_metadata(cfg.production)
     recorded = recorded_data_version(cfg.workspace, cfg.dataset)
     version = recorded.md5 if recorded else None
-    if current is not None and already_in_production(cfg.files, current):
-        message = f"this model is already production version {current['version']}; nothing changed"
-        check = PromotionCheck(name="already in production", passed=True, message=message)
-        result = PromoteResult(
-            promoted=False,
-            unchanged=True,
-            version=current["version"],
-            checks=[check],
-            data_version=version,
-            production=shown,
-        )
-        write_json(cfg.report, result)
-        log.info("%s", message)
-        return result
     checks = promotion_checks(evaluate, export, current, cfg.options.max_map50_95_drop)
     if (cfg.workspace / "dvc.yaml").is_file():
         stale = stale_stages(cfg.workspace)
@@ -279,6 +265,21 @@ def run(cfg: PromoteConfig) -> PromoteResult:
             stage=STAGE,
             path=cfg.report,
         )
+    # Every check passed: a model that is already production is reported, not promoted again.
+    if current is not None and already_in_production(cfg.files, current):
+        message = f"this model is already production version {current['version']}; nothing changed"
+        check = PromotionCheck(name="already in production", passed=True, message=message)
+        result = PromoteResult(
+            promoted=False,
+            unchanged=True,
+            version=current["version"],
+            checks=[*checks, check],
+            data_version=version,
+            production=shown,
+        )
+        write_json(cfg.report, result)
+        log.info("%s", message)
+        return result
     missing = [str(p) for p in cfg.files.values() if not p.is_file()]
     if missing or version is None:
         raise PipelineError(

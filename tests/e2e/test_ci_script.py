@@ -14,22 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.e2e.workspace import Workspace
+from tests.e2e.workspace import GIT_ENV, Workspace
 
 pytestmark = pytest.mark.e2e
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "ci",
-    "GIT_AUTHOR_EMAIL": "ci@example.invalid",
-    "GIT_COMMITTER_NAME": "ci",
-    "GIT_COMMITTER_EMAIL": "ci@example.invalid",
-}
-
-
-def git(ws: Workspace, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=ws.root, env={**ws.env, **GIT_ENV}, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def ci(ws: Workspace, summary: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -49,9 +36,9 @@ def test_ci_script_shares_results_through_the_remote(tmp_path_factory: pytest.Te
     assert gen.returncode == 0, gen.stderr
     assert first.run("-m", "dvc", "remote", "modify", "local", "url", str(remote)).returncode == 0
     first.add_data()
-    git(first, "checkout", "-q", "-b", "main")
-    git(first, "add", "-A")
-    git(first, "commit", "-q", "-m", "pipeline and data")
+    first.git("checkout", "-q", "-b", "main")
+    first.git("add", "-A")
+    first.git("commit", "-q", "-m", "pipeline and data")
 
     summary = tmp_path_factory.mktemp("summary") / "main.md"
     proc, ran = ci(first, summary)
@@ -60,13 +47,13 @@ def test_ci_script_shares_results_through_the_remote(tmp_path_factory: pytest.Te
     assert (remote / "runs").is_dir(), "the run-cache was not pushed"
     text = summary.read_text()
     assert "## Metrics against main" in text and "metrics/evaluate.json" in text and "map50" in text
-    git(first, "add", "-A")
-    git(first, "commit", "-q", "-m", "retrained")  # dvc.lock, as a merged retraining commit would
+    first.git("add", "-A")
+    first.git("commit", "-q", "-m", "retrained")  # dvc.lock, as a merged retraining commit would
 
     clone_root = tmp_path_factory.mktemp("ci-clone") / "repo"
     subprocess.run(["git", "clone", "-q", str(first.root), str(clone_root)], check=True, env={**first.env, **GIT_ENV})
     second = Workspace(clone_root, home)
-    git(second, "checkout", "-q", "-b", "feature")
+    second.git("checkout", "-q", "-b", "feature")
     second.edit("benchmark", iterations=7)
     summary2 = tmp_path_factory.mktemp("summary") / "feature.md"
     proc, ran = ci(second, summary2)

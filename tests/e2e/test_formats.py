@@ -29,7 +29,7 @@ def test_format_runs_the_whole_chain_and_prepare_is_a_no_op_on_rerun(
     assert class_map["source_format"] == fmt
     assert ws.json("reports/validate.json")["ok"] is True
     assert set(ws.json("metrics/evaluate.json")["per_class"]) == {"square", "disc", "triangle"}
-    assert (ws.root / "models/model.onnx").is_file()
+    assert (ws.root / "models/deploy/model.onnx").is_file()
 
     proc, ran = ws.repro("prepare")
     assert proc.returncode == 0 and ran == set(), "re-running prepare on unchanged input must be a DVC no-op"

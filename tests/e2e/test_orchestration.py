@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -42,6 +39,8 @@ def test_promotion_then_data_check_then_regression_refused(ws: Workspace):
     # Production claims a better model than the candidate: promotion must refuse and touch nothing.
     meta["metrics"]["map50_95"] = 0.99
     (ws.root / "models/production/metadata.json").write_text(json.dumps(meta))
+    # Recorded as production by DVC too; otherwise promotion refuses a folder that differs from its .dvc file.
+    assert ws.run("-m", "dvc", "add", "-q", "models/production").returncode == 0
     before = tree_digest(ws.root / "models" / "production")
     refused = ws.run("-m", "stages.promote")
     assert refused.returncode == 2
@@ -87,23 +86,8 @@ def test_second_run_on_a_busy_workspace_is_refused(ws: Workspace):
 
 def test_killed_training_resumes_and_trains_exactly_the_configured_epochs(ws: Workspace):
     ws.edit("train", epochs=6)
-    results = ws.root / "models/train/results.csv"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "train"],
-        cwd=ws.root,
-        env=ws.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if results.is_file() and len(results.read_text().splitlines()) >= 3:  # header + 2 epochs
-            break
-        time.sleep(0.05)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("training did not get through two epochs in time")
+    proc = ws.start_training()
+    results = ws.wait_for_epochs(proc, 2)
     os.killpg(proc.pid, signal.SIGKILL)  # as an OOM kill or a lost node would
     proc.wait()
     done_before = len(results.read_text().splitlines()) - 1
@@ -116,5 +100,7 @@ def test_killed_training_resumes_and_trains_exactly_the_configured_epochs(ws: Wo
     # The checkpoint can lag the CSV by one epoch when the kill lands between the two writes.
     assert 1 <= train["resumed_after_epoch"] <= done_before
     assert train["epochs_run"] == 6
-    epochs = [int(line.split(",")[0]) for line in results.read_text().splitlines()[1:]]
+    published = ws.root / "models/train/results.csv"
+    epochs = [int(line.split(",")[0]) for line in published.read_text().splitlines()[1:]]
     assert epochs == [1, 2, 3, 4, 5, 6]
+    assert not results.parent.exists(), "a finished run's checkpoint folder is removed"

@@ -3,7 +3,8 @@
 One workspace (a copy of the project with a tiny sample dataset and tiny params) is shared by the
 tests of this module, which run in order: a full `dvc repro`, then checks that each entry point reuses
 the other's results, that a param change re-runs only the stages that read it, and that an unknown key
-and a failing gate each stop the chain with a clear message. The input dataset must never change.
+stops the chain with a clear message, and that a failing gate is recorded, exports nothing and is
+refused by the flow and by promotion. The input dataset must never change.
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
     assert curves[0].startswith("epoch,") and len(curves) == 2
 
     evaluate = ws.json("metrics/evaluate.json")
-    for key in ("map50", "map50_95", "precision", "recall", "per_class", "gate"):
+    for key in ("map50", "map50_95", "precision", "recall", "per_class", "gates"):
         assert key in evaluate
     assert set(evaluate["per_class"]) == {"square", "disc", "triangle"}
-    assert evaluate["gate"]["passed"] is True and len(evaluate["gate"]["checks"]) == 2
+    gates = evaluate["gates"]
+    assert gates["passed"] == 1 and gates["failed"] == 0 and len(gates["checks"]) == 2
+    assert all(isinstance(v, (int, float)) for check in gates["checks"].values() for v in check.values())
 
     export = ws.json("metrics/export.json")
-    assert (ws.root / "models/model.onnx").is_file()
+    assert export["exported"] == 1 and (ws.root / "models/deploy/model.onnx").is_file()
     assert export["parity"]["passed"] is True and export["parity"]["images"] == 4
     assert export["parity"]["max_abs_diff_scores"] < 1e-3
 
@@ -122,7 +125,9 @@ def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monk
     runs = result.stages
     assert {r.stage for r in runs if r.ran} == {"environment", "benchmark", "report"}
     assert [r.stage for r in runs] == list(PIPELINE)
-    assert result.promoted_version == 2  # the CLI flow run before promoted version 1
+    # The CLI flow run before promoted this very model: promoting it again changes nothing.
+    assert result.promoted_version is None and result.unchanged_version == 1
+    assert ws.json("models/production/metadata.json")["version"] == 1
     expected = {"stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card", "promotion"}
     assert expected | {"metrics-vs-production"} <= set(artifacts)
     assert {row["backend"] for row in artifacts["latency"]} >= {"onnxruntime-cpu", "pytorch-cpu"}
@@ -166,7 +171,7 @@ def test_unknown_params_key_stops_the_chain(ws: Workspace):
     assert "train" not in ran
 
 
-def test_failing_gate_stops_before_export_in_both_entry_points(ws: Workspace, monkeypatch: pytest.MonkeyPatch):
+def test_failing_gate_is_recorded_exports_nothing_and_is_refused(ws: Workspace, monkeypatch: pytest.MonkeyPatch):
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.pipeline import pipeline
@@ -174,12 +179,24 @@ def test_failing_gate_stops_before_export_in_both_entry_points(ws: Workspace, mo
 
     production_before = tree_digest(ws.root / "models" / "production")
     with ws.edited("evaluate", min_map50=0.99):
+        # A failed gate is a result: the chain completes, records it and builds nothing deployable.
         proc, ran = ws.repro()
-        output = proc.stdout + proc.stderr
-        assert proc.returncode != 0
-        assert "quality gate failed: map50" in output and "< 0.99" in output
-        assert "evaluate" in ran and "export" not in ran
-        assert ws.json("metrics/evaluate.json")["gate"]["passed"] is False
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert {"evaluate", "export", "build_engine", "benchmark", "report"} <= ran
+        gates = ws.json("metrics/evaluate.json")["gates"]
+        assert gates["passed"] == 0 and gates["failed"] == 1
+        assert gates["checks"]["map50"] == {"value": gates["checks"]["map50"]["value"], "threshold": 0.99, "passed": 0}
+        assert ws.json("metrics/export.json") == {"exported": 0}
+        assert sorted(p.name for p in (ws.root / "models/deploy").iterdir()) == ["README.md"]
+        assert "gate failed: map50" in (ws.root / "models/deploy/README.md").read_text()
+        assert ws.json("metrics/benchmark.json")["backends"] == {}
+        assert "Not deployable" in (ws.root / "reports/model_card.md").read_text()
+
+        verdict = ws.run("-m", "stages.gate")
+        assert verdict.returncode == 2
+        assert "quality gate failed: map50" in verdict.stderr and "< 0.99" in verdict.stderr
+        refused = ws.run("-m", "stages.promote")
+        assert refused.returncode == 2 and "map50" in refused.stderr
 
         monkeypatch.setenv("PATH", ws.env["PATH"])
         with prefect_test_harness():

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,12 @@ COPY = [
     "prefect.yaml",
     ".gitignore",
 ]
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "ci",
+    "GIT_AUTHOR_EMAIL": "ci@example.invalid",
+    "GIT_COMMITTER_NAME": "ci",
+    "GIT_COMMITTER_EMAIL": "ci@example.invalid",
+}
 TINY = {
     "train": {"epochs": 1, "imgsz": 64, "batch": 8},
     "evaluate": {"min_map50": 0.0, "min_map50_95": 0.0, "batch": 8},
@@ -120,6 +129,47 @@ class Workspace:
         return subprocess.run(
             [sys.executable, *args], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900
         )
+
+    def git(self, *args: str) -> str:
+        """Run git in the workspace (failing the test when it fails); returns its output."""
+        proc = subprocess.run(
+            ["git", *args], cwd=self.root, env={**self.env, **GIT_ENV}, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, f"git {' '.join(args)}: {proc.stderr}"
+        return proc.stdout
+
+    def start_training(self) -> subprocess.Popen[bytes]:
+        """Start ``dvc repro train`` in the background, in its own process group."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro", "train"],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait_for_epochs(self, proc: subprocess.Popen[bytes], epochs: int, timeout_s: float = 300) -> Path:
+        """Wait until the unfinished training run in ``paths.train_runs`` has logged ``epochs`` epochs
+        and written its first checkpoint.
+
+        Returns:
+            That run's ``results.csv``. Kills the training and fails the test on timeout.
+        """
+        runs = self.root / self.params()["paths"]["train_runs"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for results in runs.glob("*/results.csv"):
+                logged = len(results.read_text().splitlines()) - 1  # a header, then one line per epoch
+                if logged >= epochs and (results.parent / "weights" / "last.pt").is_file():
+                    time.sleep(0.5)  # let the checkpoint being written finish
+                    return results
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"training did not log {epochs} epochs in time (exit code {proc.poll()})")
 
     def repro(self, *targets: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
         """Run ``dvc repro``; returns the process and the names of the stages DVC ran."""
