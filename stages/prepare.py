@@ -11,6 +11,10 @@ generated ``data.yaml`` with absolute paths and no ``download`` key, and:
 
 Splits: the dataset's own train/val(/test) split is kept when it has one; otherwise images are
 assigned by a hash of the seed and the file's path, so adding images never moves existing ones.
+
+Writes stay under ``paths.prepared``: every target is checked (:func:`checked_target`) before it is
+created, an existing one is never replaced (two images mapping to one file are an ``image_name_clash``),
+and the folder is emptied only when it holds nothing but what ``prepare`` writes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.common import stage_main, write_json, write_text
 from stages.config import Params, PrepareParams
-from stages.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, SPLITS
+from stages.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, SPLITS, is_under, printable
 from stages.errors import DatasetError
 from stages.formats import read_source
 from stages.formats.base import Entry
@@ -84,24 +89,93 @@ def hash_split(relative: str, seed: int, val_fraction: float) -> str:
     The decision depends only on the seed and the path, so it is stable across runs, machines, and
     additions of other files.
     """
-    digest = hashlib.sha256(f"{seed}:{relative}".encode()).digest()
+    # surrogateescape: a file name that is not UTF-8 hashes as its raw bytes (valid names are unchanged).
+    digest = hashlib.sha256(f"{seed}:{relative}".encode("utf-8", "surrogateescape")).digest()
     fraction = int.from_bytes(digest[:8], "big") / 2**64
     return "val" if fraction < val_fraction else "train"
 
 
-class _Linker:
-    """Creates links, falling back to copies (once announced) where the filesystem refuses links."""
+# What ``prepare`` writes at the top of ``paths.prepared``; a folder holding anything else is not emptied.
+_OWN_ENTRIES = frozenset({"images", "labels", "data.yaml", "class_map.json", LABEL_SOURCES, SOURCE_PROBLEMS})
 
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
+
+def checked_target(prepared: Path, target: Path, folders: AbstractSet[str] = frozenset()) -> Path:
+    """``target``, once it is sure that creating it writes inside ``prepared``.
+
+    Checked lexically (no ``..`` out) and through the links of the folders that already exist on the
+    way, so neither a crafted name nor a planted link sends a write elsewhere.
+
+    Args:
+        prepared: The output folder.
+        target: The file about to be created.
+        folders: Folders already known to be real folders inside ``prepared`` (spares the link check).
+
+    Raises:
+        DatasetError: When ``target`` would land outside ``prepared``; names the path.
+    """
+    root = os.path.abspath(prepared)
+    path = os.path.normpath(os.path.abspath(target))
+    parent = os.path.dirname(path)
+    inside = is_under(path, root) and path != root
+    if not inside or (parent not in folders and not is_under(os.path.realpath(parent), os.path.realpath(root))):
+        raise DatasetError(
+            f"refusing to write {path}: it lies outside paths.prepared ({root})", stage=STAGE, path=target
+        )
+    return Path(path)
+
+
+class _Output:
+    """``paths.prepared`` as the only place ``prepare`` writes: every target checked, nothing replaced.
+
+    Links fall back to copies (announced once) where the filesystem refuses them.
+    """
+
+    def __init__(self, prepared: Path, mode: str) -> None:
+        self.root = os.path.abspath(prepared)
+        self.folders: set[str] = {self.root}  # folders made here: real folders inside, never links
         self.used = mode
 
-    def __call__(self, source: Path, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def target(self, path: Path) -> Path:
+        """``path`` checked with :func:`checked_target`."""
+        return checked_target(Path(self.root), path, self.folders)
+
+    def free(self, *targets: Path) -> bool:
+        """Whether creating ``targets`` replaces nothing: no file, link or file where a folder goes."""
+        for target in targets:
+            if os.path.lexists(target):
+                return False
+            parent = os.path.dirname(target)
+            while parent not in self.folders and is_under(parent, self.root):
+                if os.path.lexists(parent) and (os.path.islink(parent) or not os.path.isdir(parent)):
+                    return False
+                parent = os.path.dirname(parent)
+        return True
+
+    def folder(self, path: Path) -> None:
+        """Make the folder ``path`` (checked) and its parents."""
+        folder = os.fspath(path)
+        if folder not in self.folders:
+            os.makedirs(self.target(path), exist_ok=True)
+            while folder not in self.folders and is_under(folder, self.root):
+                self.folders.add(folder)
+                folder = os.path.dirname(folder)
+
+    def write(self, target: Path, text: str) -> None:
+        """Write one of ``prepare``'s own files (atomically)."""
+        target = self.target(target)
+        self.folder(target.parent)
+        write_text(target, text)
+
+    def link(self, source: Path, target: Path) -> None:
+        """Link (or copy) ``source`` to ``target``; callers check :meth:`free` first."""
+        target = self.target(target)
+        self.folder(target.parent)
         if self.used == "symlink":
             try:
                 os.symlink(os.path.relpath(source, target.parent), target)
                 return
+            except FileExistsError:
+                raise  # never replaced
             except OSError as exc:
                 log.warning("symlinks are not available here (%s); copying files instead", exc)
                 self.used = "copy"
@@ -109,15 +183,53 @@ class _Linker:
             try:
                 os.link(source, target)
                 return
+            except FileExistsError:
+                raise
             except OSError as exc:
                 log.warning("hard links are not available here (%s); copying files instead", exc)
                 self.used = "copy"
-        shutil.copy2(source, target)
+        with source.open("rb") as src, target.open("xb") as dst:  # "x": fails rather than overwrite
+            shutil.copyfileobj(src, dst)
+        shutil.copystat(source, target)
+
+
+def _empty_output(cfg: PrepareConfig) -> None:
+    """Make ``cfg.prepared`` an empty folder, deleting only what an earlier ``prepare`` wrote there.
+
+    Raises:
+        DatasetError: When ``paths.prepared`` and ``paths.dataset`` overlap, or the folder holds
+            anything ``prepare`` does not write.
+    """
+    prepared, dataset = os.path.realpath(cfg.prepared), os.path.realpath(cfg.dataset)
+    if is_under(prepared, dataset) or is_under(dataset, prepared):
+        raise DatasetError(
+            f"paths.prepared ({prepared}) and paths.dataset ({dataset}) overlap: preparing would delete or "
+            "write into the input",
+            stage=STAGE,
+            key="paths.prepared",
+        )
+    if os.path.lexists(cfg.prepared):
+        foreign = sorted(p.name for p in cfg.prepared.iterdir() if p.name not in _OWN_ENTRIES)
+        if foreign or cfg.prepared.is_symlink():
+            raise DatasetError(
+                f"holds {foreign[:5] or 'a link'} that 'prepare' did not write; move them away or pick another "
+                "paths.prepared",
+                stage=STAGE,
+                path=cfg.prepared,
+                key="paths.prepared",
+            )
+        shutil.rmtree(cfg.prepared)
+    cfg.prepared.mkdir(parents=True)
 
 
 def _relative(path: Path, workspace: Path) -> str:
-    real = path.resolve()
-    return real.relative_to(workspace.resolve()).as_posix() if real.is_relative_to(workspace.resolve()) else str(real)
+    """``path`` for a report: relative to the workspace when inside it, links not followed.
+
+    Not resolved: a dataset link that leaves the dataset must be shown as the link, where it is.
+    """
+    real = Path(os.path.abspath(path))
+    root = Path(os.path.abspath(workspace))
+    return printable(real.relative_to(root).as_posix() if real.is_relative_to(root) else str(real))
 
 
 def _label_text(entry: Entry) -> str:
@@ -144,42 +256,39 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         )
     o = cfg.options
     source = read_source(cfg.dataset, o.format, o.classes, o.include_difficult)
-    if cfg.prepared.exists():
-        shutil.rmtree(cfg.prepared)
-    cfg.prepared.mkdir(parents=True)
+    _empty_output(cfg)
 
     def split_of(split: str | None, rel: Path) -> str:
         return split if split is not None else hash_split(rel.as_posix(), o.seed, o.val_fraction)
 
-    link = _Linker(o.link)
+    out = _Output(cfg.prepared, o.link)
     counts: dict[str, SplitSummary] = {}
     label_sources: dict[str, Any] = {}
     problems = [
         {"file": _relative(p.file, cfg.workspace), "line": p.line, "code": p.code, "message": p.message}
         for p in source.problems
     ]
-    placed: set[Path] = set()
     for entry in source.entries:
         split = split_of(entry.split, entry.rel)
-        image_target = cfg.prepared / "images" / split / entry.rel
-        if image_target in placed:
+        image_target = out.target(cfg.prepared / "images" / split / entry.rel)
+        label_target = out.target((cfg.prepared / "labels" / split / entry.rel).with_suffix(".txt"))
+        if not out.free(image_target, label_target):
             problems.append(
                 {
                     "file": _relative(entry.image, cfg.workspace),
                     "line": None,
                     "code": "image_name_clash",
-                    "message": f"another image already maps to {split}/{entry.rel}; rename one of them",
+                    "message": f"another image already maps to {printable(f'{split}/{entry.rel.as_posix()}')} or its "
+                    "label file; rename one of them",
                 }
             )
             continue
-        placed.add(image_target)
-        link(entry.image, image_target)
-        label_target = (cfg.prepared / "labels" / split / entry.rel).with_suffix(".txt")
+        out.link(entry.image, image_target)
         has_label = entry.label is not None or entry.boxes is not None
         if entry.label is not None:
-            link(entry.label, label_target)
+            out.link(entry.label, label_target)
         elif entry.boxes is not None:
-            write_text(label_target, _label_text(entry))
+            out.write(label_target, _label_text(entry))
             assert entry.annotation is not None
             label_sources[label_target.relative_to(cfg.prepared).as_posix()] = {
                 "file": _relative(entry.annotation, cfg.workspace),
@@ -189,29 +298,28 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         current = counts.get(split, SplitSummary(images=0, labels=0))
         counts[split] = SplitSummary(images=current.images + 1, labels=current.labels + int(has_label))
     for split, label, rel in source.orphan_labels:
-        link(label, cfg.prepared / "labels" / split_of(split, rel) / rel)
+        target = out.target(cfg.prepared / "labels" / split_of(split, rel) / rel)
+        if out.free(target):  # otherwise an image's own label file is already there: it wins
+            out.link(label, target)
     for split in counts:
-        (cfg.prepared / "labels" / split).mkdir(parents=True, exist_ok=True)
+        out.folder(cfg.prepared / "labels" / split)
 
     prepared_yaml = cfg.prepared / "data.yaml"
-    out: dict[str, Any] = {"path": str(cfg.prepared.resolve())}
+    data_yaml: dict[str, Any] = {"path": str(cfg.prepared.resolve())}
     for split in SPLITS:
         if split in counts:
-            out[split] = f"images/{split}"
-    out["names"] = dict(enumerate(source.names))
-    write_text(prepared_yaml, yaml.safe_dump(out, sort_keys=False))
-    write_json(
-        cfg.prepared / "class_map.json",
-        {
-            "source_format": source.format,
-            "classes": [
-                {"id": i, "name": n, "source": source.source_ids[i] if i < len(source.source_ids) else n}
-                for i, n in enumerate(source.names)
-            ],
-        },
-    )
-    write_json(cfg.prepared / LABEL_SOURCES, label_sources)
-    write_json(cfg.prepared / SOURCE_PROBLEMS, problems)
+            data_yaml[split] = f"images/{split}"
+    data_yaml["names"] = dict(enumerate(source.names))
+    out.write(prepared_yaml, yaml.safe_dump(data_yaml, sort_keys=False))
+    class_map = {
+        "source_format": source.format,
+        "classes": [
+            {"id": i, "name": n, "source": source.source_ids[i] if i < len(source.source_ids) else n}
+            for i, n in enumerate(source.names)
+        ],
+    }
+    for name, data in (("class_map.json", class_map), (LABEL_SOURCES, label_sources), (SOURCE_PROBLEMS, problems)):
+        write_json(out.target(cfg.prepared / name), data)
 
     given = {e.split is not None for e in source.entries}
     split_source: Literal["dataset", "hash", "mixed"] = (
@@ -223,7 +331,7 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         names=source.names,
         splits=counts,
         split_source=split_source,
-        link=link.used,
+        link=out.used,
         source_problems=len(problems),
     )
     log.info(
@@ -231,7 +339,7 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         cfg.prepared,
         source.format,
         split_source,
-        link.used,
+        out.used,
         ", ".join(f"{s} {c.images} images/{c.labels} labels" for s, c in counts.items()),
         len(problems),
     )

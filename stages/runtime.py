@@ -156,3 +156,36 @@ def offline_amp_check() -> Iterator[None]:
         yield
     finally:
         trainer.check_amp = original
+
+
+@contextlib.contextmanager
+def image_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Refuse, in this process, to open images with more than ``max_pixels`` pixels.
+
+    The one place the limit (``validate.max_image_pixels``) reaches the image libraries, so training
+    refuses what validation refuses. PIL checks the size from the header when an image is opened and
+    only warns between its limit and twice it; the warning becomes an error here, so the limit is
+    exact (Ultralytics then drops the image as corrupt while it scans the dataset). OpenCV reads its
+    own limit from the environment when it is loaded, so that one applies only where OpenCV is loaded
+    inside this block (the stages import Ultralytics, and with it OpenCV, lazily for this reason) and
+    in processes started from it. The previous limits are back when the block ends.
+    """
+    import warnings
+
+    from PIL import Image
+
+    saved_pixels, saved_env = Image.MAX_IMAGE_PIXELS, os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS")
+    if "cv2" in sys.modules:
+        log.debug("OpenCV is already loaded: its own pixel limit stays as it was")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(max_pixels)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved_pixels
+            if saved_env is None:
+                os.environ.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)
+            else:
+                os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = saved_env

@@ -34,7 +34,7 @@ from stages.config import Params, TrainParams
 from stages.data_version import dvc_lock_stage
 from stages.errors import ConfigError, TrainingError
 from stages.recorded_outputs import restore_recorded_outputs
-from stages.runtime import import_ultralytics, offline_trainer
+from stages.runtime import image_pixel_limit, import_ultralytics, offline_trainer
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class TrainConfig(BaseModel):
     curves: Path
     workspace: Path
     hyper: TrainParams
+    max_image_pixels: int  # validate.max_image_pixels: training refuses what validation refuses
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> TrainConfig:
@@ -86,6 +87,7 @@ class TrainConfig(BaseModel):
             curves=paths.resolve("train_plot", root),
             workspace=root,
             hyper=params.train,
+            max_image_pixels=params.validate_.max_image_pixels,
         )
 
 
@@ -308,6 +310,12 @@ def run(cfg: TrainConfig) -> TrainResult:
     """
     if not cfg.data_yaml.is_file():
         raise TrainingError("prepared data.yaml is missing; run 'prepare' first", stage=STAGE, path=cfg.data_yaml)
+    # Set before Ultralytics, and with it OpenCV, is imported: OpenCV reads its limit when it loads.
+    with image_pixel_limit(cfg.max_image_pixels):
+        return _run(cfg)
+
+
+def _run(cfg: TrainConfig) -> TrainResult:
     ultralytics = import_ultralytics(cfg.workspace)
     model_source = resolve_model(cfg.hyper.model, cfg.workspace, Path(ultralytics.__file__).parent)
     _check_device(cfg.hyper.device)

@@ -33,8 +33,19 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.common import read_json, stage_main, write_json, write_text
 from stages.config import Params, ValidateParams
-from stages.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, iter_images, label_path_for, read_prepared_yaml, split_dirs
+from stages.datasets import (
+    LABEL_SOURCES,
+    SOURCE_PROBLEMS,
+    ImageTooLarge,
+    iter_images,
+    label_path_for,
+    open_image,
+    printable,
+    read_prepared_yaml,
+    split_dirs,
+)
 from stages.errors import ValidationFailed
+from stages.runtime import image_pixel_limit
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,9 @@ _CHUNK = 128  # images per task sent to a worker process
 CODES: dict[str, Severity] = {
     "image_unreadable": "error",
     "image_truncated": "error",
+    "image_too_large": "error",
+    "path_outside_dataset": "error",
+    "check_crashed": "error",
     "image_missing": "error",
     "image_name_clash": "error",
     "label_without_image": "error",
@@ -136,6 +150,7 @@ class _Checks:
     max_outside_fraction: float
     duplicate_iou: float
     decode: bool
+    max_pixels: int
 
 
 class _ImageRecord(NamedTuple):
@@ -164,9 +179,12 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
 
 def outside_fraction(cx: float, cy: float, w: float, h: float) -> float:
     """Share of a box's area that lies outside the unit square."""
+    if cx - w / 2 >= 0.0 and cx + w / 2 <= 1.0 and cy - h / 2 >= 0.0 and cy + h / 2 <= 1.0:
+        return 0.0
     inside_w = max(0.0, min(1.0, cx + w / 2) - max(0.0, cx - w / 2))
     inside_h = max(0.0, min(1.0, cy + h / 2) - max(0.0, cy - h / 2))
-    return 1.0 - (inside_w * inside_h) / (w * h)
+    # Per axis: w * h underflows to 0 for tiny boxes (1e-200 each), a division by zero.
+    return 1.0 - min(1.0, inside_w / w) * min(1.0, inside_h / h)
 
 
 def check_label_lines(
@@ -288,19 +306,21 @@ def _display(path: Path | str, workspace: str) -> str:
     except OSError:  # not a link
         real = os.path.abspath(path)
     prefix = workspace + os.sep
-    return real[len(prefix) :] if real.startswith(prefix) else real
+    return printable(real[len(prefix) :] if real.startswith(prefix) else real)
 
 
-def _decode(data: bytes, full: bool) -> tuple[int, int]:
-    """Open an image from memory and return its size; raises on unreadable or corrupt data.
+def _decode(data: bytes, full: bool, max_pixels: int) -> tuple[int, int]:
+    """Open an image from memory and return its size; raises on unreadable, corrupt or too large data.
 
-    With ``full``, decode the pixels once: JPEGs at 1/8 scale through libjpeg's DCT scaling, which
-    still walks the whole entropy-coded stream, so corruption anywhere in the file is caught. Without,
+    The size is checked against ``max_pixels`` from the header, before any pixel is decoded. With
+    ``full``, decode the pixels once: JPEGs at 1/8 scale through libjpeg's DCT scaling, which still
+    walks the whole entropy-coded stream, so corruption anywhere in the file is caught. Without,
     check the header and the structure PIL can verify cheaply.
-    """
-    from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    Raises:
+        ImageTooLarge: When the header declares more than ``max_pixels`` pixels.
+    """
+    with open_image(io.BytesIO(data), max_pixels) as im:
         size = im.size
         if not full:
             im.verify()
@@ -348,16 +368,22 @@ def _check_image(
     elif data:
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         try:
-            width, height = _decode(data, checks.decode)
+            width, height = _decode(data, checks.decode, checks.max_pixels)
             if image_path.suffix.lower() in {".jpg", ".jpeg"} and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
                 problems.append(
                     _problem("image_truncated", shown, "JPEG lacks its end-of-image marker (truncated or corrupt)")
                 )
-        except OSError as exc:  # PIL raises OSError subclasses for undecodable data
+        except ImageTooLarge as exc:
+            message = (
+                f"{exc.width}x{exc.height} pixels ({exc.width * exc.height}) is over "
+                f"validate.max_image_pixels={exc.limit}; not decoded"
+            )
+            problems.append(_problem("image_too_large", shown, message))
+        except OSError as exc:  # PIL raises OSError subclasses for most undecodable data
             code = "image_truncated" if "truncated" in str(exc).lower() else "image_unreadable"
             problems.append(_problem(code, shown, f"cannot decode image: {exc}"))
-        except (ValueError, SyntaxError) as exc:
-            problems.append(_problem("image_unreadable", shown, f"cannot decode image: {exc}"))
+        except Exception as exc:  # and many other types for crafted data (struct.error, IndexError, ...)
+            problems.append(_problem("image_unreadable", shown, f"cannot decode image: {type(exc).__name__}: {exc}"))
 
     boxes: list[tuple[int, float, float, float, float]] = []
     if label_path is not None:
@@ -387,8 +413,20 @@ def _check_image(
     )
 
 
+def _check_job(
+    split: str, image_path: Path, label_path: Path | None, source: _LabelSource | None, checks: _Checks
+) -> _ImageRecord:
+    """Check one image; an exception no check foresaw becomes a ``check_crashed`` problem of that image."""
+    try:
+        return _check_image(split, image_path, label_path, source, checks)
+    except Exception as exc:  # no input may crash the stage, and nothing may pass unreported
+        shown = _display(image_path, checks.workspace)
+        message = f"checking it raised {type(exc).__name__}: {exc} (a bug in validate; the file was not checked)"
+        return _ImageRecord(split, shown, None, None, None, [], [_problem("check_crashed", shown, message)])
+
+
 def _check_chunk(jobs: list[tuple[str, Path, Path | None, _LabelSource | None]], checks: _Checks) -> list[_ImageRecord]:
-    return [_check_image(*job, checks) for job in jobs]
+    return [_check_job(*job, checks) for job in jobs]
 
 
 def _jobs(
@@ -448,6 +486,12 @@ def run(cfg: ValidateConfig) -> ValidateResult:
     Raises:
         ValidationFailed: When any problem of ``error`` severity was found (after writing the report).
     """
+    # Every image library in this process and its workers refuses larger images, as in training.
+    with image_pixel_limit(cfg.options.max_image_pixels):
+        return _validate(cfg)
+
+
+def _validate(cfg: ValidateConfig) -> ValidateResult:
     data = read_prepared_yaml(cfg.data_yaml)
     prepared = cfg.data_yaml.parent
     names: list[str] = data["names"]
@@ -460,6 +504,7 @@ def run(cfg: ValidateConfig) -> ValidateResult:
         max_outside_fraction=cfg.options.max_outside_fraction,
         duplicate_iou=cfg.options.duplicate_iou,
         decode=cfg.options.decode,
+        max_pixels=cfg.options.max_image_pixels,
     )
     sources = read_json(prepared / LABEL_SOURCES, stage=STAGE, default={})
     problems = [

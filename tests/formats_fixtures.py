@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -82,3 +84,23 @@ def make_coco(out: Path, train: int = 8, val: int = 4, size: int = 64, seed: int
         )
     shutil.rmtree(tmp)
     return out
+
+
+def tree_listing(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[str, str]]:
+    """Every entry under ``root`` except those under ``skip``: relative path -> (kind, content digest).
+
+    Links are listed as links (their target), never followed, so a link planted outside the
+    workspace or a file overwritten through one shows up as a difference.
+    """
+    listing: dict[str, tuple[str, str]] = {}
+    for path in sorted(root.rglob("*")):
+        if any(path == s or s in path.parents for s in skip):
+            continue
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            listing[rel] = ("link", os.readlink(path))
+        elif path.is_file():
+            listing[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+        else:
+            listing[rel] = ("dir", "")
+    return listing

@@ -57,6 +57,16 @@ class SourceProblem:
     line: int | None = None
 
 
+def crashed(file: Path, exc: BaseException) -> SourceProblem:
+    """The problem recorded when reading ``file`` raised something no check foresaw (a bug to fix)."""
+    return SourceProblem(file, "check_crashed", f"reading it raised {type(exc).__name__}: {exc}")
+
+
+def outside(file: Path, where: str, exc: Exception) -> SourceProblem:
+    """The problem recorded for a path in ``file`` that leaves the dataset folder (never read)."""
+    return SourceProblem(file, "path_outside_dataset", f"{where}: {exc}; not read")
+
+
 @dataclass
 class Source:
     """A dataset read from its own format."""

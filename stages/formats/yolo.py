@@ -7,9 +7,18 @@ from typing import Any
 
 import yaml
 
-from stages.datasets import SPLITS, iter_images, label_path_for, normalise_names
+from stages.datasets import (
+    SPLITS,
+    DatasetRoot,
+    OutsideDataset,
+    is_dir,
+    is_file,
+    iter_images,
+    label_path_for,
+    normalise_names,
+)
 from stages.errors import DatasetError
-from stages.formats.base import Entry, Source
+from stages.formats.base import Entry, Source, SourceProblem, outside
 
 STAGE = "prepare"
 # Keys a source data.yaml may hold. 'download' is refused on purpose: Ultralytics would execute it.
@@ -28,7 +37,11 @@ def read_data_yaml(path: Path) -> dict[str, Any]:
         raise DatasetError(
             "a YOLO dataset needs a data.yaml with the class names ('names')", stage=STAGE, path=path
         ) from None
-    except yaml.YAMLError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read it as text: {exc}", stage=STAGE, path=path) from None
+    except RecursionError:
+        raise DatasetError("not valid YAML: nested too deeply", stage=STAGE, path=path) from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer too long to convert
         raise DatasetError(f"not valid YAML: {exc}", stage=STAGE, path=path) from None
     if not isinstance(data, dict):
         raise DatasetError("data.yaml must be a mapping", stage=STAGE, path=path)
@@ -49,20 +62,32 @@ def read_data_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _split_folder(dataset: Path, data: dict[str, Any], split: str, source: Path) -> Path | None:
-    value = data.get(split)
+def _split_folder(root: DatasetRoot, data: dict[str, Any], split: str, source: Path) -> Path | None:
+    """The images folder of ``split``, inside the dataset; ``None`` when ``data.yaml`` has none.
+
+    Raises:
+        DatasetError: When the value is not one relative folder inside the dataset under ``images``.
+    """
+    value, base_value = data.get(split), data.get("path")
     if not value:
         return None
     if not isinstance(value, str):
         raise DatasetError(f"'{split}' must be one folder relative to the dataset", stage=STAGE, path=source, key=split)
-    root = dataset.resolve()
-    base = root / data["path"] if data.get("path") else root
-    folder = (base / value).resolve()
-    if root not in (folder, *folder.parents):
-        raise DatasetError(f"'{split}: {value}' points outside the dataset folder", stage=STAGE, path=source, key=split)
-    if not folder.is_dir():
+    if base_value is not None and not isinstance(base_value, str):
+        raise DatasetError("'path' must be a folder relative to the dataset", stage=STAGE, path=source, key="path")
+    try:
+        base = root.named(base_value) if base_value else root.root
+    except OutsideDataset as exc:
+        why = f"'path' points outside the dataset folder: {exc}"
+        raise DatasetError(why, stage=STAGE, path=source, key="path") from None
+    try:
+        folder = root.named(value, base)
+    except OutsideDataset as exc:
+        why = f"'{split}' points outside the dataset folder: {exc}"
+        raise DatasetError(why, stage=STAGE, path=source, key=split) from None
+    if not is_dir(folder):
         raise DatasetError(f"'{split}' folder {folder} does not exist", stage=STAGE, path=source, key=split)
-    if "images" not in folder.relative_to(root).parts:
+    if "images" not in folder.relative_to(root.root).parts:
         raise DatasetError(
             f"'{split}: {value}' must lie under an 'images' folder (labels are found by replacing it with 'labels')",
             stage=STAGE,
@@ -72,46 +97,71 @@ def _split_folder(dataset: Path, data: dict[str, Any], split: str, source: Path)
     return folder
 
 
-def _labels_folder(images_folder: Path, dataset: Path) -> Path:
-    parts = list(images_folder.relative_to(dataset.resolve()).parts)
+def _labels_folder(images_folder: Path, root: DatasetRoot) -> Path:
+    parts = list(images_folder.relative_to(root.root).parts)
     parts[parts.index("images")] = "labels"
-    return dataset.resolve().joinpath(*parts)
+    return root.root.joinpath(*parts)
+
+
+def _inside(root: DatasetRoot, path: Path, what: str, problems: list[SourceProblem]) -> bool:
+    """Whether ``path`` stays inside the dataset; when not, a ``path_outside_dataset`` problem of it."""
+    try:
+        root.contains(path)
+    except OutsideDataset as exc:
+        problems.append(outside(path, what, exc))
+        return False
+    return True
 
 
 def read_yolo(dataset: Path) -> Source:
     """Read a YOLO-layout dataset.
 
+    Images and label files that are links out of the dataset are ``path_outside_dataset`` problems,
+    never read.
+
     Raises:
         DatasetError: When ``data.yaml`` or its split folders are wrong.
     """
-    source_yaml = dataset / "data.yaml"
+    root = DatasetRoot(dataset)
+    source_yaml = root.root / "data.yaml"
+    try:
+        root.contains(source_yaml)
+    except OutsideDataset as exc:
+        raise DatasetError(str(exc), stage=STAGE, path=source_yaml) from None
     data = read_data_yaml(source_yaml)
     names = normalise_names(data["names"], source=source_yaml)
     if "nc" in data and data["nc"] != len(names):
         raise DatasetError(f"'nc: {data['nc']}' but {len(names)} names", stage=STAGE, path=source_yaml, key="nc")
-    folders = {s: _split_folder(dataset, data, s, source_yaml) for s in SPLITS}
+    folders = {s: _split_folder(root, data, s, source_yaml) for s in SPLITS}
     if folders["train"] is None:
         raise DatasetError("'train' is missing", stage=STAGE, path=source_yaml, key="train")
     has_val = folders["val"] is not None
 
     entries: list[Entry] = []
     orphans: list[tuple[str | None, Path, Path]] = []
+    problems: list[SourceProblem] = []
     for split, folder in folders.items():
         if folder is None:
             continue
         target = split if has_val or split != "train" else None
-        labels = _labels_folder(folder, dataset)
+        labels = _labels_folder(folder, root)
         expected = set()
-        for image in iter_images(folder):
+        leaving: list[Path] = []
+        for image in iter_images(folder, within=root.root, outside=leaving):
             label = label_path_for(image, folder, labels)
             expected.add(label)
+            if not _inside(root, image, "image", problems):
+                continue
+            has_label = is_file(label) and _inside(root, label, "label file", problems)
             entries.append(
-                Entry(
-                    split=target, image=image, rel=image.relative_to(folder), label=label if label.is_file() else None
-                )
+                Entry(split=target, image=image, rel=image.relative_to(folder), label=label if has_label else None)
             )
-        if labels.is_dir():
+        for link in leaving:
+            problems.append(SourceProblem(link, "path_outside_dataset", "folder link out of the dataset; not entered"))
+        if is_dir(labels):
             for label in sorted(labels.rglob("*.txt")):
-                if label not in expected:
+                if label not in expected and is_file(label) and _inside(root, label, "label file", problems):
                     orphans.append((target, label, label.relative_to(labels)))
-    return Source(format="yolo", names=names, entries=entries, orphan_labels=orphans, source_ids=list(names))
+    return Source(
+        format="yolo", names=names, entries=entries, orphan_labels=orphans, problems=problems, source_ids=list(names)
+    )

@@ -69,3 +69,10 @@ def test_params_are_frozen():
     params = parse_params({})
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises its ValidationError for frozen models
         params.train.epochs = 3  # type: ignore[misc]
+
+
+def test_image_pixel_limit_defaults_to_pils_own_and_must_be_positive():
+    assert parse_params({}).validate_.max_image_pixels == 89_478_485
+    assert parse_params({"validate": {"max_image_pixels": 1000}}).validate_.max_image_pixels == 1000
+    with pytest.raises(ConfigError, match="max_image_pixels"):
+        parse_params({"validate": {"max_image_pixels": 0}})

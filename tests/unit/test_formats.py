@@ -138,3 +138,101 @@ def test_prepared_data_yaml_is_the_same_shape_for_every_format(tmp_path: Path):
     run_prepare(tmp_path)
     data = yaml.safe_load((tmp_path / "data" / "prepared" / "data.yaml").read_text())
     assert set(data) == {"path", "train", "val", "names"}
+
+
+def edit_coco(ds: Path, change) -> None:
+    path = ds / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda d: d["images"][0].update(id="x"), "annotation_malformed"),
+        (lambda d: d["images"].append(d["images"][0]), "annotation_malformed"),
+        (lambda d: d["images"].append(["not", "an", "object"]), "annotation_malformed"),
+        (lambda d: d["annotations"].append(17), "annotation_malformed"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 10**400, 4]), "label_not_number"),
+        (lambda d: d["annotations"][0].update(bbox="1234"), "label_not_number"),
+        (lambda d: d["annotations"][0].update(image_id=float("inf")), "annotation_unknown_image"),
+        (lambda d: d["annotations"][0].update(category_id=[10]), "class_out_of_range"),
+        (lambda d: d["images"][0].update(width=0), "label_not_number"),
+        (lambda d: d["images"][0].update(file_name=["a.jpg"]), "path_outside_dataset"),
+        (lambda d: d["images"][0].update(file_name="a\x00.jpg"), "path_outside_dataset"),
+        (lambda d: d["images"][0].update(file_name="x" * 400 + ".jpg"), "image_missing"),
+    ],
+)
+def test_coco_values_of_any_type_are_problems_of_their_record(tmp_path: Path, change, code):
+    edit_coco(make_coco(tmp_path / "data" / "dataset"), change)
+    run_prepare(tmp_path)
+    problems = json.loads((tmp_path / "data" / "prepared" / "source_problems.json").read_text())
+    assert code in {p["code"] for p in problems}
+    assert {p["file"] for p in problems} == {"data/dataset/annotations/instances_train2017.json"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[]", "expected a JSON object"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"images": 1' + b"0" * 5000 + b"}", "not valid JSON"),
+        (b'{"images": {}}', "'images' must be a list"),
+        (b'{"categories": [{"name": "a"}]}', "needs an integer 'id'"),
+        (b'{"categories": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]}', "appears twice"),
+        (b'{"categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "a"}]}', "unique"),
+    ],
+)
+def test_coco_file_of_the_wrong_shape_is_a_dataset_error(tmp_path: Path, content: bytes, message: str):
+    ds = make_coco(tmp_path / "data" / "dataset")
+    for split in ("train", "val"):
+        (ds / "annotations" / f"instances_{split}2017.json").write_bytes(content)
+    with pytest.raises(DatasetError, match=message):
+        run_prepare(tmp_path)
+
+
+def test_a_crash_while_reading_one_annotation_file_is_a_problem_of_that_file(tmp_path: Path, monkeypatch):
+    from stages.formats import coco
+
+    make_coco(tmp_path / "data" / "dataset")
+    real = coco._boxes
+
+    def flaky(data, annotation, *args):
+        if "train" in annotation.name:
+            raise ZeroDivisionError("planted")
+        return real(data, annotation, *args)
+
+    monkeypatch.setattr(coco, "_boxes", flaky)
+    params, result = run_prepare(tmp_path)
+    problems = json.loads((tmp_path / "data" / "prepared" / "source_problems.json").read_text())
+    assert [(p["code"], p["file"]) for p in problems] == [
+        ("check_crashed", "data/dataset/annotations/instances_train2017.json")
+    ]
+    assert "ZeroDivisionError: planted" in problems[0]["message"]
+    assert result.splits["val"].images == 4 and "train" not in result.splits
+    with pytest.raises(ValidationFailed, match="check_crashed"):
+        validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        b"\xff\xfe<annotation/>",
+        b"<annotation>" * 5000,
+        b'<!DOCTYPE a [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+        b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">'
+        b'<!ENTITY e "&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;"><!ENTITY f "&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;">'
+        b'<!ENTITY g "&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;">]><annotation><filename>&g;</filename></annotation>',
+        b'<!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/hostname">]><annotation><filename>&x;</filename></annotation>',
+    ],
+    ids=["not-utf8", "deep", "entity-expansion", "external-entity"],
+)
+def test_hostile_voc_xml_is_an_annotation_problem(tmp_path: Path, xml: bytes):
+    ds = make_voc(tmp_path / "data" / "dataset", train=2, val=1)
+    (ds / "Annotations" / "train_00000.xml").write_bytes(xml)
+    run_prepare(tmp_path, classes=["square", "disc", "triangle"])
+    problems = json.loads((tmp_path / "data" / "prepared" / "source_problems.json").read_text())
+    assert [p["file"] for p in problems] == ["data/dataset/Annotations/train_00000.xml"]
+    assert problems[0]["code"] in {"annotation_malformed", "image_missing", "path_outside_dataset"}

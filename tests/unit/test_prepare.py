@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -5,7 +6,7 @@ import yaml
 
 from stages.config import parse_params
 from stages.errors import DatasetError
-from stages.prepare import PrepareConfig, hash_split, run
+from stages.prepare import PrepareConfig, checked_target, hash_split, run
 from stages.sample_data import SampleSpec, generate
 from tests.conftest import tree_digest
 
@@ -68,6 +69,12 @@ def test_dataset_without_val_split_is_split_by_hash(dataset: Path):
         ({"extra_key": 1}, "unknown key"),
         ({"names": {0: "a", 2: "b"}}, "without gaps"),
         ({"val": "../../outside"}, "outside the dataset"),
+        ({"val": "/etc"}, "outside the dataset"),
+        ({"val": "images\\..\\..\\outside"}, "outside the dataset"),
+        ({"path": "../.."}, "outside the dataset"),
+        ({"path": 5}, "'path' must be a folder"),
+        ({"names": {0: "a", 1: "b", "01": "c"}}, "without gaps or repeats"),
+        ({"names": {float("inf"): "a"}}, "must be integers"),
     ],
 )
 def test_bad_source_data_yaml_is_refused(dataset: Path, edit, message):
@@ -83,3 +90,39 @@ def test_bad_source_data_yaml_is_refused(dataset: Path, edit, message):
 def test_missing_dataset_says_what_to_do(tmp_path: Path):
     with pytest.raises(DatasetError, match="sample-data"):
         run(config(tmp_path))
+
+
+def test_hash_split_takes_file_names_that_are_not_utf8():
+    name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes: a lone surrogate in Python
+    assert hash_split(name, 0, 0.5) in {"train", "val"}
+    assert hash_split("café.jpg", 0, 0.5) == hash_split("café.jpg", 0, 0.5)
+
+
+def test_prepared_folder_holding_other_files_is_never_emptied(dataset: Path):
+    run(config(dataset))
+    notes = dataset / "data" / "prepared" / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(DatasetError, match="did not write") as err:
+        run(config(dataset))
+    assert err.value.key == "paths.prepared"
+    assert notes.read_text() == "mine"
+
+
+def test_prepared_folder_holding_the_dataset_is_refused(dataset: Path):
+    """paths.prepared: data would delete data/dataset, the input, before writing into it."""
+    before = tree_digest(dataset / "data" / "dataset")
+    params = parse_params({"paths": {"prepared": "data"}})
+    with pytest.raises(DatasetError, match="overlap"):
+        run(PrepareConfig.from_params(params, dataset))
+    assert tree_digest(dataset / "data" / "dataset") == before
+
+
+def test_checked_target_follows_links_of_existing_folders(tmp_path: Path):
+    prepared, elsewhere = tmp_path / "prepared", tmp_path / "elsewhere"
+    (prepared / "images").mkdir(parents=True)
+    elsewhere.mkdir()
+    (prepared / "images" / "train").symlink_to(elsewhere)
+    with pytest.raises(DatasetError, match=r"outside paths\.prepared"):
+        checked_target(prepared, prepared / "images" / "train" / "a.jpg")
+    with pytest.raises(DatasetError, match=r"outside paths\.prepared"):
+        checked_target(prepared, prepared)

@@ -67,3 +67,11 @@ def codes_with(lines, **kwargs):
 def test_outside_fraction():
     assert outside_fraction(0.5, 0.5, 0.2, 0.2) == pytest.approx(0.0, abs=1e-9)
     assert outside_fraction(1.0, 0.5, 0.2, 0.2) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("line", ["0 0.5 0.5 1e-200 1e-200", "0 0 0 5e-324 5e-324", "0 1e-300 0.5 1e-300 0.2"])
+def test_tiny_boxes_do_not_divide_by_zero(line):
+    """w * h underflows to 0 for boxes this small; the outside check must still give an answer."""
+    _boxes, found = codes([line])
+    assert all(code in CODES for code, _ in found)
+    assert 0.0 <= outside_fraction(*(float(v) for v in line.split()[1:])) <= 1.0

@@ -1,6 +1,7 @@
 """The validate stage on a dataset corrupted with one of each problem kind."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -132,3 +133,18 @@ def test_real_coco128_is_validated(tmp_path: Path, coco128: Path):
         "data/dataset/images/train/000000000508.jpg",
     }
     assert result.errors == 0
+
+
+def test_file_names_that_are_not_utf8_are_reported_readably(tmp_path: Path):
+    ds = tmp_path / "data" / "dataset"
+    generate(SampleSpec(out=ds, train=3, val=1, size=64, seed=0))
+    odd = os.fsdecode(b"caf\xe9")  # Latin-1 bytes in a file name
+    (ds / "images" / "train" / "train_00000.jpg").rename(ds / "images" / "train" / f"{odd}.jpg")
+    params = parse_params({"validate": {"workers": 1}})
+    prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
+    with pytest.raises(ValidationFailed, match="label_without_image"):  # its label kept the old name
+        validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    report = json.loads((tmp_path / "reports" / "validate.json").read_text(encoding="utf-8"))
+    files = {p["file"] for p in report["problems"]}
+    assert "data/dataset/images/train/caf\\xe9.jpg" in files
+    assert "caf\\xe9.jpg" in (tmp_path / "reports" / "validate.md").read_text(encoding="utf-8")
