@@ -23,6 +23,52 @@ from stages.formats.base import Entry, Source, SourceProblem, outside
 STAGE = "prepare"
 # Keys a source data.yaml may hold. 'download' is refused on purpose: Ultralytics would execute it.
 ALLOWED_KEYS = frozenset({"path", "train", "val", "test", "names", "nc"})
+# A data.yaml names a few folders and the classes: kilobytes. The limits keep a crafted one from
+# costing minutes (PyYAML's scanner works per nesting level for every token) or overflowing the
+# stack of the C parser (it recurses once per level and crashes the process somewhere past 20,000).
+MAX_DATA_YAML_BYTES = 1 << 20
+MAX_FLOW_DEPTH = 64
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of ``[...]``/``{...}`` outside quoted scalars.
+
+    A quote counts as opening a scalar only where YAML allows one to start (after ``[{,:-``, a line
+    start or whitespace); one inside a plain scalar (``don't``) is text, so it cannot hide brackets.
+    """
+    depth = deepest = 0
+    quote, escaped, previous = "", False, "\n"
+    for char in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif quote == '"' and char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "'\"" and (previous.isspace() or previous in "[{,:-"):
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        previous = char
+    return deepest
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` of a dataset's ``data.yaml``, within the limits above.
+
+    Raises:
+        yaml.YAMLError: When the text is too large or nested too deeply (checked before parsing).
+    """
+    if len(text) > MAX_DATA_YAML_BYTES:
+        raise yaml.YAMLError(f"{len(text)} characters; a data.yaml may hold at most {MAX_DATA_YAML_BYTES}")
+    if _flow_depth(text) > MAX_FLOW_DEPTH:
+        raise yaml.YAMLError(f"brackets nested deeper than {MAX_FLOW_DEPTH} levels")
+    # The C parser when PyYAML has it (linear time); both are safe loaders: no Python objects built.
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def read_data_yaml(path: Path) -> dict[str, Any]:
@@ -32,7 +78,7 @@ def read_data_yaml(path: Path) -> dict[str, Any]:
         DatasetError: When the file is missing, malformed, holds ``download`` or an unknown key.
     """
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetError(
             "a YOLO dataset needs a data.yaml with the class names ('names')", stage=STAGE, path=path

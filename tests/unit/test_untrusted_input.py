@@ -301,3 +301,29 @@ def test_training_runs_under_the_validation_pixel_limit(tmp_path: Path, monkeypa
     monkeypatch.setattr(train, "_run", training)
     assert train.run(cfg) == "trained"
     assert seen == {"pil": 1234, "opencv": "1234"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("names: " + "[" * 100_000, "nested deeper than 64"),  # PyYAML: minutes; its C parser: a crash
+        ("names: [a'b, " + "[" * 100 + "x" + "]" * 101, "nested deeper than 64"),  # a quote cannot hide them
+        ("names: [a]\n#" + "x" * (1 << 20), "at most 1048576"),
+    ],
+)
+def test_data_yaml_too_deep_or_too_large_is_refused_before_parsing(tmp_path: Path, text: str, message: str):
+    ds = tmp_path / "data" / "dataset"
+    generate(SampleSpec(out=ds, train=2, val=1, size=32, seed=0))
+    (ds / "data.yaml").write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        run_stages(tmp_path)
+
+
+def test_quoted_brackets_in_class_names_are_text(tmp_path: Path):
+    ds = tmp_path / "data" / "dataset"
+    generate(SampleSpec(out=ds, train=2, val=1, size=32, seed=0))
+    names = ["'" + "[" * 80 + "'", '"{\\"' + "[" * 70 + '"', "c"]  # 80 and 71 brackets, all quoted
+    (ds / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames: [{', '.join(names)}]\n")
+    run_stages(tmp_path)
+    classes = json.loads((tmp_path / "data" / "prepared" / "class_map.json").read_text())["classes"]
+    assert [c["name"] for c in classes] == ["[" * 80, '{"' + "[" * 70, "c"]
