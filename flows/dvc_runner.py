@@ -2,6 +2,12 @@
 
 The Prefect flow runs every stage through ``dvc repro --single-item`` so that DVC stays the only
 cache: a stage DVC already has results for is skipped, whoever ran it before.
+
+A failure says whether a retry can help (``StageFailed.retryable``): yes for a crash or a kill (an
+OOM kill, a lost node), no for a refusal (exit code 2: bad config or data) and no for a timeout,
+because ``orchestration.stage_timeout_s`` is the stage's whole time budget, which retries would
+silently multiply, and a hung stage hangs again; a timed-out training keeps its checkpoint, so the
+next run resumes it.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ def repro_stage(
     Raises:
         StageFailed: When DVC or the stage fails or times out; the message carries the stage's own
             error lines (for a failed gate, which check failed), and ``retryable`` says whether the
-            stage crashed or was killed (worth a retry) rather than refused (exit code 2).
+            stage crashed or was killed (worth a retry) rather than refused (exit code 2) or timed out.
     """
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
@@ -120,7 +126,8 @@ def repro_stage(
                 timer.cancel()
     seconds = round(time.perf_counter() - started, 2)
     if timed_out.is_set():
-        raise StageFailed(f"timed out after {timeout_s:.0f} s (orchestration.stage_timeout_s)", stage=stage)
+        message = f"timed out after {timeout_s:.0f} s (orchestration.stage_timeout_s)"
+        raise StageFailed(message, stage=stage, retryable=False)  # a time budget, not a crash (see above)
     if code != 0:
         detail = "\n".join(errors) if errors else "\n".join(tail)
         retryable = exit_code is not None and exit_code != REFUSED_EXIT

@@ -1,7 +1,9 @@
 """End to end: scripts/ci_retrain.sh in a git repo with a DVC remote, then in a fresh clone of it.
 
 The clone pulls data, outputs and run-cache, and its `dvc repro` must not train again; a params
-change there re-runs only what reads it; both runs write a metrics diff against main.
+change there re-runs only what reads it; both runs write a metrics diff against main. The script's
+switches: `ONLY_IF_DATA_CHANGED=1` goes on when there is no production model yet (the first run) and
+ends early once production holds this data; `PROMOTE=1` promotes (the clone's run).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from tests.e2e.workspace import GIT_ENV, Workspace
 pytestmark = pytest.mark.e2e
 
 
-def ci(ws: Workspace, summary: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    env = {**ws.env, "CI_BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary)}
+def ci(ws: Workspace, summary: Path, **switches: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    env = {**ws.env, "CI_BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary), **switches}
     proc = subprocess.run(
         ["bash", "scripts/ci_retrain.sh"], cwd=ws.root, env=env, capture_output=True, text=True, timeout=900
     )
@@ -41,9 +43,10 @@ def test_ci_script_shares_results_through_the_remote(tmp_path_factory: pytest.Te
     first.git("commit", "-q", "-m", "pipeline and data")
 
     summary = tmp_path_factory.mktemp("summary") / "main.md"
-    proc, ran = ci(first, summary)
+    proc, ran = ci(first, summary, ONLY_IF_DATA_CHANGED="1")  # no production model yet: it goes on
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "train" in ran
+    assert not (first.root / "models/production").exists(), "promoted without PROMOTE=1"
     assert (remote / "runs").is_dir(), "the run-cache was not pushed"
     text = summary.read_text()
     assert "## Metrics against main" in text and "metrics/evaluate.json" in text and "map50" in text
@@ -56,10 +59,21 @@ def test_ci_script_shares_results_through_the_remote(tmp_path_factory: pytest.Te
     second.git("checkout", "-q", "-b", "feature")
     second.edit("benchmark", iterations=7)
     summary2 = tmp_path_factory.mktemp("summary") / "feature.md"
-    proc, ran = ci(second, summary2)
+    proc, ran = ci(second, summary2, PROMOTE="1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (second.root / "data/dataset/data.yaml").is_file(), "the data was not pulled"
     assert "train" not in ran and "evaluate" not in ran, f"results should come from the remote, ran {ran}"
     assert {"benchmark", "report"} <= ran
     diff = summary2.read_text()
     assert "metrics/benchmark.json" in diff and "backends.onnxruntime-cpu.iterations" in diff
+    production = second.json("models/production/metadata.json")
+    assert production["version"] == 1 and (second.root / "models/production.dvc").is_file()
+
+    # Production now holds this very data: a data-triggered run ends early, successfully.
+    summary3 = tmp_path_factory.mktemp("summary") / "unchanged.md"
+    proc, ran = ci(second, summary3, ONLY_IF_DATA_CHANGED="1", PROMOTE="1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== reproduce" not in proc.stdout and ran == set()
+    assert "## Retraining skipped" in summary3.read_text()
+    assert second.json("models/production/metadata.json") == production
+    assert first.network_attempts() == [] and second.network_attempts() == []

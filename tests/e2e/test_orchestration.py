@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+from PIL import Image
 
 from stages.lock import workspace_lock
 from tests.conftest import tree_digest
@@ -61,13 +62,25 @@ def test_flow_skips_unchanged_data_and_runs_when_it_changes(ws: Workspace):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "skipped: dataset unchanged" in proc.stdout
 
-    extra = ws.root / "data/dataset/images/train/train_00000.jpg"
-    (extra.parent / "new_image.jpg").write_bytes(extra.read_bytes()[:-2] + b"\x00\xff\xd9")
+    # A new image (a background image: mirrored, so it duplicates nothing) changes the data version.
+    source = ws.root / "data/dataset/images/train/train_00000.jpg"
+    new_image = source.parent / "new_image.jpg"
+    Image.open(source).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new_image, quality=95)
     try:
         changed = ws.run("-m", "stages.data_version")
         assert changed.returncode == 0 and "dataset changed" in changed.stderr
+
+        proc = ws.run("-m", "flows.pipeline", "--workspace", str(ws.root), "--only-if-data-changed", "--no-promote")
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "skipped" not in proc.stdout
+        ran = proc.stdout.split("ran: ", 1)[1].splitlines()[0].split(", ")
+        assert {"prepare", "validate", "train", "evaluate"} <= set(ran), proc.stdout
+        # The stages saw the new data: validate reports the new image (a background image, no label).
+        problems = ws.json("reports/validate.json")["problems"]
+        about_it = [p["code"] for p in problems if p["file"] == "data/dataset/images/train/new_image.jpg"]
+        assert about_it == ["image_without_label"]
     finally:
-        (extra.parent / "new_image.jpg").unlink()
+        new_image.unlink()
 
 
 def test_second_run_on_a_busy_workspace_is_refused(ws: Workspace):
@@ -104,3 +117,7 @@ def test_killed_training_resumes_and_trains_exactly_the_configured_epochs(ws: Wo
     epochs = [int(line.split(",")[0]) for line in published.read_text().splitlines()[1:]]
     assert epochs == [1, 2, 3, 4, 5, 6]
     assert not results.parent.exists(), "a finished run's checkpoint folder is removed"
+
+
+def test_no_process_tried_to_reach_the_network(ws: Workspace):
+    assert ws.network_attempts() == []

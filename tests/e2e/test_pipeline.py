@@ -3,13 +3,16 @@
 One workspace (a copy of the project with a tiny sample dataset and tiny params) is shared by the
 tests of this module, which run in order: a full `dvc repro`, then checks that each entry point reuses
 the other's results, that a param change re-runs only the stages that read it, and that an unknown key
-stops the chain with a clear message, and that a failing gate is recorded, exports nothing and is
-refused by the flow and by promotion. The input dataset must never change.
+stops the chain with a clear message, that a failing gate is recorded, exports nothing and is
+refused by the flow and by promotion, and that an export failing its parity check stops the chain
+and promotion. After every test the input dataset is unchanged, and no process the tests started
+ever tried to reach the network (``tests/netguard``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import yaml
 
 from stages import PIPELINE
 from tests.conftest import tree_digest
-from tests.e2e.workspace import Workspace
+from tests.e2e.workspace import GUARDED_ENV, Workspace
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +31,20 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     w = Workspace.with_sample_data(tmp_path_factory, "workspace")
     w.input_digest = tree_digest(w.root / "data" / "dataset")  # type: ignore[attr-defined]
     return w
+
+
+@pytest.fixture(autouse=True)
+def _input_unchanged(ws: Workspace) -> Iterator[None]:
+    """Every test here runs the pipeline: each must leave the input dataset exactly as it was."""
+    yield
+    expected = ws.input_digest  # type: ignore[attr-defined]
+    assert tree_digest(ws.root / "data" / "dataset") == expected, "this test changed the input dataset"
+
+
+def _guard_flow_subprocesses(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flow run in this process starts DVC and Prefect's server from its environment: guard them too."""
+    for name in GUARDED_ENV:
+        monkeypatch.setenv(name, ws.env[name])
 
 
 def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
@@ -85,6 +102,7 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
     ):
         assert heading in card
     assert "| onnxruntime-cpu |" in card
+    assert ws.network_attempts() == [], "a process of the chain tried to reach the network"
 
 
 def test_second_repro_reruns_nothing(ws: Workspace):
@@ -118,7 +136,7 @@ def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monk
     from flows.pipeline import pipeline
 
     ws.edit("benchmark", warmup=2)
-    monkeypatch.setenv("PATH", ws.env["PATH"])
+    _guard_flow_subprocesses(ws, monkeypatch)
     with prefect_test_harness():
         result = pipeline(workspace=str(ws.root))
         artifacts = _artifacts()
@@ -132,6 +150,12 @@ def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monk
     assert expected | {"metrics-vs-production"} <= set(artifacts)
     assert {row["backend"] for row in artifacts["latency"]} >= {"onnxruntime-cpu", "pytorch-cpu"}
     assert all(row["passed"] for row in artifacts["gate-verdict"])
+    # Against production as it was when the run started: version 1, promoted by the CLI run before.
+    production, evaluate = ws.json("models/production/metadata.json"), ws.json("metrics/evaluate.json")
+    vs_production = {row["metric"]: row for row in artifacts["metrics-vs-production"]}
+    assert set(vs_production) == {"map50", "map50_95", "precision", "recall"}
+    for metric, row in vs_production.items():
+        assert row["production v1"] == production["metrics"][metric] and row["this run"] == evaluate[metric]
 
     proc, ran = ws.repro()
     assert proc.returncode == 0 and ran == {"environment"}
@@ -198,7 +222,7 @@ def test_failing_gate_is_recorded_exports_nothing_and_is_refused(ws: Workspace, 
         refused = ws.run("-m", "stages.promote")
         assert refused.returncode == 2 and "map50" in refused.stderr
 
-        monkeypatch.setenv("PATH", ws.env["PATH"])
+        _guard_flow_subprocesses(ws, monkeypatch)
         with prefect_test_harness():
             with pytest.raises(StageFailed, match=r"quality gate failed: map50") as err:
                 pipeline(workspace=str(ws.root))
@@ -208,5 +232,24 @@ def test_failing_gate_is_recorded_exports_nothing_and_is_refused(ws: Workspace, 
     assert tree_digest(ws.root / "models" / "production") == production_before, "a failed gate must not promote"
 
 
-def test_input_dataset_never_changed(ws: Workspace):
-    assert tree_digest(ws.root / "data" / "dataset") == ws.input_digest  # type: ignore[attr-defined]
+def test_export_parity_failure_stops_the_chain_and_promotion(ws: Workspace):
+    production_before = tree_digest(ws.root / "models" / "production")
+    # ONNX Runtime and PyTorch differ by float rounding (about 1e-7 here): nothing can match to 1e-12.
+    with ws.edited("export", max_score_diff=1e-12, max_box_diff_px=1e-12):
+        proc, ran = ws.repro()
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert "failed to reproduce 'export'" in output
+        assert "ONNX output differs from PyTorch" in output and "(allowed 1e-12)" in output
+        assert "export" in ran and not {"build_engine", "benchmark", "report"} & ran, ran
+        parity = ws.json("metrics/export.json")["parity"]
+        assert parity["passed"] is False and parity["max_abs_diff_scores"] > 1e-12
+
+        refused = ws.run("-m", "stages.promote")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "export parity ONNX output differs from PyTorch beyond tolerance" in refused.stderr
+    assert tree_digest(ws.root / "models" / "production") == production_before
+
+
+def test_no_process_tried_to_reach_the_network(ws: Workspace):
+    assert ws.network_attempts() == []

@@ -19,6 +19,11 @@ import yaml
 
 from tests.conftest import REPO, venv_env
 
+# Its sitecustomize.py refuses and logs every connection or name lookup beyond this machine, in
+# every Python process a workspace starts (see that file).
+NETGUARD = Path(__file__).resolve().parents[1] / "netguard"
+GUARDED_ENV = ("PATH", "PYTHONPATH", "NETGUARD_LOG")  # what a test passes on to processes it starts itself
+
 COPY = [
     "stages",
     "flows",
@@ -52,6 +57,14 @@ class Workspace:
         self.env = venv_env()
         self.env["PREFECT_HOME"] = str(prefect_home)
         self.env.pop("PREFECT_API_URL", None)
+        # Beside the workspace, not in it: nothing there may see it (git add -A, DVC's hashes).
+        self.netguard_log = root.parent / f"{root.name}.netguard.log"
+        self.env["NETGUARD_LOG"] = str(self.netguard_log)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), self.env.get("PYTHONPATH")]))
+
+    def network_attempts(self) -> list[str]:
+        """Every connection or lookup beyond this machine that a process of this workspace tried."""
+        return self.netguard_log.read_text().splitlines() if self.netguard_log.is_file() else []
 
     @classmethod
     def create(cls, root: Path, prefect_home: Path) -> Workspace:

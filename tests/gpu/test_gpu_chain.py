@@ -6,10 +6,11 @@ Skipped without CUDA. Runs the stages' ``run`` functions on the sample data in a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from stages import benchmark, build_engine, evaluate, export, prepare, train, validate
+from stages import benchmark, build_engine, evaluate, export, prepare, runtime, train, validate
 from stages.config import parse_params
 from stages.sample_data import SampleSpec, generate
 from tests.conftest import cuda_available
@@ -35,14 +36,33 @@ def gpu_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, objec
     return root, params
 
 
-def test_cuda_training_uses_amp_without_downloading(gpu_workspace):
+def _weights_files(folder: Path, recursive: bool) -> set[Path]:
+    return set(folder.rglob("*.pt") if recursive else folder.glob("*.pt"))
+
+
+def test_cuda_training_uses_amp_without_downloading(gpu_workspace, monkeypatch: pytest.MonkeyPatch):
     root, params = gpu_workspace
+    # amp=True alone proves nothing: offline, Ultralytics' own check fails to download its model,
+    # warns and leaves AMP on. So the project's check (stages/runtime.py) must be the one that ran.
+    verdicts: list[bool] = []
+    project_check = runtime._amp_outputs_close
+
+    def spy(model: Any) -> bool:
+        verdicts.append(project_check(model))
+        return verdicts[-1]
+
+    monkeypatch.setattr(runtime, "_amp_outputs_close", spy)
+    in_cwd = _weights_files(Path.cwd(), recursive=False)  # Ultralytics downloads beside the caller too
     result = train.run(train.TrainConfig.from_params(params, root))
     assert result.device.startswith("cuda")
-    assert result.amp is True, "the offline AMP check should pass on a healthy GPU"
+    assert verdicts == [True], "the project's offline AMP check did not run (or did not pass) on the GPU"
+    assert result.amp is True
     assert (root / "models" / "best.pt").is_file()
-    weights_dir = root / ".cache" / "ultralytics" / "weights"
-    assert not weights_dir.exists() or not any(weights_dir.glob("*.pt")), "the AMP check must not fetch weights"
+    # The pipeline's own weights live under models/ and .cache/train-runs/; any other .pt was fetched.
+    own = (root / "models", root / params.paths.train_runs)
+    stray = {p for p in _weights_files(root, recursive=True) if not any(p.is_relative_to(d) for d in own)}
+    assert stray == set(), "training fetched weights"
+    assert _weights_files(Path.cwd(), recursive=False) == in_cwd, "training fetched weights into the working folder"
 
 
 def test_gpu_backends_are_benchmarked(gpu_workspace):

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pydantic
 import pytest
 import yaml
 
@@ -67,7 +68,7 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
 
 def test_params_are_frozen():
     params = parse_params({})
-    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its ValidationError for frozen models
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         params.train.epochs = 3  # type: ignore[misc]
 
 

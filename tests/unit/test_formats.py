@@ -133,11 +133,41 @@ def test_explicit_format_that_does_not_match_fails_clearly(tmp_path: Path):
         run_prepare(tmp_path, format="voc")
 
 
-def test_prepared_data_yaml_is_the_same_shape_for_every_format(tmp_path: Path):
-    make_voc(tmp_path / "data" / "dataset")
-    run_prepare(tmp_path)
+def _make_yolo(out: Path) -> Path:
+    from stages.sample_data import SampleSpec, generate
+
+    generate(SampleSpec(out=out, train=8, val=4, size=64, seed=0))
+    return out
+
+
+@pytest.mark.parametrize("make", [_make_yolo, make_voc, make_coco], ids=["yolo", "voc", "coco"])
+def test_prepared_data_yaml_is_the_same_shape_for_every_format(tmp_path: Path, make):
+    make(tmp_path / "data" / "dataset")
+    run_prepare(tmp_path, classes=["square", "disc", "triangle"] if make is make_voc else [])
     data = yaml.safe_load((tmp_path / "data" / "prepared" / "data.yaml").read_text())
-    assert set(data) == {"path", "train", "val", "names"}
+    assert data == {
+        "path": str((tmp_path / "data" / "prepared").resolve()),
+        "train": "images/train",
+        "val": "images/val",
+        "names": {0: "square", 1: "disc", 2: "triangle"},
+    }
+    for split in ("train", "val"):  # the folders it names hold the images and their labels
+        images = sorted(f.stem for f in (tmp_path / "data" / "prepared" / data[split]).iterdir())
+        labels = sorted(f.stem for f in (tmp_path / "data" / "prepared" / "labels" / split).glob("*.txt"))
+        assert images and images == labels
+
+
+def test_voc_difficult_objects_are_left_out_unless_asked_for(tmp_path: Path):
+    ds = make_voc(tmp_path / "data" / "dataset")
+    xml = sorted((ds / "Annotations").glob("*.xml"))[0]
+    xml.write_text(xml.read_text().replace("<difficult>0</difficult>", "<difficult>1</difficult>", 1))
+    label = tmp_path / "data" / "prepared" / "labels" / "train" / f"{xml.stem}.txt"
+    run_prepare(tmp_path, classes=["square", "disc", "triangle"])
+    without = label.read_text().splitlines()
+    run_prepare(tmp_path, classes=["square", "disc", "triangle"], include_difficult=True)
+    with_difficult = label.read_text().splitlines()
+    assert len(with_difficult) == len(without) + 1
+    assert set(without) < set(with_difficult)
 
 
 def edit_coco(ds: Path, change) -> None:

@@ -36,10 +36,18 @@ def test_prepare_links_images_and_writes_absolute_data_yaml(dataset: Path):
     assert tree_digest(dataset / "data" / "dataset") == before
 
 
-def test_prepare_copy_mode_makes_independent_files(dataset: Path):
-    run(config(dataset, link="copy"))
-    image = next((dataset / "data" / "prepared" / "images" / "val").iterdir())
-    assert not image.is_symlink() and image.is_file()
+@pytest.mark.parametrize(("mode", "same_inode"), [("copy", False), ("hardlink", True)])
+def test_copy_and_hardlink_modes(dataset: Path, mode: str, same_inode: bool):
+    result = run(config(dataset, link=mode))
+    assert result.link == mode  # no fallback on this filesystem
+    source = dataset / "data" / "dataset" / "images" / "val"
+    prepared = sorted((dataset / "data" / "prepared" / "images" / "val").iterdir())
+    assert prepared
+    for image in prepared:
+        original = source / image.name
+        assert not image.is_symlink() and image.read_bytes() == original.read_bytes()
+        # A copy is a file of its own; a hard link is the dataset's file under a second name.
+        assert (image.stat().st_ino == original.stat().st_ino) is same_inode
 
 
 def test_hash_split_is_stable_and_independent_of_other_files():

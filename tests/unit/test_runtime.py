@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, venv_env
 
 PROBE = """
@@ -20,15 +22,17 @@ print(json.dumps({
     "config_dir": str(USER_CONFIG_DIR),
     "sync": SETTINGS["sync"],
     "font": str(check_font("Arial.ttf")),
-    "autoinstall": os.environ["YOLO_AUTOINSTALL"],
+    "environ": {k: os.environ.get(k) for k in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "MPLBACKEND")},
 }))
 """
 
 
-def test_ultralytics_runs_offline_with_project_local_settings(tmp_path: Path):
+def test_ultralytics_runs_offline_with_project_local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # tests/conftest.py sets some of these for every test: without them gone, the process would
+    # inherit them and nothing here would show that stages/runtime.py sets them itself.
+    for name in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "MPLBACKEND"):
+        monkeypatch.delenv(name, raising=False)
     env = venv_env()
-    env.pop("YOLO_CONFIG_DIR", None)
-    env.pop("YOLO_OFFLINE", None)
     out = subprocess.run(
         [sys.executable, "-c", PROBE, str(tmp_path)],
         cwd=REPO,
@@ -43,5 +47,10 @@ def test_ultralytics_runs_offline_with_project_local_settings(tmp_path: Path):
     assert config_dir.is_relative_to(tmp_path / ".cache" / "ultralytics")
     assert facts["sync"] is False
     assert facts["font"] == str(config_dir / "Arial.ttf")  # found locally: no download attempted
-    assert facts["autoinstall"] == "false"
+    assert facts["environ"] == {
+        "YOLO_CONFIG_DIR": str(tmp_path / ".cache" / "ultralytics"),
+        "YOLO_OFFLINE": "true",
+        "YOLO_AUTOINSTALL": "false",
+        "MPLBACKEND": "Agg",
+    }
     assert json.loads((config_dir / "settings.json").read_text())["sync"] is False

@@ -1,12 +1,16 @@
 """The validate stage on a dataset corrupted with one of each problem kind."""
 
+import io
 import json
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from stages import prepare, validate
 from stages.config import parse_params
@@ -148,3 +152,51 @@ def test_file_names_that_are_not_utf8_are_reported_readably(tmp_path: Path):
     files = {p["file"] for p in report["problems"]}
     assert "data/dataset/images/train/caf\\xe9.jpg" in files
     assert "caf\\xe9.jpg" in (tmp_path / "reports" / "validate.md").read_text(encoding="utf-8")
+
+
+def test_prepared_folder_without_images_is_dataset_empty(tmp_path: Path):
+    generate(SampleSpec(out=tmp_path / "data" / "dataset", train=3, val=1, size=64, seed=0))
+    params = parse_params({"validate": {"workers": 1}})
+    prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
+    for image in (tmp_path / "data" / "prepared" / "images").rglob("*.jpg"):
+        image.unlink()  # e.g. a dataset whose images all failed to link, or were deleted
+    with pytest.raises(ValidationFailed, match="dataset_empty"):
+        validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    report = json.loads((tmp_path / "reports" / "validate.json").read_text())
+    codes = [p["code"] for p in report["problems"]]
+    assert "dataset_empty" in codes and "split_empty" not in codes  # one clear error, not one per split
+    assert report["images"] == 0
+
+
+def png_with_corrupt_pixels() -> bytes:
+    """A PNG whose compressed pixel data is corrupt while every chunk CRC is valid: only decoding sees it."""
+    out = io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(out, "PNG")
+    data = bytearray(out.getvalue())
+    at = data.index(b"IDAT")
+    (size,) = struct.unpack(">I", data[at - 4 : at])
+    payload = bytearray(data[at + 4 : at + 4 + size])
+    payload[size // 2 : size // 2 + 40] = bytes(40)
+    data[at + 4 : at + 4 + size] = payload
+    data[at + 4 + size : at + 8 + size] = struct.pack(">I", zlib.crc32(b"IDAT" + bytes(payload)))
+    return bytes(data)
+
+
+def test_decode_false_checks_headers_and_structure_only(tmp_path: Path):
+    ds = tmp_path / "data" / "dataset"
+    generate(SampleSpec(out=ds, train=3, val=1, size=64, seed=0))
+    (ds / "images" / "train" / "noise.png").write_bytes(png_with_corrupt_pixels())
+    (ds / "labels" / "train" / "noise.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    whole = (ds / "images" / "train" / "train_00001.jpg").read_bytes()
+    (ds / "images" / "train" / "train_00001.jpg").write_bytes(whole[: len(whole) // 3])
+
+    def files_with_errors(decode: bool) -> set[str]:
+        params = parse_params({"validate": {"workers": 1, "decode": decode}})
+        prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
+        with pytest.raises(ValidationFailed):
+            validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+        report = json.loads((tmp_path / "reports" / "validate.json").read_text())
+        return {Path(p["file"]).name for p in report["problems"] if p["severity"] == "error"}
+
+    assert files_with_errors(decode=True) == {"noise.png", "train_00001.jpg"}
+    assert files_with_errors(decode=False) == {"train_00001.jpg"}  # a truncated file still shows
