@@ -59,8 +59,10 @@ worker: install
 retrain-ci: install
 	bash scripts/ci_retrain.sh
 
+## All tiers, one test module per worker process (one per core): e2e modules spend much of their
+## time waiting on subprocesses, so 2 workers on 2 cores take about half as long.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=15
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
