@@ -8,6 +8,7 @@ error naming the key and the file.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -258,6 +259,19 @@ class Params(_Section):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def _suggestion(loc: tuple[int | str, ...]) -> str:
+    """``"; did you mean 'x'?"`` for an unknown key that is close to a known one of its section."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:  # down to the section that holds the unknown key
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        model = field.annotation
+    known = [f.alias or name for name, f in model.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def parse_params(data: Any, source: Path | str = DEFAULT_PARAMS) -> Params:
     """Validate already-loaded params data.
 
@@ -284,7 +298,7 @@ def parse_params(data: Any, source: Path | str = DEFAULT_PARAMS) -> Params:
             key = ".".join(str(part) for part in err["loc"])
             first_key = first_key or key
             if err["type"] == "extra_forbidden":
-                problems.append(f"unknown key '{key}'")
+                problems.append(f"unknown key '{key}'{_suggestion(err['loc'])}")
             else:
                 problems.append(f"'{key}': {err['msg']}")
         raise ConfigError("; ".join(problems), path=source, key=first_key) from None

@@ -36,8 +36,28 @@ def test_unknown_top_level_key_names_key_and_file(tmp_path: Path):
 def test_misspelled_nested_key_is_refused(tmp_path: Path):
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  epocs: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'train\.epocs'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.epocs'; did you mean 'epochs'\?"):
         load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"trian": {}}, "unknown key 'trian'; did you mean 'train'?"),
+        ({"validate": {"max_image_pixel": 1}}, "'validate.max_image_pixel'; did you mean 'max_image_pixels'?"),
+        ({"paths": {"modle": "x.pt"}}, "unknown key 'paths.modle'; did you mean 'model'?"),
+    ],
+)
+def test_unknown_key_suggests_the_closest_known_one(data, message):
+    with pytest.raises(ConfigError) as err:
+        parse_params(data)
+    assert message in str(err.value)
+
+
+def test_unknown_key_without_a_close_one_gets_no_suggestion():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"evaluate": {"zzz": 1}})
+    assert str(err.value).endswith("unknown key 'evaluate.zzz'")
 
 
 def test_bad_value_names_key():
