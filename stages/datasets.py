@@ -246,18 +246,22 @@ def normalise_names(names: Any, *, source: Path) -> list[str]:
 
 
 def read_prepared_yaml(path: Path) -> dict[str, Any]:
-    """Read the ``data.yaml`` written by ``prepare`` (absolute ``path``, split folders, names list)."""
+    """Read the ``data.yaml`` written by ``prepare`` (split folders and names, relative to its folder).
+
+    Returns:
+        Its content, with ``path`` set to the folder it is in now: the file names no absolute path, so
+        a workspace that was moved or copied keeps working (Ultralytics, given the file's absolute
+        path, resolves it the same way).
+    """
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetError("prepared data.yaml is missing; run the 'prepare' stage first", path=path) from None
     if not isinstance(data, dict) or "names" not in data:
         raise DatasetError("not a prepared data.yaml (no 'names')", path=path)
-    if Path(data.get("path", "")) != path.parent.resolve():
-        raise DatasetError(
-            f"written for another folder ({data.get('path')}): the workspace moved; run 'dvc repro --force prepare'",
-            path=path,
-        )
+    if "path" in data:  # written by an older prepare, which pinned the workspace's absolute path
+        raise DatasetError("written by an older version of 'prepare'; run 'dvc repro --force prepare'", path=path)
+    data["path"] = str(path.parent.resolve())
     data["names"] = normalise_names(data["names"], source=path)
     return data
 

@@ -3,7 +3,7 @@
 The input under ``paths.dataset`` (YOLO, Pascal VOC or COCO; ``prepare.format``) is never modified.
 The output under ``paths.prepared`` holds links to the input images (symlinks by default, so a large
 dataset does not double on disk), YOLO label files (links for YOLO input, converted for VOC/COCO), a
-generated ``data.yaml`` with absolute paths and no ``download`` key, and:
+generated ``data.yaml`` (split folders relative to it, class names; no ``path``, no ``download``), and:
 
 - ``class_map.json``: the stable mapping from source class to YOLO id;
 - ``label_sources.json``: for converted labels, the source file, line and annotation of every line;
@@ -305,7 +305,9 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         out.folder(cfg.prepared / "labels" / split)
 
     prepared_yaml = cfg.prepared / "data.yaml"
-    data_yaml: dict[str, Any] = {"path": str(cfg.prepared.resolve())}
+    # No 'path': Ultralytics then takes the folder of the data.yaml it is given (always by absolute
+    # path here), so the file pins no machine path and a moved or copied workspace keeps working.
+    data_yaml: dict[str, Any] = {}
     for split in SPLITS:
         if split in counts:
             data_yaml[split] = f"images/{split}"

@@ -54,14 +54,6 @@ def test_report_reads_exactly_the_pipeline_sections():
     assert DVC["report"]["params"] == list(PIPELINE_SECTIONS)
 
 
-def test_prepared_data_yaml_is_left_out_of_hashes():
-    """Its absolute path must not make data/prepared's hash machine-specific."""
-    from stages.config import load_params
-
-    prepared = load_params(REPO / "params.yaml").paths.prepared
-    assert f"/{prepared}/data.yaml" in (REPO / ".dvcignore").read_text().splitlines()
-
-
 def test_only_cheap_outputs_skip_the_cache():
     """The run-cache restores a stage only when all its outputs are cached."""
     uncached = {

@@ -146,7 +146,6 @@ def test_prepared_data_yaml_is_the_same_shape_for_every_format(tmp_path: Path, m
     run_prepare(tmp_path, classes=["square", "disc", "triangle"] if make is make_voc else [])
     data = yaml.safe_load((tmp_path / "data" / "prepared" / "data.yaml").read_text())
     assert data == {
-        "path": str((tmp_path / "data" / "prepared").resolve()),
         "train": "images/train",
         "val": "images/val",
         "names": {0: "square", 1: "disc", 2: "triangle"},

@@ -26,8 +26,8 @@ def test_prepare_links_images_and_writes_absolute_data_yaml(dataset: Path):
     result = run(config(dataset))
     prepared = dataset / "data" / "prepared"
     data = yaml.safe_load((prepared / "data.yaml").read_text())
-    assert Path(data["path"]).is_absolute() and Path(data["path"]) == prepared.resolve()
-    assert "download" not in data
+    assert "path" not in data and "download" not in data  # no machine path: the workspace may move
+    assert str(dataset) not in (prepared / "data.yaml").read_text()
     assert data["names"] == {0: "square", 1: "disc", 2: "triangle"}
     assert result.splits["train"].images == 6 and result.splits["val"].images == 3
     image = next((prepared / "images" / "train").iterdir())
@@ -134,3 +134,35 @@ def test_checked_target_follows_links_of_existing_folders(tmp_path: Path):
         checked_target(prepared, prepared / "images" / "train" / "a.jpg")
     with pytest.raises(DatasetError, match=r"outside paths\.prepared"):
         checked_target(prepared, prepared)
+
+
+def test_a_moved_workspace_keeps_working(dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Copied or moved after prepare: our readers and Ultralytics' own resolve the data in its new place."""
+    import shutil
+
+    from stages.datasets import read_prepared_yaml, split_dirs
+    from stages.runtime import import_ultralytics
+
+    run(config(dataset))
+    moved = tmp_path_factory.mktemp("moved") / "ws"
+    shutil.move(dataset, moved)  # the prepared links are relative: they move along
+    data_yaml = moved / "data" / "prepared" / "data.yaml"
+    images, _labels = split_dirs(read_prepared_yaml(data_yaml))["val"]
+    assert images == (moved / "data" / "prepared" / "images" / "val").resolve()
+    assert len(list(images.iterdir())) == 3 and all(p.resolve().is_file() for p in images.iterdir())
+
+    import_ultralytics(moved)
+    from ultralytics.data.utils import check_det_dataset
+
+    resolved = check_det_dataset(str(data_yaml), autodownload=False)
+    assert Path(resolved["val"]) == images and Path(resolved["train"]).is_relative_to(moved.resolve())
+
+
+def test_a_data_yaml_from_an_older_prepare_is_refused_with_the_fix(dataset: Path):
+    from stages.datasets import read_prepared_yaml
+
+    run(config(dataset))
+    data_yaml = dataset / "data" / "prepared" / "data.yaml"
+    data_yaml.write_text("path: /somewhere/else\n" + data_yaml.read_text())
+    with pytest.raises(DatasetError, match=r"dvc repro --force prepare"):
+        read_prepared_yaml(data_yaml)
