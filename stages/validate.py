@@ -117,6 +117,9 @@ class Problem(BaseModel):
     code: str
     severity: Severity
     message: str
+    # For a problem in a converted label (VOC/COCO): the annotation it came from and the image it is on.
+    ref: str | None = None
+    image: str | None = None
 
 
 class ValidateResult(BaseModel):
@@ -331,23 +334,17 @@ def _decode(data: bytes, full: bool, max_pixels: int) -> tuple[int, int]:
     return size
 
 
-def _to_source(problems: list[Problem], source: _LabelSource) -> list[Problem]:
+def _to_source(problems: list[Problem], source: _LabelSource, image: str) -> list[Problem]:
     """Re-point problems found in a converted label file at the annotation they came from."""
     moved = []
     for p in problems:
         index = (p.line or 0) - 1
+        update: dict[str, object] = {"file": source.file, "image": image}
         if 0 <= index < len(source.refs):
-            moved.append(
-                p.model_copy(
-                    update={
-                        "file": source.file,
-                        "line": source.lines[index],
-                        "message": f"{source.refs[index]}: {p.message}",
-                    }
-                )
+            update.update(
+                line=source.lines[index], ref=source.refs[index], message=f"{source.refs[index]}: {p.message}"
             )
-        else:
-            moved.append(p.model_copy(update={"file": source.file}))
+        moved.append(p.model_copy(update=update))
     return moved
 
 
@@ -403,7 +400,7 @@ def _check_image(
             checks.duplicate_iou,
             checks.max_outside_fraction,
         )
-        problems.extend(_to_source(label_problems, source) if source else label_problems)
+        problems.extend(_to_source(label_problems, source, shown) if source else label_problems)
     else:
         problems.append(
             _problem("image_without_label", shown, "no label file: trained as a background image with no objects")
@@ -598,6 +595,16 @@ def _size_summary(widths: array, heights: array) -> dict[str, float]:
     }
 
 
+def _example(problem: Problem) -> str:
+    """One problem as a summary example: its file and line, and for converted labels which annotation and image."""
+    where = f"`{problem.file}{':' + str(problem.line) if problem.line else ''}`"
+    if problem.ref:
+        where += f" {problem.ref}"
+    if problem.image:
+        where += f" (image `{Path(problem.image).name}`)"
+    return where
+
+
 def render_summary(result: ValidateResult, examples: int) -> str:
     """A markdown section for people: verdict, problems grouped by code, class balance and box sizes."""
     lines = [
@@ -615,7 +622,7 @@ def render_summary(result: ValidateResult, examples: int) -> str:
         lines += ["| code | severity | count | first files |", "|---|---|---|---|"]
         for code in sorted(by_code, key=lambda c: (CODES[c] != "error", c)):
             items = by_code[code]
-            shown = ", ".join(f"`{p.file}{':' + str(p.line) if p.line else ''}`" for p in items[:examples])
+            shown = ", ".join(_example(p) for p in items[:examples])
             rest = f" and {len(items) - examples} more" if len(items) > examples else ""
             lines.append(f"| {code} | {CODES[code]} | {len(items)} | {shown}{rest} |")
         lines.append("")

@@ -114,6 +114,29 @@ def test_coco_problems_name_the_json_file_and_annotation(tmp_path: Path):
     assert "image_id 12345" in by_code["annotation_unknown_image"]["message"]
 
 
+def test_problems_in_converted_coco_boxes_name_the_annotation_and_its_image(tmp_path: Path):
+    ds = make_coco(tmp_path / "data" / "dataset")
+    path = ds / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    images = {image["id"]: image["file_name"] for image in data["images"]}
+    broken = data["annotations"][:2]
+    for ann in broken:
+        ann["bbox"] = [500, 500, 10, 10]  # far outside a 64 px image
+    path.write_text(json.dumps(data))
+    params, _ = run_prepare(tmp_path)
+    with pytest.raises(ValidationFailed):
+        validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    problems = json.loads((tmp_path / "reports" / "validate.json").read_text())["problems"]
+    found = sorted((p["ref"], Path(p["image"]).name) for p in problems if p["code"] == "box_out_of_bounds")
+    expected = sorted((f"annotation id {a['id']}", images[a["image_id"]]) for a in broken)
+    assert found == expected
+    # The summary's examples tell the two apart, instead of naming the same JSON file twice.
+    summary = (tmp_path / "reports" / "validate.md").read_text()
+    row = next(line for line in summary.splitlines() if line.startswith("| box_out_of_bounds "))
+    for ref, image in expected:
+        assert f"{ref} (image `{image}`)" in row
+
+
 def test_format_detection(tmp_path: Path):
     assert detect_format(make_voc(tmp_path / "voc")) == "voc"
     assert detect_format(make_coco(tmp_path / "coco")) == "coco"

@@ -86,7 +86,8 @@ def test_every_problem_kind_is_reported_and_the_input_is_untouched(tmp_path: Pat
     assert report["ok"] is False
     found: dict[str, set[str]] = {}
     for p in report["problems"]:
-        assert set(p) == {"file", "line", "code", "severity", "message"}
+        assert set(p) == {"file", "line", "code", "severity", "message", "ref", "image"}
+        assert p["ref"] is None and p["image"] is None  # set only for converted (VOC/COCO) labels
         found.setdefault(p["code"], set()).add(p["file"])
     for code, file in expected.items():
         assert code in found, f"{code} not reported"
