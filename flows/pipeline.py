@@ -23,6 +23,7 @@ With no Prefect server configured, Prefect starts a temporary local one for the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from flows.dvc_runner import StageRun, dvc_environment, repro_stage
 from stages import PIPELINE
 from stages.common import read_json
 from stages.config import Params, load_params
-from stages.data_version import DataCheck, check
+from stages.data_version import DataCheck, check, dvc_file_version
 from stages.errors import PipelineError, StageFailed
 from stages.lock import workspace_lock
 
@@ -121,7 +122,29 @@ def _stage_options(params: Params, stage: str) -> dict[str, Any]:
     }
 
 
-@flow(name="yolo-train-to-deploy", flow_run_name="{workspace}")
+def run_name(workspace: str | Path) -> str:
+    """A flow run's name: ``pipeline data <8> params <8>``, so runs on the same inputs look alike.
+
+    ``data`` is the dataset version its ``.dvc`` file records (what is versioned, not uncommitted
+    edits), ``params`` a hash of the validated params; either reads ``none``/``invalid`` when there is
+    none, and the run itself then says why.
+    """
+    root = Path(workspace).resolve()
+    try:
+        params = load_params(root / "params.yaml")
+    except PipelineError:
+        return "pipeline data ? params invalid"
+    recorded = dvc_file_version(root, params.paths.dataset)
+    data = recorded.md5.removesuffix(".dir")[:8] if recorded else "none"
+    digest = hashlib.sha256(params.model_dump_json(by_alias=True).encode()).hexdigest()[:8]
+    return f"pipeline data {data} params {digest}"
+
+
+def _flow_run_name() -> str:
+    return run_name(flow_run.parameters.get("workspace", "."))
+
+
+@flow(name="yolo-train-to-deploy", flow_run_name=_flow_run_name)
 def pipeline(
     workspace: str = ".", only_if_data_changed: bool = False, promote_model: bool = True, pull: bool = False
 ) -> PipelineResult:

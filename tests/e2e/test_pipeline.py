@@ -12,6 +12,7 @@ ever tried to reach the network (``tests/netguard``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -139,6 +140,9 @@ def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monk
     with prefect_test_harness():
         result = pipeline(workspace=str(ws.root))
         artifacts = _artifacts()
+        names = _flow_run_names()
+    data_md5 = yaml.safe_load((ws.root / "data/dataset.dvc").read_text())["outs"][0]["md5"]
+    assert len(names) == 1 and re.fullmatch(rf"pipeline data {data_md5[:8]} params [0-9a-f]{{8}}", names[0]), names
     runs = result.stages
     assert {r.stage for r in runs if r.ran} == {"environment", "benchmark", "report"}
     assert [r.stage for r in runs] == list(PIPELINE)
@@ -170,6 +174,14 @@ ARTIFACT_KEYS = (
     "promotion",
     "data-check",
 )
+
+
+def _flow_run_names() -> list[str]:
+    """The names of the flow runs the server holds."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return [run.name for run in client.read_flow_runs()]
 
 
 def _artifacts() -> dict[str, Any]:

@@ -1,13 +1,17 @@
-"""Flow pieces that need no Prefect server: which artifacts a run publishes."""
+"""Flow pieces that need no Prefect server: which artifacts a run publishes, and run names."""
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows import artifacts
 from flows.dvc_runner import StageRun
 from stages.config import parse_params
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -63,3 +67,23 @@ def test_metrics_are_compared_with_production_as_it_was(outputs: Path, recorded:
     assert "metrics-vs-production" in keys
     rows = {r["metric"]: r for r in recorded["metrics-vs-production"]}
     assert rows["map50"] == {"metric": "map50", "production v2": 0.3, "this run": 0.2, "change": -0.1}
+
+
+def test_flow_runs_are_named_by_data_version_and_params(tmp_path: Path):
+    from flows.pipeline import run_name
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    untracked = run_name(tmp_path)
+    assert untracked.startswith("pipeline data none params ") and run_name(tmp_path) == untracked  # stable
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.dvc").write_text(
+        yaml.safe_dump({"outs": [{"md5": "8a91014407bbd54fe9e233e0a5da296f.dir", "path": "dataset"}]})
+    )
+    name = run_name(tmp_path)
+    assert re.fullmatch(r"pipeline data 8a910144 params [0-9a-f]{8}", name), name
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"]["epochs"] += 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert run_name(tmp_path) != name and run_name(tmp_path).startswith("pipeline data 8a910144 params ")
+    (tmp_path / "params.yaml").write_text("train: {epocs: 1}\n")
+    assert run_name(tmp_path) == "pipeline data ? params invalid"
