@@ -2,12 +2,15 @@
 
 Starts `prefect server start` (SQLite) on a free loopback port, creates the work pool, deploys
 `prefect.yaml`, checks the schedules produce scheduled runs, then triggers a run of `retrain` and
-has `prefect worker start --run-once` execute it over a tiny workspace.
+has `prefect worker start --run-once` execute it over a tiny workspace. The server runs with the
+project's `prefect.toml`, as under `make server`: the flow run's and the deployment's UI pages answer,
+with every script and style served by the server itself.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,13 +45,13 @@ def server(ws: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env.update(
         PREFECT_HOME=str(tmp_path_factory.mktemp("server-home")),
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
-        PREFECT_UI_ENABLED="false",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
     )
     log = (tmp_path_factory.mktemp("server-log") / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ws.root,  # the project's prefect.toml applies, as under `make server`
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -94,6 +97,20 @@ def api(env: dict[str, str]):
     return settings, client
 
 
+def assert_ui_page(url: str) -> None:
+    """``url`` answers with Prefect's UI, and every script and style the page loads is served locally."""
+    request = urllib.request.Request(url, headers={"Accept": "text/html"})  # as a browser navigates
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200, url
+        page = response.read().decode()
+    assets = re.findall(r'(?:src|href)="(/[^"]+\.(?:js|css))"', page)
+    assert "<!DOCTYPE html>" in page and assets, page[:500]
+    origin = url.split("/", 3)
+    for asset in assets:
+        with urllib.request.urlopen(f"{origin[0]}//{origin[2]}{asset}", timeout=10) as response:
+            assert response.status == 200 and response.read(), asset
+
+
 def test_deployments_schedule_runs_and_a_worker_completes_one(ws: Workspace, server: dict[str, str]):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -129,6 +146,10 @@ def test_deployments_schedule_runs_and_a_worker_completes_one(ws: Workspace, ser
             finished = [r for r in runs if r.state and r.state.is_final()]
             assert finished, worker.stdout[-3000:] + worker.stderr[-3000:]
             assert all(r.state.is_completed() for r in finished), [r.state for r in finished]
+            assert all(re.fullmatch(r"pipeline data [0-9a-f]{8} params [0-9a-f]{8}", r.name) for r in finished)
+            ui = server["PREFECT_API_URL"].removesuffix("/api")
+            for page in (f"{ui}/runs/flow-run/{finished[0].id}", f"{ui}/deployments/deployment/{retrain.id}"):
+                assert_ui_page(page)
     finally:
         settings.__exit__(None, None, None)
     production = ws.json("models/production/metadata.json")
