@@ -21,7 +21,7 @@ def config(root: Path, **prepare) -> PrepareConfig:
     return PrepareConfig.from_params(parse_params({"prepare": prepare} if prepare else {}), root)
 
 
-def test_prepare_links_images_and_writes_absolute_data_yaml(dataset: Path):
+def test_prepare_links_images_and_writes_a_portable_data_yaml(dataset: Path):
     before = tree_digest(dataset / "data" / "dataset")
     result = run(config(dataset))
     prepared = dataset / "data" / "prepared"
