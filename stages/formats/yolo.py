@@ -67,7 +67,7 @@ def _load_yaml(text: str) -> Any:
         raise yaml.YAMLError(f"{len(text)} characters; a data.yaml may hold at most {MAX_DATA_YAML_BYTES}")
     if _flow_depth(text) > MAX_FLOW_DEPTH:
         raise yaml.YAMLError(f"brackets nested deeper than {MAX_FLOW_DEPTH} levels")
-    # The C parser when PyYAML has it (linear time); both are safe loaders: no Python objects built.
+    # The C parser when PyYAML has it (much faster); both are safe loaders: plain data, no arbitrary objects.
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
