@@ -45,7 +45,6 @@ from stages.datasets import (
     split_dirs,
 )
 from stages.errors import ValidationFailed
-from stages.runtime import image_pixel_limit
 
 log = logging.getLogger(__name__)
 
@@ -483,12 +482,6 @@ def run(cfg: ValidateConfig) -> ValidateResult:
     Raises:
         ValidationFailed: When any problem of ``error`` severity was found (after writing the report).
     """
-    # Every image library in this process and its workers refuses larger images, as in training.
-    with image_pixel_limit(cfg.options.max_image_pixels):
-        return _validate(cfg)
-
-
-def _validate(cfg: ValidateConfig) -> ValidateResult:
     data = read_prepared_yaml(cfg.data_yaml)
     prepared = cfg.data_yaml.parent
     names: list[str] = data["names"]
