@@ -32,6 +32,9 @@ from stages.lock import TOKEN_ENV
 
 _RAN = re.compile(r"Running stage '([^']+)'")
 _EXITED = re.compile(r"failed to reproduce '([^']+)'.*exited with (-?\d+)")
+# DVC runs a stage's command through $SHELL (``/bin/sh`` when unset). bash execs a lone command, so
+# DVC sees the signal (-9); dash forks it and reports the shell's 128 + signal (137).
+_SHELL_SIGNAL_BASE = 128
 
 
 class StageRun(BaseModel):
@@ -115,7 +118,7 @@ def repro_stage(
                         ran = True
                     exited = _EXITED.search(line)
                     if exited and exited.group(1) == stage:
-                        exit_code = int(exited.group(2))
+                        exit_code = _signal_as_negative(int(exited.group(2)))
                     if line.startswith(("error:", "ERROR:")):
                         errors.append(line)
                     tail.append(line)
@@ -133,6 +136,13 @@ def repro_stage(
         retryable = exit_code is not None and exit_code != REFUSED_EXIT
         raise StageFailed(f"exited with code {code}:\n{detail}", stage=stage, exit_code=exit_code, retryable=retryable)
     return StageRun(stage=stage, ran=ran, seconds=seconds)
+
+
+def _signal_as_negative(code: int) -> int:
+    """A stage killed by signal N as -N, whichever shell ran it (see ``_SHELL_SIGNAL_BASE``)."""
+    if _SHELL_SIGNAL_BASE < code < _SHELL_SIGNAL_BASE + signal.NSIG:
+        return _SHELL_SIGNAL_BASE - code
+    return code
 
 
 def _kill_group(proc: subprocess.Popen[str], timed_out: threading.Event) -> None:
