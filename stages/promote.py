@@ -70,6 +70,7 @@ class PromoteConfig(BaseModel):
             "model.pt": "model",
             "model_card.md": "model_card",
             "train.json": "train_metrics",
+            "train_facts.json": "train_report",
             "evaluate.json": "evaluate_metrics",
             "export.json": "export_metrics",
             "engine.json": "engine_metrics",

@@ -39,6 +39,7 @@ class ReportConfig(BaseModel):
     validate_report: Path
     validate_summary: Path
     train_metrics: Path
+    train_report: Path
     evaluate_metrics: Path
     export_metrics: Path
     engine_metrics: Path
@@ -58,6 +59,7 @@ class ReportConfig(BaseModel):
             validate_report=p.resolve("validate_report", root),
             validate_summary=p.resolve("validate_summary", root),
             train_metrics=p.resolve("train_metrics", root),
+            train_report=p.resolve("train_report", root),
             evaluate_metrics=p.resolve("evaluate_metrics", root),
             export_metrics=p.resolve("export_metrics", root),
             engine_metrics=p.resolve("engine_metrics", root),
@@ -152,6 +154,7 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
     """The card's markdown, the data version, and the gate verdict."""
     validate = read_json(cfg.validate_report, stage=STAGE)
     train = read_json(cfg.train_metrics, stage=STAGE)
+    train_facts = read_json(cfg.train_report, stage=STAGE)
     evaluate = read_json(cfg.evaluate_metrics, stage=STAGE)
     export = read_json(cfg.export_metrics, stage=STAGE)
     engine = read_json(cfg.engine_metrics, stage=STAGE)
@@ -168,7 +171,7 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
         "|---|---|",
         f"| Data version (DVC) | `{version}` |",
         f"| Code version (git) | `{git_commit(cfg.workspace)}` |",
-        f"| Model | `{train['model']}`, {train['epochs_run']} epochs, imgsz {cfg.params['train']['imgsz']} |",
+        f"| Model | `{train_facts['model']}`, {train['epochs_run']} epochs, imgsz {cfg.params['train']['imgsz']} |",
         f"| Gate | **{'PASSED' if gates['passed'] else 'FAILED: not deployable'}** |",
         f"| mAP50 / mAP50-95 | {_fmt(evaluate['map50'])} / {_fmt(evaluate['map50_95'])} |",
         f"| Export parity | {_parity_cell(parity)} |",
@@ -196,8 +199,14 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
         "",
         "## Training",
         "",
-        f"{train['epochs_run']} epochs in {train['seconds']:.0f} s on `{train['device']}` "
-        f"(AMP {'on' if train['amp'] else 'off'}); best epoch {train['best_epoch']}.",
+        f"{train['epochs_run']} epochs in {train['seconds']:.0f} s on `{train_facts['device']}` "
+        f"(AMP {train_facts['amp']}); best epoch {train['best_epoch']}. "
+        f"{train['distributed']['world_size']} training process(es) on {train['distributed']['nnodes']} node(s)"
+        f"{', ' + train_facts['backend'] if train_facts['backend'] != 'none' else ''}; global batch "
+        f"{train['recipe']['global_batch']} ({train['recipe']['images_per_step']} images per optimizer step); "
+        f"{train_facts['optimizer']} at peak lr {train['recipe']['lr_peak']:.4g} (rule {train_facts['lr_rule']}, "
+        f"SyncBN {train_facts['sync_bn']}); last epoch {train['throughput']['images_per_s']:.1f} images/s, "
+        f"{100 * train['throughput']['dataloader_wait_share']:.0f}% of it waiting for data.",
         "",
         "## Export",
         "",

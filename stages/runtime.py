@@ -5,7 +5,7 @@ network for fonts while checking a dataset, and downloads ``yolo26n.pt`` for its
 ``YOLO_OFFLINE=true`` stops only some of this. :func:`import_ultralytics` points Ultralytics at a
 project-local settings folder with telemetry and integrations off and with fonts already in place, and
 :func:`offline_amp_check` replaces the downloading AMP check by the same comparison on the model being
-trained (:func:`offline_trainer` applies it, in DDP workers too). The user's own
+trained (``stages.training.trainer.PipelineTrainer`` applies it, in every launched process too). The user's own
 ``~/.config/Ultralytics`` is never read or written.
 """
 
@@ -127,22 +127,6 @@ def _amp_outputs_close(model: Any) -> bool:
     ok = bool(torch.allclose(full_t.float(), mixed_t.float(), atol=0.5, rtol=0.05))
     log.info("AMP check on the training model: %s", "passed" if ok else "failed, AMP disabled")
     return ok
-
-
-def offline_trainer() -> type:
-    """Ultralytics' detection trainer, with the offline AMP check in place of the downloading one.
-
-    Passed to ``YOLO.train(trainer=...)``. For multi-GPU training Ultralytics pickles the trainer class
-    into each DDP worker process, so the replacement holds there too, not only in this process.
-    """
-    from ultralytics.models.yolo.detect import DetectionTrainer
-
-    class OfflineDetectionTrainer(DetectionTrainer):
-        def _setup_train(self, *args: Any, **kwargs: Any) -> Any:
-            with offline_amp_check():
-                return super()._setup_train(*args, **kwargs)
-
-    return OfflineDetectionTrainer
 
 
 @contextlib.contextmanager

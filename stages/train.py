@@ -3,8 +3,14 @@
 Everything Ultralytics needs is passed explicitly; its outputs are read back and copied to the
 pipeline's own paths: ``models/best.pt``, ``models/train/`` (``results.csv`` and the ``args.yaml``
 Ultralytics trained with), ``metrics/train.json`` and the training curves ``plots/train_curves.csv``
-(a DVC plot). The model is built from a model YAML (no download) or loaded from a local ``.pt``
-file; a name that would make Ultralytics download weights is refused.
+(a DVC plot), and ``reports/train.json`` (the text facts: device, backend, optimizer, LR rule, SyncBN).
+The model is built from a model YAML (no download) or loaded from a local ``.pt`` file; a name that
+would make Ultralytics download weights is refused.
+
+One process trains here, in the stage's own process. More than one (several GPUs, several nodes, or
+several CPU processes) run through ``torch.distributed.run``, which this stage starts on the head
+node; ``python -m stages.train --print-launch`` prints what every other node runs. The launch path,
+the rendezvous checks, the learning-rate rule and the trainer subclass live in ``stages/training/``.
 
 Ultralytics' run folder, with the ``last.pt`` checkpoint, lives outside the stage's outputs, in
 ``paths.train_runs/<fingerprint>/``: the outputs are then ordinary ones that DVC's run-cache keeps,
@@ -19,6 +25,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -29,12 +36,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import stage_main, write_json, write_text
-from stages.config import Params, TrainParams
+from stages.common import DEFAULT_PARAMS, configure_logging, read_json, stage_main, write_json, write_text
+from stages.config import Params, TrainParams, load_params
 from stages.data_version import dvc_lock_stage
-from stages.errors import ConfigError, TrainingError
+from stages.errors import ConfigError, PipelineError, TrainingError
 from stages.recorded_outputs import restore_recorded_outputs
-from stages.runtime import image_pixel_limit, import_ultralytics, offline_trainer
+from stages.runtime import image_pixel_limit, import_ultralytics
+from stages.training import launch
+from stages.training.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,8 @@ class TrainConfig(BaseModel):
     best: Path
     metrics: Path
     curves: Path
+    report: Path
+    params_file: Path
     workspace: Path
     hyper: TrainParams
     max_image_pixels: int  # validate.max_image_pixels: training refuses what validation refuses
@@ -85,6 +96,8 @@ class TrainConfig(BaseModel):
             best=paths.resolve("model", root),
             metrics=paths.resolve("train_metrics", root),
             curves=paths.resolve("train_plot", root),
+            report=paths.resolve("train_report", root),
+            params_file=root / DEFAULT_PARAMS,
             workspace=root,
             hyper=params.train,
             max_image_pixels=params.validate_.max_image_pixels,
@@ -92,17 +105,44 @@ class TrainConfig(BaseModel):
 
 
 class TrainResult(BaseModel):
-    """Summary written to ``metrics/train.json``."""
+    """The training summary: numbers go to ``metrics/train.json``, text to ``reports/train.json``."""
 
     model: str
+    device: str
+    amp: bool
+    backend: str  # nccl, gloo, or none for one process
+    optimizer: str  # the optimizer actually used (optimizer: auto resolved)
+    lr_rule: str
+    sync_bn: bool
     resumed_after_epoch: int | None
     epochs_run: int
     best_epoch: int | None
-    device: str
-    amp: bool
     seconds: float
     final: dict[str, float]
     best: dict[str, float]
+    distributed: dict[str, int]
+    recipe: dict[str, int | float]
+    throughput: dict[str, float]
+    epochs: list[dict[str, float]]
+
+    def metrics_record(self) -> dict[str, Any]:
+        """What ``metrics/train.json`` holds: numbers only."""
+        text = {"model", "device", "backend", "optimizer", "lr_rule", "sync_bn", "amp"}
+        record = self.model_dump(mode="json", exclude=text)
+        record["amp"] = int(self.amp)
+        return record
+
+    def report_record(self) -> dict[str, Any]:
+        """What ``reports/train.json`` holds: the text facts of the run."""
+        return {
+            "model": self.model,
+            "device": self.device,
+            "amp": "on" if self.amp else "off",
+            "backend": self.backend,
+            "optimizer": self.optimizer,
+            "lr_rule": self.lr_rule,
+            "sync_bn": "on" if self.sync_bn else "off",
+        }
 
 
 def resolve_model(model: str, workspace: Path, ultralytics_root: Path) -> str:
@@ -171,17 +211,36 @@ def write_curves(rows: list[dict[str, float]], path: Path) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def run_fingerprint(cfg: TrainConfig) -> str:
-    """What makes a training run the same run: its hyper-parameters and the exact prepared data.
-
-    The data part is DVC's hash of the prepared dataset from ``dvc.lock`` (written when ``prepare``
-    ran); outside DVC it is unknown, and then no run is ever resumed.
-    """
+def prepared_data_hash(cfg: TrainConfig) -> str | None:
+    """DVC's hash of the prepared dataset from ``dvc.lock`` (written when ``prepare`` ran), or ``None``."""
     prepared = cfg.data_yaml.parent.relative_to(cfg.workspace).as_posix()
     outs = dvc_lock_stage(cfg.workspace, "prepare").get("outs", [])
-    data = next((o.get("md5") for o in outs if o.get("path") == prepared), None)
-    payload = {"hyper": cfg.hyper.model_dump(mode="json"), "data": data or f"unknown-{time.time_ns()}"}
+    return next((o.get("md5") for o in outs if o.get("path") == prepared), None)
+
+
+def run_fingerprint(cfg: TrainConfig) -> str:
+    """What makes a training run the same run: what is trained (not where nodes meet) and the exact data.
+
+    Outside DVC the data's hash is unknown, and then no run is ever resumed.
+    """
+    data = prepared_data_hash(cfg)
+    payload = {"hyper": cfg.hyper.training_identity(), "data": data or f"unknown-{time.time_ns()}"}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def trainer_settings(cfg: TrainConfig) -> TrainerSettings:
+    """What the pipeline's trainer adds to Ultralytics' arguments, from ``params.yaml``."""
+    h = cfg.hyper
+    return TrainerSettings(
+        lr_scaling=h.lr_scaling,
+        base_batch=h.base_batch,
+        configured_lr0=h.lr0,
+        sync_bn=h.sync_bn,
+        backend=launch.backend(h),
+        timeout_s=h.distributed.timeout_s,
+        nnodes=h.distributed.nnodes,
+        nproc_per_node=h.distributed.nproc_per_node,
+    )
 
 
 def _checkpoint_epochs(last: Path) -> int:
@@ -216,83 +275,85 @@ def resumable_checkpoint(run_dir: Path, fingerprint: str, epochs: int) -> tuple[
     return last, done
 
 
-def _train_kwargs(cfg: TrainConfig, ultralytics_run: Path) -> dict[str, Any]:
-    h = cfg.hyper
-    return {
-        "data": str(cfg.data_yaml),
-        "epochs": h.epochs,
-        "imgsz": h.imgsz,
-        "batch": h.batch,
-        "device": h.device,
-        "workers": h.workers,
-        "seed": h.seed,
-        "deterministic": h.deterministic,
-        "optimizer": h.optimizer,
-        "lr0": h.lr0,
-        "patience": h.patience,
-        "amp": h.amp,
-        "cache": h.cache,
-        "mosaic": h.mosaic,
-        "close_mosaic": h.close_mosaic,
-        "project": str(ultralytics_run.parent),
-        "name": ultralytics_run.name,
-        "exist_ok": True,
-        "plots": False,  # plots need fonts and time; the curves come from results.csv instead
-        "val": True,
-        "save": True,
-        "verbose": False,
-    }
-
-
 def _raise_on_sigterm(signum: int, _frame: Any) -> None:
     # A stop request (a timeout, a scheduler) becomes an exception, so the failure path below runs.
     raise SystemExit(128 + signum)
 
 
-def _train(
-    ultralytics: Any, cfg: TrainConfig, model_source: str, ultralytics_run: Path, fingerprint: str
-) -> tuple[Any, int | None]:
-    """Run Ultralytics' training in ``ultralytics_run``, resuming it when it holds an unfinished run.
+def build_label_caches(cfg: TrainConfig) -> None:
+    """Build Ultralytics' label caches once, here, so launched processes on a shared disk only read them."""
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(cfg.data_yaml))
+    for split in ("train", "val"):
+        YOLODataset(img_path=data[split], imgsz=cfg.hyper.imgsz, augment=False, data=data, task="detect")
+
+
+def _train(cfg: TrainConfig, model_source: str, run_dir: Path, fingerprint: str) -> int | None:
+    """Train in ``run_dir``, resuming it when it holds an unfinished run of the same fingerprint.
 
     Returns:
-        The trainer, and the epoch the run resumed after (``None`` for a fresh run).
+        The epoch the run resumed after (``None`` for a fresh run).
     """
-    resumable = resumable_checkpoint(ultralytics_run, fingerprint, cfg.hyper.epochs)
+    resumable = resumable_checkpoint(run_dir, fingerprint, cfg.hyper.epochs)
+    last = None
     if resumable is not None:
         last, resumed_after = resumable
         log.info("resuming the interrupted run from %s (%d epochs done)", last, resumed_after)
-        model = ultralytics.YOLO(str(last), task="detect")
-        model.train(resume=True, data=str(cfg.data_yaml), trainer=offline_trainer())
-        return model.trainer, resumed_after
-    if ultralytics_run.exists():
-        shutil.rmtree(ultralytics_run)
-    ultralytics_run.mkdir(parents=True)
-    write_json(ultralytics_run / FINGERPRINT, {"fingerprint": fingerprint})
-    model = ultralytics.YOLO(model_source, task="detect")
-    model.train(trainer=offline_trainer(), **_train_kwargs(cfg, ultralytics_run))
-    return model.trainer, None
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / FINGERPRINT, {"fingerprint": fingerprint})
+    if launch.is_distributed(cfg.hyper):
+        # Launched processes read the params file; it must say what this stage was configured with.
+        on_disk = load_params(cfg.params_file).train.training_identity()
+        if on_disk != cfg.hyper.training_identity():
+            raise ConfigError(
+                "the train params differ from the params file the launched processes read",
+                path=cfg.params_file,
+                key="train",
+            )
+        build_label_caches(cfg)
+        cmd = launch.head_command(cfg.hyper, cfg.params_file, resume=last is not None)
+        env = launch.python_path_env(dict(os.environ))
+        launch.run_launcher(cmd, cwd=cfg.workspace, env=env, dist=cfg.hyper.distributed)
+    else:
+        from stages.training.trainer import fit
+
+        fit(cfg.hyper, cfg.data_yaml, run_dir, model_source, trainer_settings(cfg), last)
+    return resumable[1] if resumable else None
 
 
-def _publish(trainer: Any, cfg: TrainConfig) -> list[dict[str, float]]:
-    """Copy the finished run's weights and record into the stage's outputs; returns the per-epoch rows."""
-    save_dir = Path(trainer.save_dir)
-    best = save_dir / "weights" / "best.pt"
-    results_csv = save_dir / "results.csv"
+def _publish(run_dir: Path, cfg: TrainConfig) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Copy the finished run's weights and record into the stage's outputs.
+
+    Returns:
+        The per-epoch rows of ``results.csv`` and of the throughput record.
+    """
+    from stages.training.trainer import EPOCH_STATS
+
+    best = run_dir / "weights" / "best.pt"
+    results_csv = run_dir / "results.csv"
     if not best.is_file():
         raise TrainingError("Ultralytics finished without writing best.pt", stage=STAGE, path=best)
     if not results_csv.is_file():
         raise TrainingError("Ultralytics finished without writing results.csv", stage=STAGE, path=results_csv)
     rows = read_results_csv(results_csv)
-    write_curves(rows, cfg.curves)
+    stats = read_results_csv(run_dir / EPOCH_STATS) if (run_dir / EPOCH_STATS).is_file() else []
+    by_epoch = {int(r["epoch"]): r for r in stats}
+    merged = [{**row, **{k: v for k, v in by_epoch.get(int(row["epoch"]), {}).items() if k != "epoch"}} for row in rows]
+    write_curves(merged, cfg.curves)
     cfg.best.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, cfg.best)
     if cfg.run_dir.exists():
         shutil.rmtree(cfg.run_dir)
     cfg.run_dir.mkdir(parents=True)
     for name in RUN_RECORD:
-        if (save_dir / name).is_file():
-            shutil.copyfile(save_dir / name, cfg.run_dir / name)
-    return rows
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, cfg.run_dir / name)
+    return rows, stats
 
 
 def run(cfg: TrainConfig) -> TrainResult:
@@ -321,12 +382,12 @@ def _run(cfg: TrainConfig) -> TrainResult:
     _check_device(cfg.hyper.device)
 
     fingerprint = run_fingerprint(cfg)
-    ultralytics_run = cfg.runs / fingerprint[:16]
+    run_dir = cfg.runs / fingerprint[:16]
     started = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        trainer, resumed_after = _train(ultralytics, cfg, model_source, ultralytics_run, fingerprint)
-        rows = _publish(trainer, cfg)
+        resumed_after = _train(cfg, model_source, run_dir, fingerprint)
+        rows, stats = _publish(run_dir, cfg)
     except BaseException:
         # The checkpoint stays for a resume; the workspace gets the last good results back.
         restored = restore_recorded_outputs(cfg.workspace, STAGE)
@@ -337,36 +398,98 @@ def _run(cfg: TrainConfig) -> TrainResult:
         signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - started
 
-    best_row = max(rows, key=lambda r: 0.1 * r.get("map50", 0.0) + 0.9 * r.get("map50_95", 0.0))
-    result = TrainResult(
-        model=cfg.hyper.model,
-        resumed_after_epoch=resumed_after,
-        epochs_run=len(rows),
-        best_epoch=int(best_row["epoch"]) if "epoch" in best_row else None,
-        device=str(trainer.device),
-        amp=bool(trainer.amp),
-        seconds=round(seconds, 2),
-        final={k: v for k, v in rows[-1].items() if k != "epoch"},
-        best={k: v for k, v in best_row.items() if k != "epoch"},
-    )
-    write_json(cfg.metrics, result)
+    result = _result(cfg, run_dir, rows, stats, resumed_after, round(seconds, 2))
+    write_json(cfg.metrics, result.metrics_record())
+    write_json(cfg.report, result.report_record())
     # Finished and published: the checkpoint has no further use (DVC's cache holds the results).
-    shutil.rmtree(ultralytics_run, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     log.info(
-        "trained %d epochs in %.1fs on %s (AMP %s): final mAP50 %.4f, mAP50-95 %.4f",
+        "trained %d epochs in %.1fs on %s (%d processes, AMP %s, %s at lr %.4g): final mAP50 %.4f, mAP50-95 %.4f",
         result.epochs_run,
         seconds,
         result.device,
+        result.distributed["world_size"],
         "on" if result.amp else "off",
+        result.optimizer,
+        result.recipe["lr_peak"],
         result.final.get("map50", float("nan")),
         result.final.get("map50_95", float("nan")),
     )
     return result
 
 
+def _result(
+    cfg: TrainConfig,
+    run_dir: Path,
+    rows: list[dict[str, float]],
+    stats: list[dict[str, float]],
+    resumed_after: int | None,
+    seconds: float,
+) -> TrainResult:
+    """The summary, from what the run folder holds (written by global rank 0, wherever training ran)."""
+    from stages.training.trainer import RECIPE
+
+    recipe = read_json(run_dir / RECIPE, stage=STAGE)
+    args = _read_args(run_dir / "args.yaml")
+    best_row = max(rows, key=lambda r: 0.1 * r.get("map50", 0.0) + 0.9 * r.get("map50_95", 0.0))
+    device = cfg.hyper.device
+    amp = bool(cfg.hyper.amp) and device not in {"cpu", "mps"} and bool(args.get("amp", True))
+    return TrainResult(
+        model=cfg.hyper.model,
+        device="cpu" if device == "cpu" else device if device == "mps" else f"cuda:{device}",
+        amp=amp,
+        backend=recipe["text"]["backend"],
+        optimizer=recipe["text"]["optimizer"],
+        lr_rule=recipe["text"]["lr_rule"],
+        sync_bn=recipe["text"]["sync_bn"] == "on",
+        resumed_after_epoch=resumed_after,
+        epochs_run=len(rows),
+        best_epoch=int(best_row["epoch"]) if "epoch" in best_row else None,
+        seconds=seconds,
+        final={k: v for k, v in rows[-1].items() if k != "epoch"},
+        best={k: v for k, v in best_row.items() if k != "epoch"},
+        distributed=recipe["distributed"],
+        recipe=recipe["recipe"],
+        throughput={
+            "images_per_s": stats[-1]["images_per_s"] if stats else 0.0,
+            "dataloader_wait_share": stats[-1]["dataloader_wait_share"] if stats else 0.0,
+            "gpu_mem_peak_gib": max((s["gpu_mem_peak_gib"] for s in stats), default=0.0),
+        },
+        epochs=stats,
+    )
+
+
+def _read_args(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def print_launch(argv: list[str] | None = None) -> int:
+    """``python -m stages.train --print-launch``: the command of every node, ``node <rank>: <command>``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m stages.train --print-launch")
+    parser.add_argument("--print-launch", action="store_true")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        hyper = load_params(args.params).train
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in launch.launch_lines(hyper, args.params.as_posix()):
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    return stage_main(STAGE, TrainConfig.from_params, run, argv)
+    """CLI entry point (``--print-launch``: print each node's command instead of training)."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--print-launch" in args:
+        return print_launch(args)
+    return stage_main(STAGE, TrainConfig.from_params, run, args)
 
 
 if __name__ == "__main__":
