@@ -181,7 +181,8 @@ def normalize_device(value: Any) -> str:
         raise ValueError(f"must be cpu, mps, a CUDA device id or a list of ids, got {value!r}")
     parsed = []
     for item in ids:
-        if isinstance(item, bool) or not (isinstance(item, int) or (isinstance(item, str) and item.isdigit())):
+        valid_int = isinstance(item, int) and not isinstance(item, bool) and item >= 0
+        if not (valid_int or (isinstance(item, str) and item.isdigit())):
             raise ValueError(f"must be cpu, mps, a CUDA device id or a list of ids, got {value!r}")
         parsed.append(int(item))
     if not parsed or len(set(parsed)) != len(parsed):

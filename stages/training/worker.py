@@ -9,9 +9,11 @@ per-epoch record in the run folder, which the head's stage then publishes. A ref
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from stages.common import REFUSED_EXIT, configure_logging
@@ -65,15 +67,19 @@ def _work(params_file: Path, *, head: bool, resume: bool) -> None:
     from stages.runtime import image_pixel_limit, import_ultralytics
     from stages.train import resolve_model
 
-    with image_pixel_limit(cfg.max_image_pixels):
+    with contextlib.ExitStack() as stack:
+        if placement.rank != 0:
+            # Ultralytics creates the run folder in every process; only rank 0's may be in the workspace.
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yolo-rank-"))) / run_dir.name
+        if placement.resume_from is not None and not head:
+            stack.callback(placement.resume_from.unlink, missing_ok=True)
+        stack.enter_context(image_pixel_limit(cfg.max_image_pixels))
         ultralytics = import_ultralytics(root)
         from stages.training.trainer import fit
 
         source = resolve_model(cfg.hyper.model, root, Path(ultralytics.__file__).parent)
         trainer = fit(cfg.hyper, cfg.data_yaml, run_dir, source, trainer_settings(cfg), placement.resume_from)
     log.info("rank %d of %d: batches per epoch %s", placement.rank, placement.world_size, trainer.batches_per_epoch)
-    if placement.resume_from is not None and not head:
-        placement.resume_from.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,17 @@ def _guard_flow_subprocesses(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setenv(name, ws.env[name])
 
 
+def _leaves(data):
+    if isinstance(data, dict):
+        for value in data.values():
+            yield from _leaves(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _leaves(value)
+    elif data is not None:
+        yield data
+
+
 def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
     proc, ran = ws.repro()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -59,7 +70,10 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
     assert validate["ok"] is True and validate["images"] == 24 and validate["problems"] == []
     assert (ws.root / "models/best.pt").stat().st_size > 100_000
     train = ws.json("metrics/train.json")
-    assert train["epochs_run"] == 1 and train["device"] == "cpu"
+    assert train["epochs_run"] == 1 and train["distributed"]["world_size"] == 1
+    assert all(isinstance(v, (int, float)) for v in _leaves(train)), "metrics hold numbers only"
+    facts = ws.json("reports/train.json")
+    assert facts["device"] == "cpu" and facts["backend"] == "none" and facts["optimizer"] == "AdamW"
     curves = (ws.root / "plots/train_curves.csv").read_text().splitlines()
     assert curves[0].startswith("epoch,") and len(curves) == 2
 

@@ -1,0 +1,215 @@
+"""Training at scale, the parts that need no second process: LR rule, SyncBN, launch lines, devices."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import shlex
+
+import pytest
+import torch
+from torch import nn
+
+from stages.config import ConfigError, normalize_device, parse_params
+from stages.training import handshake, launch, recipe, sync_bn
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [(0, "0"), ("0", "0"), ("cuda:0", "0"), ([0, 1], "0,1"), ("0,1", "0,1"), ("cuda:0,1", "0,1"), ("CPU", "cpu")],
+)
+def test_devices_are_accepted_as_users_write_them(written, expected):
+    assert normalize_device(written) == expected
+    processes = len(expected.split(",")) if expected != "cpu" else 1
+    train = {"device": written, "distributed": {"nproc_per_node": processes}}
+    assert parse_params({"train": train}).train.device == expected
+
+
+@pytest.mark.parametrize("written", [-1, [0, 0], "gpu", True, "0,x", []])
+def test_devices_that_name_nothing_are_refused(written):
+    with pytest.raises(ConfigError, match=r"train\.device"):
+        parse_params({"train": {"device": written}})
+
+
+def test_sync_bn_on_several_cpu_processes_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="SyncBatchNorm trains only on GPUs"):
+        parse_params({"train": {"sync_bn": True, "batch": 8, "distributed": {"nproc_per_node": 2}}})
+
+
+def test_batch_must_split_over_the_processes():
+    with pytest.raises(ConfigError, match="multiple of the 3 training processes"):
+        parse_params({"train": {"batch": 8, "distributed": {"nnodes": 3}}})
+
+
+def test_listed_gpus_must_match_the_processes_per_node():
+    with pytest.raises(ConfigError, match="one process trains on each listed GPU"):
+        parse_params({"train": {"device": [0, 1], "distributed": {"nproc_per_node": 1}}})
+
+
+@pytest.mark.parametrize(
+    ("rule", "optimizer", "batch", "base", "factor"),
+    [
+        ("none", "AdamW", 64, 16, 1.0),
+        ("linear", "AdamW", 16, 8, 2.0),  # Adam family: the rule as it is
+        ("sqrt", "Adam", 32, 8, 2.0),
+        # SGD below nbs: Ultralytics accumulates to 64 images either way, so the rule applies in full.
+        ("linear", "SGD", 16, 8, 2.0),
+        # SGD above nbs: the summed gradient already doubled with the images per step.
+        ("linear", "SGD", 128, 64, 1.0),
+        ("sqrt", "SGD", 256, 64, math.sqrt(4) / 4),
+    ],
+)
+def test_lr_factor_per_rule_and_optimizer_family(rule, optimizer, batch, base, factor):
+    assert recipe.lr_factor(rule, optimizer, batch, base, nbs=64) == pytest.approx(factor)
+
+
+def test_unknown_optimizer_family_is_refused():
+    with pytest.raises(ValueError, match="no learning-rate scaling rule"):
+        recipe.lr_factor("linear", "Lion", 16, 8, nbs=64)
+
+
+def test_lr_in_the_optimizer_after_setup_follows_the_rule(tmp_path):
+    """Read back from the param groups of the optimizer Ultralytics builds, through the pipeline's trainer."""
+    from stages.runtime import import_ultralytics
+    from stages.sample_data import SampleSpec, generate
+    from stages.training.settings import TrainerSettings
+
+    import_ultralytics(tmp_path)
+    from stages.training.trainer import PipelineTrainer, overrides
+
+    generate(SampleSpec(out=tmp_path / "data", train=8, val=4, size=64, seed=0))
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(
+        f"path: {tmp_path / 'data'}\ntrain: images/train\nval: images/val\nnames: {{0: a, 1: b, 2: c}}\n"
+    )
+    hyper = parse_params(
+        {
+            "train": {
+                "optimizer": "AdamW",
+                "lr0": 0.001,
+                "lr_scaling": "linear",
+                "base_batch": 8,
+                "batch": 16,
+                "imgsz": 64,
+                "epochs": 1,
+                "workers": 0,
+            }
+        }
+    ).train
+    settings = TrainerSettings(lr_scaling="linear", base_batch=8, configured_lr0=0.001)
+    trainer = PipelineTrainer(
+        overrides=overrides(hyper, data_yaml, tmp_path / "run", "yolo11n.yaml"), settings=settings
+    )
+    trainer._setup_train()
+    assert trainer.lr_peak() == pytest.approx(2 * 0.001)
+    assert [g["initial_lr"] for g in trainer.optimizer.param_groups] == [pytest.approx(0.002)] * 3
+
+
+def test_trainer_class_survives_pickling():
+    from stages.runtime import import_ultralytics
+
+    import_ultralytics(__import__("pathlib").Path(__import__("tempfile").mkdtemp()))
+    from stages.training.settings import TrainerSettings
+    from stages.training.trainer import PipelineTrainer
+
+    assert pickle.loads(pickle.dumps(PipelineTrainer)) is PipelineTrainer
+    settings = TrainerSettings(lr_scaling="sqrt", backend="gloo", nnodes=2)
+    assert pickle.loads(pickle.dumps(settings)) == settings
+
+
+def test_sync_bn_converts_and_reverts_to_plain_batch_norm_with_the_same_state():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Sequential(nn.BatchNorm2d(4)))
+    model.train()
+    model(torch.randn(2, 3, 8, 8))  # running statistics away from their defaults
+    converted = sync_bn.convert(model)
+    assert sync_bn.count(converted, nn.SyncBatchNorm) == 2 and sync_bn.count(converted, nn.BatchNorm2d) == 0
+    reverted = sync_bn.revert(converted)
+    assert sync_bn.count(reverted, nn.SyncBatchNorm) == 0 and sync_bn.count(reverted, nn.BatchNorm2d) == 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(reverted.state_dict()[key], value), key
+    reverted.eval()
+    model.eval()
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.allclose(reverted(x), model(x))
+
+
+def test_every_node_gets_one_launch_line_and_only_the_head_runs_the_stage():
+    hyper = parse_params(
+        {
+            "train": {
+                "batch": 16,
+                "distributed": {
+                    "nnodes": 4,
+                    "nproc_per_node": 2,
+                    "rdzv_endpoint": "head:29500",
+                    "rdzv_id": "run7",
+                    "timeout_s": 120,
+                },
+            }
+        }
+    ).train
+    lines = launch.launch_lines(hyper, "params.yaml")
+    assert [line.split(": ", 1)[0] for line in lines] == ["node 0", "node 1", "node 2", "node 3"]
+    assert lines[0] == "node 0: python -m stages.train --params params.yaml"
+    worker = shlex.split(lines[1].split(": ", 1)[1])
+    assert worker[:3] == ["python", "-m", "torch.distributed.run"]
+    for flag, value in [
+        ("--nnodes", "4"),
+        ("--nproc-per-node", "2"),
+        ("--rdzv-backend", "c10d"),
+        ("--rdzv-endpoint", "head:29500"),
+        ("--rdzv-id", "run7"),
+        ("--rdzv-conf", "join_timeout=120"),
+    ]:
+        assert worker[worker.index(flag) + 1] == value
+    assert worker[-4:] == ["-m", "stages.training.worker", "--params", "params.yaml"]
+    commands = {line.split(": ", 1)[1] for line in lines[1:]}
+    assert "--head" not in worker and len(commands) == 1, "every other node runs the same command"
+
+
+def test_print_launch_cli(tmp_path, capsys):
+    from stages import train
+
+    (tmp_path / "params.yaml").write_text("train:\n  batch: 8\n  distributed: {nnodes: 2}\n")
+    assert train.main(["--print-launch", "--params", str(tmp_path / "params.yaml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[1].startswith("node 1: python -m torch.distributed.run")
+
+
+def test_backend_auto_is_gloo_on_cpu_and_nccl_is_refused_there():
+    cpu = parse_params({"train": {"batch": 8, "distributed": {"nnodes": 2}}}).train
+    assert launch.backend(cpu) == "gloo"
+    gpu = parse_params({"train": {"device": "0", "batch": 8, "distributed": {"nnodes": 2}}}).train
+    assert launch.backend(gpu) == "nccl"
+    with pytest.raises(ConfigError, match="nccl needs CUDA"):
+        launch.backend(parse_params({"train": {"distributed": {"backend": "nccl"}}}).train)
+
+
+def _record(head: bool, lr0: float = 0.01, data: str = "abc", nnodes: int = 2) -> handshake.NodeRecord:
+    identity = parse_params({"train": {"lr0": lr0, "batch": 8, "distributed": {"nnodes": nnodes}}}).train
+    return handshake.NodeRecord(head=head, host="h", identity=identity.training_identity(), data=data, resume=False)
+
+
+def test_nodes_that_differ_from_the_head_are_refused_naming_the_difference():
+    assert handshake.check_nodes([_record(False), _record(True)]) == 1
+    with pytest.raises(ConfigError, match=r"train\.lr0: 0\.02 vs 0\.01 on the head"):
+        handshake.check_nodes([_record(True), _record(False, lr0=0.02)])
+    with pytest.raises(ConfigError, match="prepared data"):
+        handshake.check_nodes([_record(True), _record(False, data="other")])
+    with pytest.raises(ConfigError, match="2 nodes claim to be the head"):
+        handshake.check_nodes([_record(True), _record(True)])
+
+
+def test_where_the_nodes_meet_is_not_part_of_what_is_trained():
+    a = parse_params({"train": {"distributed": {"rdzv_endpoint": "a:1", "timeout_s": 5}}}).train
+    b = parse_params({"train": {"distributed": {"rdzv_endpoint": "b:2", "max_restarts": 3}}}).train
+    assert a.training_identity() == b.training_identity()
+
+
+@pytest.mark.parametrize(
+    ("group", "head", "expected"), [(0, 0, (1, 0)), (1, 1, (1, 0)), (0, 1, (3, 1)), (1, 0, (3, 1))]
+)
+def test_the_head_node_holds_global_rank_0(group, head, expected):
+    # Two nodes of two processes; local rank 1.
+    assert handshake.head_first_rank(group, head, nnodes=2, local_world=2, local_rank=1) == expected
