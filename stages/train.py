@@ -430,14 +430,11 @@ def _result(
     from stages.training.trainer import RECIPE
 
     recipe = read_json(run_dir / RECIPE, stage=STAGE)
-    args = _read_args(run_dir / "args.yaml")
     best_row = max(rows, key=lambda r: 0.1 * r.get("map50", 0.0) + 0.9 * r.get("map50_95", 0.0))
-    device = cfg.hyper.device
-    amp = bool(cfg.hyper.amp) and device not in {"cpu", "mps"} and bool(args.get("amp", True))
     return TrainResult(
         model=cfg.hyper.model,
-        device="cpu" if device == "cpu" else device if device == "mps" else f"cuda:{device}",
-        amp=amp,
+        device=recipe["text"]["device"],
+        amp=recipe["text"]["amp"] == "on",
         backend=recipe["text"]["backend"],
         optimizer=recipe["text"]["optimizer"],
         lr_rule=recipe["text"]["lr_rule"],
@@ -457,12 +454,6 @@ def _result(
         },
         epochs=stats,
     )
-
-
-def _read_args(path: Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def print_launch(argv: list[str] | None = None) -> int:

@@ -222,6 +222,8 @@ class PipelineTrainer(DetectionTrainer):
                 "optimizer": self.optimizer_name,
                 "lr_rule": self.settings.lr_scaling,
                 "sync_bn": "on" if self.sync_bn_active else "off",
+                "amp": "on" if self.amp else "off",  # after the AMP check
+                "device": str(self.device),  # rank 0's
             },
         }
         (Path(self.save_dir) / RECIPE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

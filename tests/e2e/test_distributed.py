@@ -63,8 +63,15 @@ def _second_node(ws: Workspace, tmp_path: Path, **train: object) -> Workspace:
 
 
 def _start(ws: Workspace, cmd: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(cmd, cwd=ws.root, env=ws.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=ws.root,
+        env=ws.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _start_node1(node: Workspace) -> subprocess.Popen[str]:
