@@ -28,7 +28,7 @@ from stages.errors import ConfigError
 log = logging.getLogger(__name__)
 
 WORKER = "stages.training.worker"
-REFUSAL = re.compile(r"^error: \[stage 'train'\].*")  # what a worker prints when it refuses (exit 2)
+REFUSAL = re.compile(r"error: \[stage 'train'\].*")  # what a worker prints when it refuses (exit 2)
 _POLL_S = 2.0
 
 
@@ -122,15 +122,15 @@ class _JoinWatch:
         from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
 
         host, _, port = self.dist.rdzv_endpoint.rpartition(":")
-        store = None
+        rendezvous = None
         while not self._stop.wait(_POLL_S):
             try:
-                if store is None:
+                if rendezvous is None:
                     store = TCPStore(
                         host, int(port), is_master=False, timeout=timedelta(seconds=_POLL_S), wait_for_workers=False
                     )
-                    backend_ = C10dRendezvousBackend(store, self.dist.rdzv_id)
-                state = backend_.get_state()
+                    rendezvous = C10dRendezvousBackend(store, self.dist.rdzv_id)
+                state = rendezvous.get_state()
                 if state is not None:
                     participants = getattr(pickle.loads(state[0]), "participants", None)
                     if participants is not None:
@@ -138,7 +138,7 @@ class _JoinWatch:
             except Exception as exc:  # not there yet, or gone: the count keeps its last value
                 self.reason = f"{type(exc).__name__}: {exc}"
                 log.debug("rendezvous watch: %s", self.reason)
-                store = None
+                rendezvous = None
 
 
 def run_launcher(cmd: list[str], *, cwd: Path, env: dict[str, str], dist: DistributedParams) -> None:
@@ -168,7 +168,7 @@ def run_launcher(cmd: list[str], *, cwd: Path, env: dict[str, str], dist: Distri
                 line = line.rstrip()
                 log.info("%s", line)
                 tail.append(line)
-                found = REFUSAL.search(line.split("]:", 1)[-1].strip()) or REFUSAL.search(line)
+                found = REFUSAL.search(line)
                 if found and found.group(0) not in refusals:
                     refusals.append(found.group(0))
             code = proc.wait()

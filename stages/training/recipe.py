@@ -16,26 +16,12 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel
-
 Rule = Literal["none", "linear", "sqrt"]
 
 # Optimizers whose step is proportional to the summed gradient (Ultralytics' names, lower-cased).
 SUMMING = frozenset({"sgd", "musgd"})
 # Optimizers that divide the gradient by its running magnitude: the gradient's scale drops out.
 ADAPTIVE = frozenset({"adam", "adamax", "adamw", "nadam", "radam", "rmsprop"})
-
-
-class Recipe(BaseModel):
-    """What one optimizer step is made of, and the learning rate the rule asks for."""
-
-    world_size: int
-    global_batch: int
-    per_rank_batch: int
-    accumulate: int
-    images_per_step: int
-    lr0: float
-    lr_factor: float
 
 
 def accumulation(global_batch: int, nbs: int) -> int:
@@ -77,18 +63,3 @@ def lr_factor(rule: Rule, optimizer: str, global_batch: int, base_batch: int, nb
         implicit = images_per_step(global_batch, nbs) / images_per_step(base_batch, nbs)
         return wanted / implicit
     raise ValueError(f"no learning-rate scaling rule is defined for optimizer {optimizer!r}")
-
-
-def recipe(
-    *, rule: Rule, optimizer: str, lr0: float, global_batch: int, base_batch: int, nbs: int, world_size: int
-) -> Recipe:
-    """The step's make-up and the rule's factor for one training run."""
-    return Recipe(
-        world_size=world_size,
-        global_batch=global_batch,
-        per_rank_batch=global_batch // world_size,
-        accumulate=accumulation(global_batch, nbs),
-        images_per_step=images_per_step(global_batch, nbs),
-        lr0=lr0,
-        lr_factor=lr_factor(rule, optimizer, global_batch, base_batch, nbs),
-    )

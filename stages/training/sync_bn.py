@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -23,14 +22,11 @@ def revert(module: nn.Module) -> nn.Module:
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
         )
         if module.affine:
-            with torch.no_grad():
-                result.weight = module.weight
-                result.bias = module.bias
+            result.weight, result.bias = module.weight, module.bias  # the same tensors, on their device
         result.running_mean = module.running_mean
         result.running_var = module.running_var
         result.num_batches_tracked = module.num_batches_tracked
         result.training = module.training
-        result.to(module.running_mean.device if module.running_mean is not None else "cpu")
     for name, child in module.named_children():
         result.add_module(name, revert(child))
     return result

@@ -117,9 +117,7 @@ class PipelineTrainer(DetectionTrainer):
     # --- launch ---------------------------------------------------------------------------------
 
     def _setup_ddp(self) -> None:
-        if self.device.type == "cpu":
-            self.device = torch.device("cpu")
-        else:
+        if self.device.type != "cpu":
             index = int(self.args.device.split(",")[LOCAL_RANK])
             torch.cuda.set_device(index)
             self.device = torch.device("cuda", index)
