@@ -1,4 +1,4 @@
-"""Prefect artifacts of a pipeline run: gate verdict, metrics, latency table and stage runs.
+"""Prefect artifacts of a pipeline run: gate verdict, metrics, deploy artifacts, latency table and stage runs.
 
 They are read from the files the stages wrote, so they show exactly what DVC cached.
 """
@@ -60,9 +60,28 @@ def latency_rows(benchmark: dict[str, Any]) -> list[dict[str, Any]]:
             "p50_ms": r["latency_ms"]["p50"],
             "p90_ms": r["latency_ms"]["p90"],
             "p99_ms": r["latency_ms"]["p99"],
+            "end_to_end_ms": r.get("end_to_end_ms"),
+            "cv": r.get("cv"),
+            "stable": bool(r.get("stable", True)),
             "throughput_ips": r["throughput_ips"],
         }
         for r in benchmark.get("backends", {}).values()
+    ]
+
+
+def deploy_rows(metrics: dict[str, Any], facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per deploy artifact: its mAP against the PyTorch model's, and whether it may ship."""
+    return [
+        {
+            "artifact": name,
+            "precision": f["precision"],
+            "map50_95": metrics[name].get("map50_95"),
+            "drop_points": None if metrics[name].get("drop_map50_95") is None else metrics[name]["drop_map50_95"] * 100,
+            "size_mb": metrics[name].get("size_mb"),
+            "deployable": f["deployable"],
+            "reason": f["reason"],
+        }
+        for name, f in facts.items()
     ]
 
 
@@ -136,6 +155,13 @@ def publish(
                 key="metrics-vs-production", table=diff_rows(evaluate, baseline), description="Against production"
             )
             created.append("metrics-vs-production")
+    deploy = _read(paths.resolve("deploy_metrics", workspace)) if "export" in done else None
+    facts = _read(paths.resolve("deploy_report", workspace)) if deploy else None
+    if deploy and facts:
+        create_table_artifact(
+            key="deploy-artifacts", table=deploy_rows(deploy, facts), description="Deploy artifacts, measured and gated"
+        )
+        created.append("deploy-artifacts")
     benchmark = _read(paths.resolve("benchmark_metrics", workspace)) if "benchmark" in done else None
     if benchmark is not None:
         create_table_artifact(key="latency", table=latency_rows(benchmark), description="Latency per backend")

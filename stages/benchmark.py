@@ -1,9 +1,17 @@
 """Stage ``benchmark``: latency percentiles and throughput of the model on every backend measured here.
 
-Every backend gets the same letterboxed validation images. Each timed iteration is one forward pass
-of one batch, input already in the backend's memory where the backend allows (PyTorch and TensorRT on
-CUDA; ONNX Runtime copies from and to the host inside ``run``, which is included). CUDA work is
-synchronised before the clock stops. The execution provider actually used is recorded, never assumed.
+Every backend is opened through ``stages.backends`` and gets the same letterboxed validation images.
+Two figures per backend: ``model_ms``, one forward pass of one batch with the input already in the
+backend's memory where the backend allows (PyTorch and TensorRT on CUDA; ONNX Runtime copies from
+and to the host inside ``run``, which is included), and ``end_to_end_ms``, one image as an
+application runs it (decode, letterbox, forward, NMS). CUDA work is synchronised before the clock
+stops. What ran (provider, device, precision, pinned threads) is read back from the runtime.
+
+The measurement states its noise: ``benchmark.rounds`` rounds, the backends interleaved within
+each, so drift on the machine hits them all alike. A row's p50 is the median of its round p50s,
+``cv`` their spread; ``stable: 0`` (and a warning) when ``cv`` exceeds 0.10 or the p50 is more
+than 3 times the fastest call. Deploy artifacts that were not built or are not deployable are
+skipped with the reason.
 """
 
 from __future__ import annotations
@@ -18,17 +26,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from stages.backends import RunInfo, Runner, open_runner
+from stages.backends.base import Precision
 from stages.common import read_json, stage_main, write_json
 from stages.config import BenchmarkParams, Params
+from stages.datasets import read_prepared_yaml
+from stages.deploy.targets import TARGETS
 from stages.errors import BackendUnavailable, ConfigError, PipelineError
-from stages.inference import (
-    batches,
-    load_inputs,
-    onnx_input_batch,
-    onnx_session,
-    torch_model,
-    validation_images,
-)
+from stages.inference import batches, letterbox, load_inputs, onnx_input_batch, onnx_session, validation_images
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ class BenchmarkConfig(BaseModel):
 
     model: Path
     onnx: Path
+    deploy_dir: Path
+    deploy_report: Path
     export_metrics: Path
     engine_dir: Path
     engine_metrics: Path
@@ -59,6 +66,8 @@ class BenchmarkConfig(BaseModel):
         return cls(
             model=paths.resolve("model", root),
             onnx=paths.onnx_model(root),
+            deploy_dir=paths.resolve("deploy_dir", root),
+            deploy_report=paths.resolve("deploy_report", root),
             export_metrics=paths.resolve("export_metrics", root),
             engine_dir=paths.resolve("engine_dir", root),
             engine_metrics=paths.resolve("engine_metrics", root),
@@ -71,9 +80,13 @@ class BenchmarkConfig(BaseModel):
 
 
 class Latency(BaseModel):
-    """Latency statistics of one batch forward pass, in milliseconds."""
+    """Latency of one batch forward pass, in milliseconds.
+
+    ``p50`` is the median of the rounds' p50s; the other statistics are over every timed call.
+    """
 
     p50: float
+    p10: float
     p90: float
     p99: float
     mean: float
@@ -83,7 +96,7 @@ class Latency(BaseModel):
 
 
 class BenchmarkRow(BaseModel):
-    """One backend's measurement."""
+    """One backend's measurement (``stable``: 1, or 0 when the rounds disagree too much to trust)."""
 
     backend: str
     provider: str
@@ -92,9 +105,15 @@ class BenchmarkRow(BaseModel):
     batch: int
     imgsz: int
     threads: int | None
-    iterations: int
+    iterations: int  # timed calls per round
     warmup: int
+    rounds: int
     latency_ms: Latency
+    model_ms: float  # the forward pass alone, input already in place: latency_ms.p50
+    end_to_end_ms: float | None  # one image: decode, letterbox, forward, NMS (p50); None for a batch > 1 artifact
+    round_p50_ms: list[float]
+    cv: float  # spread of the round p50s: standard deviation / mean
+    stable: int
     throughput_ips: float
 
 
@@ -108,12 +127,17 @@ class BenchmarkResult(BaseModel):
     skipped: dict[str, str]
 
 
-def summarise(samples_ms: list[float]) -> Latency:
-    """Percentiles, mean and spread of latency samples."""
+MAX_CV = 0.10  # rounds whose p50s spread more than this are noise, not a measurement
+MAX_P50_OVER_MIN = 3.0  # a p50 this far above the fastest call: the machine was busy
+
+
+def summarise(samples_ms: list[float], round_p50s: list[float]) -> Latency:
+    """Percentiles, mean and spread of latency samples; ``p50`` is the median of the round p50s."""
     a = np.asarray(samples_ms, dtype=np.float64)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    p10, p90, p99 = np.percentile(a, [10, 90, 99])
     return Latency(
-        p50=round(float(p50), 4),
+        p50=round(float(np.median(round_p50s)), 4),
+        p10=round(float(p10), 4),
         p90=round(float(p90), 4),
         p99=round(float(p99), 4),
         mean=round(float(a.mean()), 4),
@@ -121,6 +145,13 @@ def summarise(samples_ms: list[float]) -> Latency:
         min=round(float(a.min()), 4),
         max=round(float(a.max()), 4),
     )
+
+
+def stability(round_p50s: list[float], p50: float, fastest: float) -> tuple[float, bool]:
+    """The rounds' coefficient of variation, and whether the measurement is stable enough to publish as is."""
+    r = np.asarray(round_p50s, dtype=np.float64)
+    cv = float(r.std() / r.mean()) if len(r) > 1 and r.mean() > 0 else 0.0
+    return round(cv, 4), cv <= MAX_CV and p50 <= MAX_P50_OVER_MIN * fastest
 
 
 def time_calls(step: Callable[[int], Any], iterations: int, warmup: int) -> list[float]:
@@ -135,58 +166,68 @@ def time_calls(step: Callable[[int], Any], iterations: int, warmup: int) -> list
     return samples
 
 
-class _Backend(BaseModel):
-    """A ready-to-time backend: a step function and what to record about it."""
+class RowSpec(BaseModel):
+    """A benchmark row: which backend opens which artifact on which device."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True)
 
-    provider: str
+    backend: str  # a key of stages.backends.BACKENDS
+    artifact: str  # "checkpoint", or a deploy target (stages.deploy.targets)
     device: str
-    precision: str
-    threads: int | None
-    step: Callable[[int], Any]
+    precision: Precision = "fp32"
 
 
-def _onnxruntime(cfg: BenchmarkConfig, inputs: list[np.ndarray], provider: str) -> _Backend:
-    session = onnx_session(cfg.onnx, provider, cfg.options.threads)
-    name = session.get_inputs()[0].name
-    device = "cpu" if provider == "CPUExecutionProvider" else "cuda:0"
-    return _Backend(
-        provider=session.get_providers()[0],
-        device=device,
-        precision="fp32",
-        threads=cfg.options.threads or None,
-        step=lambda i: session.run(None, {name: inputs[i % len(inputs)]}),
-    )
+ROWS: dict[str, RowSpec] = {
+    "onnxruntime-cpu": RowSpec(backend="onnxruntime", artifact="onnx-fp32", device="cpu"),
+    "onnxruntime-cpu-int8": RowSpec(backend="onnxruntime", artifact="onnx-int8", device="cpu", precision="int8"),
+    "torchscript-cpu": RowSpec(backend="torchscript", artifact="torchscript-fp32", device="cpu"),
+    "pytorch-cpu": RowSpec(backend="pytorch", artifact="checkpoint", device="cpu"),
+    "onnxruntime-cuda": RowSpec(backend="onnxruntime", artifact="onnx-fp32", device="cuda"),
+    "pytorch-cuda": RowSpec(backend="pytorch", artifact="checkpoint", device="cuda"),
+}
 
 
-def _pytorch(cfg: BenchmarkConfig, inputs: list[np.ndarray], device: str) -> _Backend:
+class _Timed:
+    """A backend ready to time: its model step and its end-to-end step, and what ran."""
+
+    def __init__(self, runner: Runner, inputs: list[np.ndarray], images: list[Path], imgsz: int, names: int) -> None:
+        self.runner = runner
+        self.info = runner.info
+        placed = [runner.place(x) for x in inputs]
+        self.step = lambda i: runner.forward(placed[i % len(placed)])
+        self.end_to_end = None
+        if runner.batch in (None, 1):
+            self.end_to_end = lambda i: end_to_end(runner, images[i % len(images)], imgsz, names)
+
+
+def end_to_end(runner: Runner, image: Path, imgsz: int, classes: int) -> Any:
+    """One image as an application runs it: decode the file, letterbox, forward, NMS."""
     import torch
+    from PIL import Image
+    from ultralytics.utils.nms import non_max_suppression
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable("PyTorch sees no CUDA GPU")
-    if device == "cpu" and cfg.options.threads:
-        torch.set_num_threads(cfg.options.threads)
-    # Conv+BatchNorm fused, as Ultralytics does for inference and as the ONNX export is.
-    model = torch_model(cfg.model, cfg.workspace, device).fuse(verbose=False)
-    tensors = [torch.from_numpy(x).to(device) for x in inputs]
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def step(i: int) -> None:
-        with torch.inference_mode():
-            model(tensors[i % len(tensors)])
-        sync()
-
-    return _Backend(
-        provider=f"torch {torch.__version__} ({'CUDA' if device == 'cuda' else 'CPU'})",
-        device=device if device == "cpu" else f"cuda:0 {torch.cuda.get_device_name(0)}",
-        precision="fp32",
-        threads=torch.get_num_threads() if device == "cpu" else None,
-        step=step,
-    )
+    with Image.open(image) as im:
+        x = letterbox(np.asarray(im.convert("RGB")), imgsz)[None]
+    return non_max_suppression(torch.from_numpy(runner.predict(x)), 0.25, 0.7, nc=classes)
 
 
-def _tensorrt(cfg: BenchmarkConfig, inputs: list[np.ndarray]) -> _Backend:
+def _artifact(spec: RowSpec, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Path:
+    """The file a row measures.
+
+    Raises:
+        BackendUnavailable: When its deploy target was not built or is not deployable.
+    """
+    if spec.artifact == "checkpoint":
+        return cfg.model
+    facts = deploy.get(spec.artifact)
+    if facts is None:
+        raise BackendUnavailable(f"{spec.artifact} was not built (not in deploy.targets)")
+    if not facts["deployable"]:
+        raise BackendUnavailable(f"{spec.artifact} is not deployable: {facts['reason']}")
+    return cfg.deploy_dir / TARGETS[spec.artifact].file
+
+
+def _tensorrt(cfg: BenchmarkConfig) -> Runner:
     engine_info = read_json(cfg.engine_metrics, stage=STAGE)
     if engine_info.get("status") != "built":
         raise BackendUnavailable(f"no TensorRT engine: {engine_info.get('reason')}")
@@ -199,21 +240,31 @@ def _tensorrt(cfg: BenchmarkConfig, inputs: list[np.ndarray]) -> _Backend:
 
     engine = cfg.engine_dir / "model.engine"
     backend = AutoBackend(str(engine), device=torch.device("cuda:0"), fp16=engine_info["precision"] == "fp16")
-    tensors = [torch.from_numpy(x).to("cuda:0") for x in inputs]
-    if getattr(backend, "fp16", False):
-        tensors = [t.half() for t in tensors]
+    dtype = torch.float16 if getattr(backend, "fp16", False) else torch.float32
 
-    def step(i: int) -> None:
-        backend(tensors[i % len(tensors)])
-        torch.cuda.synchronize()
+    class _Engine:
+        batch = cfg.options.batch
+        info = RunInfo(
+            backend="tensorrt",
+            provider=f"TensorRT {engine_info.get('tensorrt')}",
+            device=f"cuda:0 {torch.cuda.get_device_name(0)}",
+            precision=engine_info["precision"],
+            threads=None,
+        )
 
-    return _Backend(
-        provider=f"TensorRT {engine_info.get('tensorrt')}",
-        device=f"cuda:0 {torch.cuda.get_device_name(0)}",
-        precision=engine_info["precision"],
-        threads=None,
-        step=step,
-    )
+        def place(self, x: np.ndarray) -> Any:
+            return torch.from_numpy(x).to("cuda:0", dtype)
+
+        def forward(self, placed: Any) -> Any:
+            out = backend(placed)
+            torch.cuda.synchronize()
+            return out
+
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            out = self.forward(self.place(x))
+            return (out[0] if isinstance(out, (list, tuple)) else out).float().cpu().numpy()
+
+    return _Engine()
 
 
 def _gpu_available(backend: str, cfg: BenchmarkConfig) -> bool:
@@ -233,18 +284,36 @@ def _gpu_available(backend: str, cfg: BenchmarkConfig) -> bool:
     return False
 
 
-def _make(backend: str, cfg: BenchmarkConfig, inputs: list[np.ndarray]) -> _Backend:
-    if backend == "onnxruntime-cpu":
-        return _onnxruntime(cfg, inputs, "CPUExecutionProvider")
-    if backend == "onnxruntime-cuda":
-        return _onnxruntime(cfg, inputs, "CUDAExecutionProvider")
-    if backend == "pytorch-cpu":
-        return _pytorch(cfg, inputs, "cpu")
-    if backend == "pytorch-cuda":
-        return _pytorch(cfg, inputs, "cuda")
+def _open(backend: str, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Runner:
     if backend == "tensorrt":
-        return _tensorrt(cfg, inputs)
-    raise ConfigError(f"unknown backend {backend!r}", key="benchmark.backends")
+        return _tensorrt(cfg)
+    spec = ROWS[backend]
+    return open_runner(
+        spec.backend,
+        _artifact(spec, cfg, deploy),
+        workspace=cfg.workspace,
+        device=spec.device,
+        precision=spec.precision,
+        threads=cfg.options.threads,
+    )
+
+
+def _measure(timed: dict[str, _Timed], o: BenchmarkParams) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """Time every backend, round by round, interleaved, so drift on the machine hits them all alike.
+
+    Returns:
+        Per backend: every model-step sample, each round's p50, and every end-to-end sample.
+    """
+    samples: dict[str, tuple[list[float], list[float], list[float]]] = {name: ([], [], []) for name in timed}
+    for round_index in range(o.rounds):
+        warmup = o.warmup if round_index == 0 else min(o.warmup, 2)
+        for name, t in timed.items():
+            calls = time_calls(t.step, o.iterations, warmup)
+            samples[name][0].extend(calls)
+            samples[name][1].append(float(np.percentile(calls, 50)))
+            if t.end_to_end is not None:
+                samples[name][2].extend(time_calls(t.end_to_end, o.iterations, 1 if round_index == 0 else 0))
+    return samples
 
 
 def run(cfg: BenchmarkConfig) -> BenchmarkResult:
@@ -254,10 +323,10 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
         cfg: Paths and options.
 
     Returns:
-        One row per backend measured, and why optional GPU backends were skipped.
+        One row per backend measured, and why the others were skipped.
 
     Raises:
-        BackendUnavailable: When a backend named in ``benchmark.backends`` cannot run here.
+        BackendUnavailable: When a device backend named in ``benchmark.backends`` cannot run here.
         ConfigError: When the batch size does not fit the exported model.
     """
     o = cfg.options
@@ -277,8 +346,10 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
             "(set export.batch to match, or export.dynamic: true)",
             key="benchmark.batch",
         )
+    deploy = read_json(cfg.deploy_report, stage=STAGE)
     images = validation_images(cfg.data_yaml, max(8, o.batch))
     inputs = batches(load_inputs(images, cfg.imgsz), o.batch)
+    classes = len(read_prepared_yaml(cfg.data_yaml)["names"])
 
     wanted = list(o.backends)
     skipped: dict[str, str] = {}
@@ -291,34 +362,65 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
             else:
                 skipped[backend] = "not available on this machine"
 
-    rows = []
+    timed: dict[str, _Timed] = {}
     for backend in wanted:
-        ready = _make(backend, cfg, inputs)
-        samples = time_calls(ready.step, o.iterations, o.warmup)
-        latency = summarise(samples)
+        try:
+            runner = _open(backend, cfg, deploy)
+        except BackendUnavailable as exc:
+            if backend in ROWS and ROWS[backend].artifact not in ("checkpoint", "onnx-fp32"):
+                skipped[backend] = str(exc)  # an artifact deploy.targets left out or the gate refused
+                log.warning("%s not measured: %s", backend, exc)
+                continue
+            raise
+        timed[backend] = _Timed(runner, inputs, images, cfg.imgsz, classes)
+
+    rows = []
+    for backend, (samples, round_p50s, e2e) in _measure(timed, o).items():
+        info = timed[backend].info
+        latency = summarise(samples, round_p50s)
+        cv, stable = stability(round_p50s, latency.p50, latency.min)
         row = BenchmarkRow(
             backend=backend,
-            provider=ready.provider,
-            device=ready.device,
-            precision=ready.precision,
+            provider=info.provider,
+            device=info.device,
+            precision=info.precision,
             batch=o.batch,
             imgsz=cfg.imgsz,
-            threads=ready.threads,
+            threads=info.threads,
             iterations=o.iterations,
             warmup=o.warmup,
+            rounds=o.rounds,
             latency_ms=latency,
-            throughput_ips=round(o.batch * 1e3 / latency.mean, 2),
+            model_ms=latency.p50,
+            end_to_end_ms=round(float(np.median(e2e)), 4) if e2e else None,
+            round_p50_ms=[round(p, 4) for p in round_p50s],
+            cv=cv,
+            stable=int(stable),
+            throughput_ips=round(o.batch * 1e3 / latency.p50, 2),
         )
         rows.append(row)
         log.info(
-            "%-17s %-28s p50 %8.2f ms  p90 %8.2f ms  p99 %8.2f ms  %8.1f img/s",
+            "%-21s %-44s p50 %8.2f ms (cv %.2f)  p90 %8.2f ms  end-to-end %s  %8.1f img/s",
             backend,
-            ready.provider,
+            info.provider,
             latency.p50,
+            cv,
             latency.p90,
-            latency.p99,
+            f"{row.end_to_end_ms:.2f} ms" if row.end_to_end_ms is not None else "-",
             row.throughput_ips,
         )
+        if not stable:
+            log.warning(
+                "%s: NOT STABLE (round p50s %s ms, cv %.2f > %.2f or p50 %.2f > %.0f x min %.2f): "
+                "the machine was busy; rerun before comparing",
+                backend,
+                row.round_p50_ms,
+                cv,
+                MAX_CV,
+                latency.p50,
+                MAX_P50_OVER_MIN,
+                latency.min,
+            )
     result = BenchmarkResult(backends={row.backend: row for row in rows}, skipped=skipped)
     write_json(cfg.metrics, result)
     return result

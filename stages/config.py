@@ -20,7 +20,18 @@ from stages.errors import ConfigError
 DEFAULT_PARAMS = Path("params.yaml")
 # Sections that shape the pipeline's outputs (the model card prints these). `promote` and
 # `orchestration` steer what happens around the pipeline and never change an output of dvc repro.
-PIPELINE_SECTIONS = ("paths", "prepare", "validate", "train", "evaluate", "export", "engine", "benchmark", "report")
+PIPELINE_SECTIONS = (
+    "paths",
+    "prepare",
+    "validate",
+    "train",
+    "evaluate",
+    "export",
+    "deploy",
+    "engine",
+    "benchmark",
+    "report",
+)
 
 
 class _Section(BaseModel):
@@ -47,6 +58,8 @@ class PathsParams(_Section):
     evaluate_metrics: str = "metrics/evaluate.json"
     deploy_dir: str = "models/deploy"
     export_metrics: str = "metrics/export.json"
+    deploy_metrics: str = "metrics/deploy.json"
+    deploy_report: str = "reports/deploy.json"
     engine_dir: str = "models/engine"
     engine_metrics: str = "metrics/engine.json"
     benchmark_metrics: str = "metrics/benchmark.json"
@@ -297,6 +310,43 @@ class ExportParams(_Section):
     max_score_diff: float = Field(1e-3, gt=0.0, description="largest allowed |ONNX - PyTorch| on class scores")
 
 
+class Int8Params(_Section):
+    """CPU INT8 (ONNX Runtime static Q/DQ quantization, ``stages/deploy/int8.py``)."""
+
+    calibration_images: int = Field(64, ge=1, description="train images (never val) the activation ranges come from")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+
+
+class MaxDropParams(_Section):
+    """Largest mAP50-95 drop against the PyTorch model (a fraction: 0.004 is 0.4 points) per precision."""
+
+    fp32: float = Field(0.002, ge=0.0, le=1.0)
+    fp16: float = Field(0.005, ge=0.0, le=1.0)
+    int8: float = Field(0.01, ge=0.0, le=1.0)
+
+
+DeployTarget = Literal["onnx-fp32", "onnx-int8", "torchscript-fp32"]
+
+
+class DeployParams(_Section):
+    """Which deployable artifacts ``export`` builds, and the accuracy each must keep to be deployable."""
+
+    targets: list[DeployTarget] = Field(default_factory=lambda: ["onnx-fp32", "onnx-int8"])
+    max_drop: MaxDropParams = Field(default_factory=MaxDropParams)
+    int8: Int8Params = Field(default_factory=Int8Params)
+    eval_images: int = Field(0, ge=0, description="validation images each artifact's mAP is measured on; 0 = all")
+
+    @field_validator("targets")
+    @classmethod
+    def _onnx_first(cls, value: list[str]) -> list[str]:
+        # Every other artifact is built from, or checked against, the FP32 ONNX model.
+        if "onnx-fp32" not in value:
+            raise ValueError("must include onnx-fp32 (the other artifacts are built from it)")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a target twice")
+        return value
+
+
 class EngineParams(_Section):
     """TensorRT engine build."""
 
@@ -311,10 +361,24 @@ class BenchmarkParams(_Section):
     iterations: int = Field(50, ge=1)
     warmup: int = Field(10, ge=0)
     batch: int = Field(1, ge=1)
-    threads: int = Field(0, ge=0, description="CPU threads for CPU backends; 0 means the library default")
-    backends: list[Literal["onnxruntime-cpu", "pytorch-cpu", "onnxruntime-cuda", "pytorch-cuda", "tensorrt"]] = Field(
-        default_factory=lambda: ["onnxruntime-cpu", "pytorch-cpu"],
-        description="backends to measure; GPU ones fail the stage when unavailable",
+    threads: int = Field(
+        0, ge=0, description="CPU threads for CPU backends, pinned and recorded; 0: every core this process may use"
+    )
+    rounds: int = Field(5, ge=1, description="interleaved rounds; a row's p50 is the median of its round p50s")
+    backends: list[
+        Literal[
+            "onnxruntime-cpu",
+            "onnxruntime-cpu-int8",
+            "torchscript-cpu",
+            "pytorch-cpu",
+            "onnxruntime-cuda",
+            "pytorch-cuda",
+            "tensorrt",
+        ]
+    ] = Field(
+        default_factory=lambda: ["onnxruntime-cpu", "onnxruntime-cpu-int8", "pytorch-cpu"],
+        description="backends to measure; GPU ones fail the stage when unavailable, "
+        "deploy artifacts not built or not deployable are skipped with the reason",
     )
     auto_gpu: bool = Field(True, description="also measure every GPU backend that is available here")
 
@@ -367,6 +431,7 @@ class Params(_Section):
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     export: ExportParams = Field(default_factory=ExportParams)
+    deploy: DeployParams = Field(default_factory=DeployParams)
     engine: EngineParams = Field(default_factory=EngineParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     report: ReportParams = Field(default_factory=ReportParams)

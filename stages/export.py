@@ -1,9 +1,12 @@
-"""Stage ``export``: export the trained model to ONNX and measure its parity with PyTorch.
+"""Stage ``export``: ONNX export and its parity with PyTorch, then every deploy target built, measured and gated.
 
 Ultralytics performs the export; this stage then runs the ONNX file with ONNX Runtime (CPU) and the
 checkpoint with PyTorch (CPU) on the same real validation images and records how far their raw
 outputs differ, separately for box coordinates (pixels) and class scores. Differences beyond the
-tolerances in ``params.yaml`` fail the stage.
+tolerances in ``params.yaml`` fail the stage. That is the first, cheap check; then every target in
+``deploy.targets`` (the FP32 ONNX model itself, CPU INT8, TorchScript) is built and its mAP measured
+and gated against the PyTorch model's (``stages/deploy/``): ``metrics/deploy.json`` holds the
+numbers, ``reports/deploy.json`` what ran and why each artifact is or is not deployable.
 
 The deployable artifacts go to ``paths.deploy_dir``. A model that failed the evaluation gate is not
 exported: the folder then holds only a README saying why, ``metrics/export.json`` records
@@ -22,11 +25,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from stages.backends import open_runner
+from stages.backends.base import predict_all
 from stages.common import read_json, stage_main, write_json, write_text
-from stages.config import ExportParams, Params
+from stages.config import DeployParams, ExportParams, Params
+from stages.deploy.build import DeployInputs, build_and_gate
 from stages.errors import ExportError, PipelineError
 from stages.evaluate import failed_checks
-from stages.inference import batches, load_inputs, onnx_session, torch_forward, torch_model, validation_images
+from stages.inference import load_inputs, validation_images
 from stages.runtime import import_ultralytics
 
 log = logging.getLogger(__name__)
@@ -45,9 +51,14 @@ class ExportConfig(BaseModel):
     deploy_dir: Path
     onnx: Path
     metrics: Path
+    deploy_metrics: Path
+    deploy_report: Path
     workspace: Path
     imgsz: int
+    conf: float
+    iou: float
     options: ExportParams
+    deploy: DeployParams
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> ExportConfig:
@@ -59,9 +70,29 @@ class ExportConfig(BaseModel):
             deploy_dir=params.paths.resolve("deploy_dir", root),
             onnx=params.paths.onnx_model(root),
             metrics=params.paths.resolve("export_metrics", root),
+            deploy_metrics=params.paths.resolve("deploy_metrics", root),
+            deploy_report=params.paths.resolve("deploy_report", root),
             workspace=root,
             imgsz=params.train.imgsz,
+            conf=params.evaluate.conf,
+            iou=params.evaluate.iou,
             options=params.export,
+            deploy=params.deploy,
+        )
+
+    def deploy_inputs(self) -> DeployInputs:
+        """What building and gating the deploy targets needs."""
+        return DeployInputs(
+            model=self.model,
+            deploy_dir=self.deploy_dir,
+            data_yaml=self.data_yaml,
+            metrics=self.deploy_metrics,
+            report=self.deploy_report,
+            workspace=self.workspace,
+            imgsz=self.imgsz,
+            conf=self.conf,
+            iou=self.iou,
+            options=self.deploy,
         )
 
 
@@ -132,6 +163,8 @@ def run(cfg: ExportConfig) -> ExportResult:
         write_text(cfg.deploy_dir / "README.md", f"Nothing was exported: {reason}.\n")
         result = ExportResult(exported=0)
         write_json(cfg.metrics, result.model_dump(exclude_none=True))  # numbers only, no nulls
+        write_json(cfg.deploy_metrics, {})
+        write_json(cfg.deploy_report, {})
         log.warning("not exported: %s", reason)
         return result
     o = cfg.options
@@ -154,16 +187,10 @@ def run(cfg: ExportConfig) -> ExportResult:
     if Path(exported).resolve() != cfg.onnx.resolve():
         shutil.move(exported, cfg.onnx)
 
-    session = onnx_session(cfg.onnx, "CPUExecutionProvider")
-    input_name = session.get_inputs()[0].name
-    images = validation_images(cfg.data_yaml, o.parity_images)
-    inputs = load_inputs(images, cfg.imgsz)
-    model = torch_model(cfg.model, cfg.workspace, "cpu")
-    torch_out, onnx_out = [], []
-    for batch in batches(inputs, o.batch):
-        torch_out.append(torch_forward(model, batch))
-        onnx_out.append(session.run(None, {input_name: batch})[0])
-    reference, candidate = np.concatenate(torch_out), np.concatenate(onnx_out)
+    onnx_runner = open_runner("onnxruntime", cfg.onnx, workspace=cfg.workspace)
+    torch_runner = open_runner("pytorch", cfg.model, workspace=cfg.workspace)
+    inputs = load_inputs(validation_images(cfg.data_yaml, o.parity_images), cfg.imgsz)
+    reference, candidate = predict_all(torch_runner, inputs), predict_all(onnx_runner, inputs)
     box_diff, score_diff, mean_diff, agreement = compare_outputs(reference, candidate)
     passed = box_diff <= o.max_box_diff_px and score_diff <= o.max_score_diff
     result = ExportResult(
@@ -176,7 +203,7 @@ def run(cfg: ExportConfig) -> ExportResult:
         dynamic=o.dynamic,
         simplify=o.simplify,
         export_seconds=round(seconds, 2),
-        onnxruntime_provider=session.get_providers()[0],
+        onnxruntime_provider=onnx_runner.info.provider,
         parity=Parity(
             images=len(reference),
             output_shape=list(reference.shape[1:]),
@@ -204,6 +231,7 @@ def run(cfg: ExportConfig) -> ExportResult:
             stage=STAGE,
             path=cfg.metrics,
         )
+    build_and_gate(cfg.deploy_inputs())
     return result
 
 

@@ -1,7 +1,7 @@
-"""Shared inference plumbing: preprocessing and the runtimes used by ``export`` and ``benchmark``.
+"""Shared inference plumbing: preprocessing, and the sessions and modules ``stages.backends`` wraps.
 
-Both stages feed every backend exactly the same tensors, produced here, so that output differences
-and latencies compare backends and nothing else.
+Every stage feeds every backend exactly the same tensors, produced here, so that output differences,
+accuracies and latencies compare backends and nothing else.
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ def batches(inputs: np.ndarray, batch: int) -> list[np.ndarray]:
     return [pool[i * batch : (i + 1) * batch] for i in range(count)]
 
 
+def cpu_threads(threads: int) -> int:
+    """``threads``, or for 0 the number of cores this process may run on (pinned, so it can be recorded)."""
+    import os
+
+    return threads or len(os.sched_getaffinity(0))
+
+
 def onnx_session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0) -> Any:
     """An ONNX Runtime session that uses ``provider`` or fails.
 
@@ -110,16 +117,3 @@ def torch_model(weights: Path, workspace: Path, device: str = "cpu") -> Any:
     ultralytics = import_ultralytics(workspace)
     model = ultralytics.YOLO(str(weights), task="detect").model
     return model.float().eval().to(device)
-
-
-def torch_forward(model: Any, x: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Raw predictions (the tensor ONNX export produces) for a float32 batch."""
-    import torch
-
-    with torch.inference_mode():
-        out = model(torch.from_numpy(x).to(device))
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    return out.float().cpu().numpy()

@@ -10,11 +10,14 @@ nothing or against the wrong model, so promotion refuses and names the command t
 A candidate that is already production (same weights and ONNX file) changes nothing and says so.
 
 Checks, all required: the pipeline's results are up to date (``dvc status``), the evaluation gate
-passed, export parity passed, and the model's mAP50-95 is not below production's by more than
-``promote.max_map50_95_drop``. On success the new production folder is assembled beside the old one
-and swapped in, so a failure part-way leaves production as it was; then it is versioned with
-``dvc add`` (commit ``models/production.dvc``). Every attempt writes ``reports/promotion.json``; a
-refusal exits non-zero naming each failed check and leaves production untouched.
+passed, export parity passed, the FP32 ONNX model is deployable (its mAP within ``deploy.max_drop``
+of the PyTorch model's), and the model's mAP50-95 is not below production's by more than
+``promote.max_map50_95_drop``. The other deploy artifacts (CPU INT8, TorchScript) go to production
+when they are deployable and are left out when not. On success the new production folder is
+assembled beside the old one and swapped in, so a failure part-way leaves production as it was;
+then it is versioned with ``dvc add`` (commit ``models/production.dvc``). Every attempt writes
+``reports/promotion.json``; a refusal exits non-zero naming each failed check and leaves production
+untouched.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from stages import PIPELINE
 from stages.common import read_json, stage_main, write_json
 from stages.config import Params, PromoteParams
 from stages.data_version import dvc_file_version, folder_version, production_metadata, recorded_data_version
+from stages.deploy.targets import TARGETS
 from stages.errors import PipelineError
 from stages.evaluate import failed_checks
 from stages.report import git_commit
@@ -60,6 +64,7 @@ class PromoteConfig(BaseModel):
     report: Path
     files: dict[str, Path]  # name in production -> file in the workspace
     engine_dir: Path
+    deploy_dir: Path
     options: PromoteParams
 
     @classmethod
@@ -73,6 +78,8 @@ class PromoteConfig(BaseModel):
             "train_facts.json": "train_report",
             "evaluate.json": "evaluate_metrics",
             "export.json": "export_metrics",
+            "deploy.json": "deploy_metrics",
+            "deploy_facts.json": "deploy_report",
             "engine.json": "engine_metrics",
             "benchmark.json": "benchmark_metrics",
             "validate.json": "validate_report",
@@ -84,6 +91,7 @@ class PromoteConfig(BaseModel):
             report=p.resolve("promotion_report", root),
             files={name: p.resolve(key, root) for name, key in names.items()} | {"model.onnx": p.onnx_model(root)},
             engine_dir=p.resolve("engine_dir", root),
+            deploy_dir=p.resolve("deploy_dir", root),
             options=params.promote,
         )
 
@@ -120,7 +128,11 @@ def _sha256(path: Path) -> str:
 
 
 def promotion_checks(
-    evaluate: dict[str, Any], export: dict[str, Any], production: dict[str, Any] | None, max_drop: float
+    evaluate: dict[str, Any],
+    export: dict[str, Any],
+    production: dict[str, Any] | None,
+    max_drop: float,
+    deploy: dict[str, Any] | None = None,
 ) -> list[PromotionCheck]:
     """The rules a candidate must pass, evaluated on its metrics and production's.
 
@@ -129,6 +141,8 @@ def promotion_checks(
         export: The candidate's ``metrics/export.json``.
         production: Production's ``metadata.json``, or ``None`` when there is no production model.
         max_drop: Largest allowed mAP50-95 drop against production.
+        deploy: The candidate's ``metrics/deploy.json``; when given, its FP32 ONNX model must be deployable
+            (the other artifacts are promoted when deployable and left out otherwise).
 
     Returns:
         One check per rule.
@@ -151,6 +165,20 @@ def promotion_checks(
             else "ONNX output differs from PyTorch beyond tolerance",
         ),
     ]
+    if deploy is not None:
+        onnx = deploy.get("onnx-fp32", {})
+        checks.append(
+            PromotionCheck(
+                name="onnx-fp32 deployable",
+                passed=bool(onnx.get("deployable")),
+                message="passed"
+                if onnx.get("deployable")
+                else "nothing was exported"
+                if not onnx
+                else f"its mAP50-95 drop against PyTorch ({onnx.get('drop_map50_95')}) exceeds "
+                f"deploy.max_drop.fp32 ({onnx.get('max_drop')}); see reports/deploy.json",
+            )
+        )
     if production is None:
         checks.append(PromotionCheck(name="no regression", passed=True, message="no production model yet"))
     else:
@@ -244,10 +272,12 @@ def run(cfg: PromoteConfig) -> PromoteResult:
         raise PromotionRefused(f"not promoted: {mismatch}", stage=STAGE, path=cfg.report)
     evaluate = read_json(cfg.files["evaluate.json"], stage=STAGE)
     export = read_json(cfg.files["export.json"], stage=STAGE)
+    # Absent when export failed before building the artifacts (its parity check): nothing is deployable.
+    deploy = read_json(cfg.files["deploy.json"], stage=STAGE) if cfg.files["deploy.json"].is_file() else {}
     current = production_metadata(cfg.production)
     recorded = recorded_data_version(cfg.workspace, cfg.dataset)
     version = recorded.md5 if recorded else None
-    checks = promotion_checks(evaluate, export, current, cfg.options.max_map50_95_drop)
+    checks = promotion_checks(evaluate, export, current, cfg.options.max_map50_95_drop, deploy)
     if (cfg.workspace / "dvc.yaml").is_file():
         stale = stale_stages(cfg.workspace)
         checks.insert(
@@ -293,6 +323,9 @@ def run(cfg: PromoteConfig) -> PromoteResult:
     staging.mkdir(parents=True)
     for name, source in cfg.files.items():
         shutil.copy2(source, staging / name)
+    for name, numbers in deploy.items():  # the other deploy artifacts, only those that are deployable
+        if name in TARGETS and name != "onnx-fp32" and numbers.get("deployable"):
+            shutil.copy2(cfg.deploy_dir / TARGETS[name].file, staging / TARGETS[name].file)
     engine = cfg.engine_dir / "model.engine"
     if engine.is_file():
         shutil.copy2(engine, staging / "model.engine")

@@ -42,6 +42,8 @@ class ReportConfig(BaseModel):
     train_report: Path
     evaluate_metrics: Path
     export_metrics: Path
+    deploy_metrics: Path
+    deploy_report: Path
     engine_metrics: Path
     benchmark_metrics: Path
     environment: Path
@@ -62,6 +64,8 @@ class ReportConfig(BaseModel):
             train_report=p.resolve("train_report", root),
             evaluate_metrics=p.resolve("evaluate_metrics", root),
             export_metrics=p.resolve("export_metrics", root),
+            deploy_metrics=p.resolve("deploy_metrics", root),
+            deploy_report=p.resolve("deploy_report", root),
             engine_metrics=p.resolve("engine_metrics", root),
             benchmark_metrics=p.resolve("benchmark_metrics", root),
             environment=p.resolve("environment", root),
@@ -114,16 +118,51 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def latency_table(benchmark: dict[str, Any]) -> list[str]:
-    """Markdown rows of the latency table."""
-    columns = ["backend", "provider", "device", "precision", "batch", "imgsz"]
-    columns += ["p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s"]
+    """Markdown rows of the latency table, and a warning under it for every row that is not stable."""
+    columns = ["backend", "provider", "device", "precision", "threads", "batch", "imgsz"]
+    columns += ["p50 ms", "p90 ms", "end-to-end ms", "cv", "stable", "img/s"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    unstable = []
     for r in benchmark.get("backends", {}).values():
         lat = r["latency_ms"]
         lines.append(
-            f"| {r['backend']} | {r['provider']} | {r['device']} | {r['precision']} | {r['batch']} | {r['imgsz']} | "
-            f"{lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['mean']:.2f} | {lat['std']:.2f} | "
-            f"{r['throughput_ips']:.1f} |"
+            f"| {r['backend']} | {r['provider']} | {r['device']} | {r['precision']} | {_fmt(r['threads'])} | "
+            f"{r['batch']} | {r['imgsz']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {_fmt(r['end_to_end_ms'], 2)} | "
+            f"{r['cv']:.2f} | {'yes' if r['stable'] else '**NO**'} | {r['throughput_ips']:.1f} |"
+        )
+        if not r["stable"]:
+            unstable.append(r["backend"])
+    if unstable:
+        lines += [
+            "",
+            f"**Not stable:** {', '.join(unstable)}: the rounds disagree (cv above 0.10, or a p50 over 3 "
+            "times the fastest call); the machine was busy. Rerun before comparing.",
+        ]
+    return lines
+
+
+def deploy_table(metrics: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """Markdown rows of the deploy artifacts: accuracy against the PyTorch model, size, and the verdict."""
+    if not facts:
+        return ["Nothing was built: nothing was exported."]
+    reference = metrics["pytorch"]
+    lines = [
+        f"PyTorch model, same preprocessing, NMS and mAP code: mAP50 {reference['map50']:.4f}, "
+        f"mAP50-95 {reference['map50_95']:.4f}.",
+        "",
+        "| artifact | precision | mAP50 | mAP50-95 | drop (points) | size MB | deployable | why |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f in facts.items():
+        m = metrics[name]
+        drop = m.get("drop_map50_95")
+        share = m.get("integer_conv_share")
+        lines.append(
+            f"| {name} | {f['precision']} | {_fmt(m.get('map50'))} | {_fmt(m.get('map50_95'))} | "
+            f"{'—' if drop is None else f'{drop * 100:+.2f}'} | {_fmt(m.get('size_mb'), 2)} | "
+            f"{'yes' if f['deployable'] else '**no**'} | {f['reason']}"
+            f"{'; ' + f['scheme'] if f.get('scheme') else ''}"
+            f"{'' if share is None else f'; {share:.0%} of convolutions run as integer ops'} |"
         )
     return lines
 
@@ -157,6 +196,8 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
     train_facts = read_json(cfg.train_report, stage=STAGE)
     evaluate = read_json(cfg.evaluate_metrics, stage=STAGE)
     export = read_json(cfg.export_metrics, stage=STAGE)
+    deploy_metrics = read_json(cfg.deploy_metrics, stage=STAGE)
+    deploy_facts = read_json(cfg.deploy_report, stage=STAGE)
     engine = read_json(cfg.engine_metrics, stage=STAGE)
     benchmark = read_json(cfg.benchmark_metrics, stage=STAGE)
     env = read_json(cfg.environment, stage=STAGE)
@@ -211,6 +252,10 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
         "## Export",
         "",
         _export_text(export),
+        "",
+        "### Deploy artifacts",
+        "",
+        *deploy_table(deploy_metrics, deploy_facts),
         "",
         "## Latency",
         "",

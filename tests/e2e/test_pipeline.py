@@ -90,17 +90,37 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
     assert export["parity"]["passed"] is True and export["parity"]["images"] == 4
     assert export["parity"]["max_abs_diff_scores"] < 1e-3
 
+    deploy = ws.json("metrics/deploy.json")
+    assert set(deploy) == {"pytorch", "onnx-fp32", "onnx-int8"}
+    assert all(isinstance(v, (int, float)) for v in _leaves(deploy)), "metrics hold numbers only"
+    for name in ("onnx-fp32", "onnx-int8"):
+        artifact = deploy[name]
+        assert {"map50", "map50_95", "drop_map50_95", "size_mb", "deployable"} <= set(artifact), artifact
+        assert artifact["drop_map50_95"] == pytest.approx(deploy["pytorch"]["map50_95"] - artifact["map50_95"])
+    assert deploy["onnx-int8"]["integer_conv_share"] >= 0.85
+    assert deploy["onnx-int8"]["size_mb"] < deploy["onnx-fp32"]["size_mb"] / 2
+    facts = ws.json("reports/deploy.json")
+    assert facts["onnx-int8"]["precision"] == "int8" and "head tail in float" in facts["onnx-int8"]["scheme"]
+    for name, fact in facts.items():
+        assert fact["deployable"] == bool(deploy[name]["deployable"]) and fact["reason"]
+        assert (ws.root / fact["file"]).is_file() == fact["deployable"] or name == "onnx-fp32"
+
     engine = ws.json("metrics/engine.json")
     assert engine["status"] == "skipped" and "CUDA" in engine["reason"]
 
-    rows = ws.json("metrics/benchmark.json")["backends"]
-    assert {"onnxruntime-cpu", "pytorch-cpu"} <= set(rows)
-    assert rows["onnxruntime-cpu"]["provider"] == "CPUExecutionProvider"
-    for row in rows.values():
+    benchmark = ws.json("metrics/benchmark.json")
+    rows = benchmark["backends"]
+    expected = {"onnxruntime-cpu", "pytorch-cpu"}
+    expected |= {"onnxruntime-cpu-int8"} if deploy["onnx-int8"]["deployable"] else set()
+    assert expected <= set(rows), benchmark["skipped"]
+    assert rows["onnxruntime-cpu"]["provider"].endswith("CPUExecutionProvider")
+    for name, row in rows.items():
         lat = row["latency_ms"]
-        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["max"] and lat["p10"] <= lat["p90"] <= lat["p99"]
         assert row["iterations"] == 5 and row["warmup"] == 1 and row["batch"] == 1 and row["imgsz"] == 64
-        assert row["throughput_ips"] > 0 and row["precision"] == "fp32"
+        assert row["rounds"] == 5 and len(row["round_p50_ms"]) == 5 and row["cv"] >= 0 and row["stable"] in (0, 1)
+        assert row["model_ms"] == lat["p50"] and row["end_to_end_ms"] > 0 and row["threads"] >= 1
+        assert row["throughput_ips"] > 0 and row["precision"] == ("int8" if name.endswith("int8") else "fp32")
 
     card = (ws.root / "reports/model_card.md").read_text()
     lock = yaml.safe_load((ws.root / "dvc.lock").read_text())
@@ -110,6 +130,7 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
         "## Evaluation",
         "### Gate",
         "## Export",
+        "### Deploy artifacts",
         "## Latency",
         "## Dataset validation",
         "## Params",
@@ -163,10 +184,12 @@ def test_flow_run_is_reused_by_repro_and_publishes_artifacts(ws: Workspace, monk
     # The CLI flow run before promoted this very model: promoting it again changes nothing.
     assert result.promoted_version is None and result.unchanged_version == 1
     assert ws.json("models/production/metadata.json")["version"] == 1
-    expected = {"stage-runs", "gate-verdict", "evaluation-metrics", "latency", "model-card", "promotion"}
+    expected = {"stage-runs", "gate-verdict", "evaluation-metrics", "deploy-artifacts", "latency", "model-card"}
+    expected.add("promotion")
     assert expected | {"metrics-vs-production"} <= set(artifacts)
     assert {row["backend"] for row in artifacts["latency"]} >= {"onnxruntime-cpu", "pytorch-cpu"}
     assert all(row["passed"] for row in artifacts["gate-verdict"])
+    assert {row["artifact"] for row in artifacts["deploy-artifacts"]} == {"onnx-fp32", "onnx-int8"}
     # Against production as it was when the run started: version 1, promoted by the CLI run before.
     production, evaluate = ws.json("models/production/metadata.json"), ws.json("metrics/evaluate.json")
     vs_production = {row["metric"]: row for row in artifacts["metrics-vs-production"]}
@@ -183,6 +206,7 @@ ARTIFACT_KEYS = (
     "stage-runs",
     "gate-verdict",
     "evaluation-metrics",
+    "deploy-artifacts",
     "latency",
     "model-card",
     "promotion",

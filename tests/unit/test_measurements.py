@@ -1,19 +1,29 @@
 import numpy as np
 import pytest
 
-from stages.benchmark import summarise, time_calls
+from stages.benchmark import stability, summarise, time_calls
 from stages.errors import ExportError
 from stages.export import compare_outputs
 from stages.inference import batches, letterbox
 
 
 def test_summarise_percentiles():
-    lat = summarise([float(v) for v in range(1, 101)])
-    assert lat.p50 == pytest.approx(50.5)
+    lat = summarise([float(v) for v in range(1, 101)], round_p50s=[40.0, 50.5, 60.0])
+    assert lat.p50 == pytest.approx(50.5)  # the median of the round p50s
+    assert lat.p10 == pytest.approx(10.9)
     assert lat.p90 == pytest.approx(90.1)
     assert lat.p99 == pytest.approx(99.01)
     assert lat.min == 1 and lat.max == 100
     assert lat.mean == pytest.approx(50.5)
+
+
+def test_stability_flags_spread_rounds_and_a_p50_far_above_the_fastest_call():
+    cv, stable = stability([10.0, 10.2, 9.9, 10.1, 10.0], p50=10.0, fastest=9.0)
+    assert cv < 0.02 and stable
+    cv, stable = stability([10.0, 14.0, 9.0, 21.0, 10.0], p50=10.0, fastest=9.0)
+    assert cv > 0.10 and not stable
+    assert not stability([10.0, 10.0], p50=10.0, fastest=3.0)[1]  # p50 over 3x the fastest call
+    assert stability([10.0], p50=10.0, fastest=9.0) == (0.0, True)  # one round: no spread to measure
 
 
 def test_time_calls_runs_warmup_untimed():

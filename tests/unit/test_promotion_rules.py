@@ -49,3 +49,13 @@ def test_regression_against_production_respects_the_allowed_drop():
     worse = by_name(promotion_checks(evaluate(0.28), EXPORT_OK, production, 0.0))["no regression"]
     assert not worse.passed and "production v3" in worse.message
     assert by_name(promotion_checks(evaluate(0.28), EXPORT_OK, production, 0.05))["no regression"].passed
+
+
+def test_an_fp32_onnx_model_over_its_accuracy_limit_is_never_promoted():
+    deployable = {"onnx-fp32": {"deployable": 1, "drop_map50_95": 0.001, "max_drop": 0.002}}
+    assert by_name(promotion_checks(evaluate(), EXPORT_OK, None, 0.0, deployable))["onnx-fp32 deployable"].passed
+    over = {"onnx-fp32": {"deployable": 0, "drop_map50_95": 0.004, "max_drop": 0.002}}
+    check = by_name(promotion_checks(evaluate(), EXPORT_OK, None, 0.0, over))["onnx-fp32 deployable"]
+    assert not check.passed and "0.004" in check.message and "deploy.max_drop.fp32" in check.message
+    empty = by_name(promotion_checks(evaluate(), EXPORT_OK, None, 0.0, {}))["onnx-fp32 deployable"]
+    assert not empty.passed and empty.message == "nothing was exported"

@@ -1,0 +1,199 @@
+"""Build every deploy target, measure its mAP the way the PyTorch model's is measured, and gate it.
+
+An artifact whose mAP50-95 falls below the PyTorch model's by more than ``deploy.max_drop`` for its
+precision, or whose build or check fails, is marked not deployable with the reason; the others go
+on. Only deployable artifacts stay in the deploy folder (and only they are ever promoted).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from stages.backends import open_runner
+from stages.backends.base import predict_all
+from stages.common import write_json
+from stages.config import DeployParams
+from stages.deploy.accuracy import Accuracy, calibration_inputs, detection_map, labelled_split
+from stages.deploy.int8 import check_scores, quantize
+from stages.deploy.targets import TARGETS, Target
+from stages.errors import PipelineError
+from stages.inference import load_inputs
+
+log = logging.getLogger(__name__)
+
+SCORE_CHECK_IMAGES = 16  # validation images the INT8 scores are compared with FP32's on
+
+
+class DeployInputs(BaseModel):
+    """What building and gating the artifacts reads and writes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: Path  # the PyTorch checkpoint: the reference every drop is taken from
+    deploy_dir: Path  # holds model.onnx (FP32, parity checked) on entry
+    data_yaml: Path
+    metrics: Path
+    report: Path
+    workspace: Path
+    imgsz: int
+    conf: float
+    iou: float
+    options: DeployParams
+
+
+class ArtifactMetrics(BaseModel):
+    """One artifact's numbers in ``metrics/deploy.json`` (``map*`` absent when it could not be built)."""
+
+    deployable: int
+    map50: float | None = None
+    map50_95: float | None = None
+    drop_map50_95: float | None = None
+    max_drop: float
+    size_mb: float | None = None
+    build_seconds: float | None = None
+    integer_conv_share: float | None = None  # INT8: convolutions ONNX Runtime runs as integer ops
+
+
+class ArtifactFacts(BaseModel):
+    """One artifact's text in ``reports/deploy.json``."""
+
+    file: str | None
+    backend: str
+    precision: str
+    provider: str | None = None
+    scheme: str | None = None
+    deployable: bool
+    reason: str
+
+
+class DeployResult(BaseModel):
+    """Every target's numbers and facts, and the reference mAP they are compared with."""
+
+    reference: Accuracy
+    metrics: dict[str, ArtifactMetrics]
+    facts: dict[str, ArtifactFacts]
+
+    @property
+    def deployable(self) -> list[str]:
+        return [name for name, m in self.metrics.items() if m.deployable]
+
+
+class _Built(BaseModel):
+    scheme: str | None = None
+    integer_conv_share: float | None = None
+
+
+def _build(target: Target, cfg: DeployInputs, path: Path) -> _Built:
+    """Write ``path`` for ``target`` (``onnx-fp32`` is the export's own file)."""
+    onnx = cfg.deploy_dir / TARGETS["onnx-fp32"].file
+    if target.name == "onnx-fp32":
+        return _Built()
+    if target.name == "onnx-int8":
+        int8 = cfg.options.int8
+        images = calibration_inputs(cfg.data_yaml, int8.calibration_images, cfg.imgsz)
+        build = quantize(onnx, path, images, int8.calibration_method)
+        probe = load_inputs(labelled_split(cfg.data_yaml, "val", SCORE_CHECK_IMAGES).paths, cfg.imgsz)
+        fp32 = open_runner("onnxruntime", onnx, workspace=cfg.workspace)
+        quantized = open_runner("onnxruntime", path, workspace=cfg.workspace, precision="int8")
+        check_scores(predict_all(fp32, probe), predict_all(quantized, probe))
+        log.info(
+            "INT8 (%s, %s calibration on %d train images): %d of %d convolutions run as integer ops",
+            build.scheme,
+            build.method,
+            build.calibration_images,
+            build.integer_convs,
+            build.convs,
+        )
+        return _Built(scheme=f"{build.scheme}, {build.method} calibration", integer_conv_share=build.integer_conv_share)
+    if target.name == "torchscript-fp32":
+        import torch
+
+        from stages.backends.torchscript import trace
+        from stages.inference import torch_model
+
+        batch = open_runner("onnxruntime", onnx, workspace=cfg.workspace).batch or 1
+        module = torch_model(cfg.model, cfg.workspace, "cpu").fuse(verbose=False)
+        trace(module, torch.zeros(batch, 3, cfg.imgsz, cfg.imgsz), path)
+        return _Built(scheme="torch.jit.trace of the fused model")
+    raise PipelineError(f"no builder for deploy target {target.name!r}", key="deploy.targets")
+
+
+def build_and_gate(cfg: DeployInputs) -> DeployResult:
+    """Build each of ``deploy.targets``, measure and gate it, and write the metrics and report.
+
+    Raises:
+        PipelineError: When the reference (the PyTorch model) cannot be measured.
+    """
+    data = labelled_split(cfg.data_yaml, "val", cfg.options.eval_images)
+    reference = detection_map(
+        open_runner("pytorch", cfg.model, workspace=cfg.workspace), data, cfg.imgsz, cfg.conf, cfg.iou
+    )
+    log.info(
+        "PyTorch reference on %d val images: mAP50 %.4f, mAP50-95 %.4f",
+        len(data.paths),
+        reference.map50,
+        reference.map50_95,
+    )
+    metrics: dict[str, ArtifactMetrics] = {}
+    facts: dict[str, ArtifactFacts] = {}
+    for name in cfg.options.targets:
+        target = TARGETS[name]
+        limit = getattr(cfg.options.max_drop, target.precision)
+        path = cfg.deploy_dir / target.file
+        started = time.perf_counter()
+        try:
+            built = _build(target, cfg, path)
+            seconds = round(time.perf_counter() - started, 2)
+            runner = open_runner(target.backend, path, workspace=cfg.workspace, precision=target.precision)
+            accuracy = detection_map(runner, data, cfg.imgsz, cfg.conf, cfg.iou)
+        except PipelineError as exc:
+            path.unlink(missing_ok=True)
+            log.error("%s is not deployable: %s", name, exc)
+            metrics[name] = ArtifactMetrics(deployable=0, max_drop=limit)
+            facts[name] = ArtifactFacts(
+                file=None, backend=target.backend, precision=target.precision, deployable=False, reason=str(exc)
+            )
+            continue
+        drop = round(reference.map50_95 - accuracy.map50_95, 6)
+        deployable = drop <= limit
+        reason = (
+            f"mAP50-95 {accuracy.map50_95:.4f}, {drop * 100:+.2f} points below PyTorch's {reference.map50_95:.4f} "
+            f"({'within' if deployable else 'beyond'} the {target.precision} limit of {limit * 100:.2f} points)"
+        )
+        metrics[name] = ArtifactMetrics(
+            deployable=int(deployable),
+            map50=accuracy.map50,
+            map50_95=accuracy.map50_95,
+            drop_map50_95=drop,
+            max_drop=limit,
+            size_mb=round(path.stat().st_size / 1e6, 3),
+            build_seconds=seconds,
+            integer_conv_share=None if built.integer_conv_share is None else round(built.integer_conv_share, 4),
+        )
+        facts[name] = ArtifactFacts(
+            file=path.relative_to(cfg.workspace).as_posix() if path.is_relative_to(cfg.workspace) else str(path),
+            backend=target.backend,
+            precision=runner.info.precision,
+            provider=runner.info.provider,
+            scheme=built.scheme,
+            deployable=deployable,
+            reason=reason,
+        )
+        if deployable:
+            log.info("%s deployable: %s", name, reason)
+        else:
+            log.error("%s NOT deployable: %s", name, reason)
+        if not deployable and name != "onnx-fp32":
+            path.unlink()  # never shipped; onnx-fp32 stays for the stages that measure it, marked not deployable
+    result = DeployResult(reference=reference, metrics=metrics, facts=facts)
+    write_json(
+        cfg.metrics,
+        {"pytorch": reference.model_dump(include={"map50", "map50_95"})}
+        | {name: m.model_dump(exclude_none=True) for name, m in metrics.items()},
+    )
+    write_json(cfg.report, {name: f.model_dump() for name, f in facts.items()})
+    return result

@@ -1,0 +1,215 @@
+"""CPU INT8 with ONNX Runtime's own quantization tools: the scheme that is faster, not the default one.
+
+ONNX Runtime's default static quantization (S8S8, also what Ultralytics' ``int8=True`` makes) leaves
+most convolutions in float on our CPUs and runs slower than FP32. What runs fast (measured on AMD
+Zen 4 with VNNI, see the README's "Deploying") is Q/DQ with activations QUInt8, weights QInt8 per
+output channel, and the detection head's tail kept in float: the DFL, the box decode, the final
+Concat and Sigmoid. Quantizing that final Concat (boxes in pixels next to scores in [0, 1], on one
+scale) rounds every score to zero, so :func:`check_scores` refuses a model whose scores collapse.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from stages.errors import ExportError
+
+Method = Literal["minmax", "entropy", "percentile"]
+INTEGER_CONVS = {"QLinearConv", "ConvInteger"}
+FLOAT_CONVS = {"Conv", "FusedConv"}
+# A branch of the detection head that holds its convolutions (quantized); the rest of the head is its tail.
+_HEAD_CONV_BRANCH = re.compile(r"^(one2one_)?cv\d+(\.\d+)?$")  # cv2, cv3.1, one2one_cv2.0
+_MODULE = re.compile(r"^/model\.(\d+)/")
+
+
+class Int8Build(BaseModel):
+    """What quantization built: the scheme, and how many convolutions ONNX Runtime runs as integer ops."""
+
+    scheme: str
+    method: str
+    calibration_images: int
+    excluded_nodes: int
+    convs: int
+    integer_convs: int
+
+    @property
+    def integer_conv_share(self) -> float:
+        return self.integer_convs / self.convs if self.convs else 0.0
+
+
+def head_tail_nodes(model: object) -> list[str]:
+    """Names of the detection head's nodes outside its convolution branches (``/model.<last>/...``).
+
+    ``model`` is an ``onnx.ModelProto`` exported by Ultralytics, whose node names follow the module
+    path; the head is the last module. For YOLO11 that is ``/model.23/``: its DFL, decode, Concats
+    and Sigmoid are returned, its convolution branches (``/model.23/cv2.0/...``, ``cv3.1``, ...) are not.
+    """
+    nodes = list(model.graph.node)  # type: ignore[attr-defined]
+    indices = [int(m.group(1)) for n in nodes if (m := _MODULE.match(n.name))]
+    if not indices:
+        raise ExportError("the ONNX model's node names do not follow Ultralytics' /model.N/ layout")
+    prefix = f"/model.{max(indices)}/"
+    tail = []
+    for node in nodes:
+        if node.name.startswith(prefix):
+            branch = node.name[len(prefix) :].split("/")[0]
+            if not _HEAD_CONV_BRANCH.match(branch):
+                tail.append(node.name)
+    return tail
+
+
+class _Reader:
+    """ONNX Runtime's calibration data reader over letterboxed images, one model-sized batch at a time."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch: int) -> None:
+        self.input_name = input_name
+        self.batches: Iterator[np.ndarray] = (images[i : i + batch] for i in range(0, len(images) - batch + 1, batch))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        chunk = next(self.batches, None)
+        return None if chunk is None else {self.input_name: np.ascontiguousarray(chunk, dtype=np.float32)}
+
+    def rewind(self) -> None:  # ONNX Runtime's reader interface; each reader is read once here
+        raise NotImplementedError
+
+
+def quantize(
+    source: Path, out: Path, images: np.ndarray, method: Method, exclude: list[str] | None = None
+) -> Int8Build:
+    """Build the INT8 Q/DQ model of ``source`` (U8S8, weights per channel, head tail in float).
+
+    Args:
+        source: The FP32 ONNX model that passed the parity check.
+        out: Where to write the INT8 model.
+        images: Letterboxed calibration images (train split, never val), N x 3 x H x W.
+        method: Calibration: ``minmax``, ``entropy`` (KL divergence) or ``percentile`` (99.999 %).
+        exclude: Node names to keep in float; ``None``: the head tail (:func:`head_tail_nodes`).
+
+    Raises:
+        ExportError: When there are fewer calibration images than one batch of the model.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(source))
+    first = model.graph.input[0]
+    dim = first.type.tensor_type.shape.dim[0]
+    batch = dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 1
+    if len(images) < batch:
+        raise ExportError(f"{len(images)} calibration images, fewer than the model's batch of {batch}", path=source)
+    excluded = head_tail_nodes(model) if exclude is None else exclude
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # No quant_pre_process: its graph optimizations rename nodes, and the head tail is excluded by name.
+    # ONNX Runtime's advice to run it goes to the root logger on every call; it is dropped, nothing else is.
+    advice = _DropMessage("consider to run pre-processing", "consider pre-processing")
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_static(
+            str(source),
+            str(out),
+            _Reader(first.name, images, batch),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=excluded,
+            calibrate_method=calibrate,
+            extra_options={"CalibTensorRangeSymmetric": False},
+            calibration_providers=["CPUExecutionProvider"],
+        )
+    finally:
+        logging.getLogger().removeFilter(advice)
+    convs, integer = count_convs(out)
+    return Int8Build(
+        scheme="QDQ U8S8 per-channel, head tail in float" if exclude is None else "QDQ U8S8 per-channel",
+        method=method,
+        calibration_images=len(images) // batch * batch,
+        excluded_nodes=len(excluded),
+        convs=convs,
+        integer_convs=integer,
+    )
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message contains one of the given phrases."""
+
+    def __init__(self, *phrases: str) -> None:
+        super().__init__()
+        self.phrases = phrases
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(p in record.getMessage() for p in self.phrases)
+
+
+def count_convs(path: Path) -> tuple[int, int]:
+    """Convolutions in the model ONNX Runtime actually runs (after its CPU graph fusions), and how many are integer.
+
+    The Q/DQ file only says where quantization is allowed; whether a ``DequantizeLinear -> Conv ->
+    QuantizeLinear`` group becomes an integer kernel is decided when the session optimizes the graph.
+    So the session's optimized model is saved and counted.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="int8-optimized-") as scratch:
+        optimized = Path(scratch) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
+    integer = sum(op in INTEGER_CONVS for op in ops)
+    return integer + sum(op in FLOAT_CONVS for op in ops), integer
+
+
+class ScoreCheck(BaseModel):
+    """How the INT8 model's class scores compare with FP32's on the same images."""
+
+    max_score_fp32: float
+    max_score_int8: float
+    confident_boxes: int  # anchors FP32 scores at least ``confident`` for some class
+    top_class_agreement: float  # on those anchors (1.0 when there are none)
+
+
+def check_scores(reference: np.ndarray, candidate: np.ndarray, confident: float = 0.25) -> ScoreCheck:
+    """Compare raw (N, 4 + classes, anchors) outputs of FP32 and INT8 on the same images.
+
+    Raises:
+        ExportError: When the INT8 scores collapsed: all zero where FP32's are not, or the top class
+            disagreeing with FP32 on most of the anchors FP32 is confident about.
+    """
+    ref, cand = reference[:, 4:], candidate[:, 4:]
+    ref_max = ref.max(axis=1)  # (N, anchors)
+    sure = ref_max >= confident
+    agreement = float(np.mean(ref.argmax(axis=1)[sure] == cand.argmax(axis=1)[sure])) if sure.any() else 1.0
+    check = ScoreCheck(
+        max_score_fp32=float(ref.max()),
+        max_score_int8=float(cand.max()),
+        confident_boxes=int(sure.sum()),
+        top_class_agreement=agreement,
+    )
+    if check.max_score_int8 <= 0.0 < check.max_score_fp32:
+        raise ExportError(
+            "the INT8 model's scores collapsed: every class score is 0 "
+            f"(FP32's highest is {check.max_score_fp32:.3g}); the head's final Concat must stay in float"
+        )
+    if agreement < 0.5:
+        raise ExportError(
+            f"the INT8 model's top class agrees with FP32 on only {agreement:.0%} of {check.confident_boxes} "
+            "confident boxes; try deploy.int8.calibration_method or more deploy.int8.calibration_images"
+        )
+    return check
