@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from stages.backends import RunInfo, Runner, open_runner
+from stages.backends import Runner, open_runner
 from stages.backends.base import Precision
+from stages.build_engine import ENGINE_NAME
 from stages.common import read_json, stage_main, write_json
 from stages.config import BenchmarkParams, Params
 from stages.datasets import read_prepared_yaml
@@ -38,7 +39,7 @@ from stages.inference import batches, letterbox, load_inputs, onnx_input_batch, 
 log = logging.getLogger(__name__)
 
 STAGE = "benchmark"
-GPU_BACKENDS = ("onnxruntime-cuda", "pytorch-cuda", "tensorrt")
+GPU_BACKENDS = ("onnxruntime-cuda", "pytorch-cuda", "pytorch-cuda-graph", "pytorch-cuda-graph-fp32", "tensorrt")
 
 
 class BenchmarkConfig(BaseModel):
@@ -172,18 +173,23 @@ class RowSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     backend: str  # a key of stages.backends.BACKENDS
-    artifact: str  # "checkpoint", or a deploy target (stages.deploy.targets)
+    artifact: str  # "checkpoint", "engine", or a deploy target (stages.deploy.targets)
     device: str
-    precision: Precision = "fp32"
+    precision: Precision | None = "fp32"  # None: as built (the engine's)
 
 
 ROWS: dict[str, RowSpec] = {
     "onnxruntime-cpu": RowSpec(backend="onnxruntime", artifact="onnx-fp32", device="cpu"),
     "onnxruntime-cpu-int8": RowSpec(backend="onnxruntime", artifact="onnx-int8", device="cpu", precision="int8"),
+    "openvino-cpu": RowSpec(backend="openvino", artifact="openvino-fp32", device="cpu"),
+    "openvino-cpu-int8": RowSpec(backend="openvino", artifact="openvino-int8", device="cpu", precision="int8"),
     "torchscript-cpu": RowSpec(backend="torchscript", artifact="torchscript-fp32", device="cpu"),
     "pytorch-cpu": RowSpec(backend="pytorch", artifact="checkpoint", device="cpu"),
     "onnxruntime-cuda": RowSpec(backend="onnxruntime", artifact="onnx-fp32", device="cuda"),
     "pytorch-cuda": RowSpec(backend="pytorch", artifact="checkpoint", device="cuda"),
+    "pytorch-cuda-graph": RowSpec(backend="pytorch-cuda-graph", artifact="checkpoint", device="cuda", precision="fp16"),
+    "pytorch-cuda-graph-fp32": RowSpec(backend="pytorch-cuda-graph", artifact="checkpoint", device="cuda"),
+    "tensorrt": RowSpec(backend="tensorrt", artifact="engine", device="cuda", precision=None),
 }
 
 
@@ -219,6 +225,11 @@ def _artifact(spec: RowSpec, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Pa
     """
     if spec.artifact == "checkpoint":
         return cfg.model
+    if spec.artifact == "engine":
+        engine = read_json(cfg.engine_metrics, stage=STAGE)
+        if engine.get("status") != "built":
+            raise BackendUnavailable(f"no TensorRT engine: {engine.get('reason')}")
+        return cfg.engine_dir / ENGINE_NAME
     facts = deploy.get(spec.artifact)
     if facts is None:
         raise BackendUnavailable(f"{spec.artifact} was not built (not in deploy.targets)")
@@ -227,53 +238,13 @@ def _artifact(spec: RowSpec, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Pa
     return cfg.deploy_dir / TARGETS[spec.artifact].file
 
 
-def _tensorrt(cfg: BenchmarkConfig) -> Runner:
-    engine_info = read_json(cfg.engine_metrics, stage=STAGE)
-    if engine_info.get("status") != "built":
-        raise BackendUnavailable(f"no TensorRT engine: {engine_info.get('reason')}")
-    import torch
-
-    from stages.runtime import import_ultralytics
-
-    import_ultralytics(cfg.workspace)
-    from ultralytics.nn.autobackend import AutoBackend
-
-    engine = cfg.engine_dir / "model.engine"
-    backend = AutoBackend(str(engine), device=torch.device("cuda:0"), fp16=engine_info["precision"] == "fp16")
-    dtype = torch.float16 if getattr(backend, "fp16", False) else torch.float32
-
-    class _Engine:
-        batch = cfg.options.batch
-        info = RunInfo(
-            backend="tensorrt",
-            provider=f"TensorRT {engine_info.get('tensorrt')}",
-            device=f"cuda:0 {torch.cuda.get_device_name(0)}",
-            precision=engine_info["precision"],
-            threads=None,
-        )
-
-        def place(self, x: np.ndarray) -> Any:
-            return torch.from_numpy(x).to("cuda:0", dtype)
-
-        def forward(self, placed: Any) -> Any:
-            out = backend(placed)
-            torch.cuda.synchronize()
-            return out
-
-        def predict(self, x: np.ndarray) -> np.ndarray:
-            out = self.forward(self.place(x))
-            return (out[0] if isinstance(out, (list, tuple)) else out).float().cpu().numpy()
-
-    return _Engine()
-
-
 def _gpu_available(backend: str, cfg: BenchmarkConfig) -> bool:
     """Whether an optional GPU backend can run here (checked cheaply, without failing)."""
     import torch
 
     if not torch.cuda.is_available():
         return False
-    if backend == "pytorch-cuda":
+    if backend.startswith("pytorch-cuda"):
         return True
     if backend == "onnxruntime-cuda":
         import onnxruntime as ort
@@ -285,15 +256,15 @@ def _gpu_available(backend: str, cfg: BenchmarkConfig) -> bool:
 
 
 def _open(backend: str, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Runner:
-    if backend == "tensorrt":
-        return _tensorrt(cfg)
     spec = ROWS[backend]
+    path = _artifact(spec, cfg, deploy)
+    precision = spec.precision or read_json(cfg.engine_metrics, stage=STAGE)["precision"]
     return open_runner(
         spec.backend,
-        _artifact(spec, cfg, deploy),
+        path,
         workspace=cfg.workspace,
         device=spec.device,
-        precision=spec.precision,
+        precision=precision,
         threads=cfg.options.threads,
     )
 

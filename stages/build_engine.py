@@ -1,10 +1,12 @@
-"""Stage ``build_engine``: build a TensorRT engine from the trained model, where the machine can.
+"""Stage ``build_engine``: build a TensorRT engine from the checked ONNX model, where the machine can.
 
 TensorRT needs an NVIDIA GPU and the ``tensorrt`` package (the ``gpu`` extra). Without them the stage
 records ``status: skipped`` with the reason and succeeds, unless ``engine.required`` is true, in which
-case it fails. The engine is built by Ultralytics' TensorRT exporter (which handles the TensorRT 10
-and 11 precision APIs) in a scratch folder, then moved to ``<engine_dir>/model.engine``. The stage
-depends on the environment fingerprint, so a new GPU or TensorRT version rebuilds the engine.
+case it fails. The engine is built with TensorRT's own Python API (``stages/backends/tensorrt.py``)
+from the FP32 ONNX model that passed the export checks, prepared for the precision (FP16 converted,
+INT8 as signed symmetric Q/DQ calibrated on train images), with a persistent timing cache
+(``paths.engine_timing_cache``) and a sidecar JSON that the TensorRT backend checks before running it.
+The stage depends on the environment fingerprint, so a new GPU or TensorRT version rebuilds the engine.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.common import read_json, stage_main, write_json
 from stages.config import EngineParams, Params
+from stages.deploy.accuracy import calibration_inputs
 from stages.errors import EngineUnavailable, PipelineError
-from stages.runtime import import_ultralytics
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,15 @@ class BuildEngineConfig(BaseModel):
 
     model: Path
     export_metrics: Path
+    deploy_dir: Path
+    data_yaml: Path
     engine_dir: Path
+    timing_cache: Path
     metrics: Path
     workspace: Path
     imgsz: int
-    batch: int
+    batch_sizes: list[int]  # the optimization profile covers these (engine.batch_sizes, else export.batch)
+    calibration_images: int
     options: EngineParams
 
     @classmethod
@@ -50,11 +56,15 @@ class BuildEngineConfig(BaseModel):
         return cls(
             model=params.paths.resolve("model", root),
             export_metrics=params.paths.resolve("export_metrics", root),
+            deploy_dir=params.paths.resolve("deploy_dir", root),
+            data_yaml=params.paths.resolve("prepared", root) / "data.yaml",
             engine_dir=params.paths.resolve("engine_dir", root),
+            timing_cache=params.paths.resolve("engine_timing_cache", root),
             metrics=params.paths.resolve("engine_metrics", root),
             workspace=root,
             imgsz=params.train.imgsz,
-            batch=params.export.batch,
+            batch_sizes=params.engine.batch_sizes or [params.export.batch],
+            calibration_images=params.deploy.int8.calibration_images,
             options=params.engine,
         )
 
@@ -111,8 +121,10 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
     reason = missing_prerequisite() if exported else "nothing was exported (the evaluation gate failed)"
     if reason is not None:
         result = BuildEngineResult(
-            status="skipped", reason=reason, precision=precision, imgsz=cfg.imgsz, batch=cfg.batch
+            status="skipped", reason=reason, precision=precision, imgsz=cfg.imgsz, batch=cfg.batch_sizes[0]
         )
+        cfg.timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        cfg.timing_cache.touch()  # a DVC output: empty until a build fills it (TensorRT starts a new one)
         write_json(cfg.metrics, result)
         # Say so where a user looks for the engine (this also keeps the DVC output from being empty).
         (cfg.engine_dir / "README.md").write_text(
@@ -124,47 +136,45 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
         log.warning("TensorRT engine skipped: %s", reason)
         return result
 
-    import tensorrt
-    import torch
+    from stages.backends import tensorrt as trt_backend
 
-    ultralytics = import_ultralytics(cfg.workspace)
+    onnx = cfg.deploy_dir / "model.onnx"
+    calibration = None
+    if precision == "int8":
+        calibration = calibration_inputs(cfg.data_yaml, cfg.calibration_images, cfg.imgsz)
     started = time.perf_counter()
+    target = cfg.engine_dir / ENGINE_NAME
     with tempfile.TemporaryDirectory(prefix="engine-") as tmp:
-        # Export from a copy so Ultralytics' intermediate ONNX never lands beside models/best.pt.
-        scratch = Path(tmp) / "model.pt"
-        shutil.copyfile(cfg.model, scratch)
-        built = ultralytics.YOLO(str(scratch), task="detect").export(
-            format="engine",
-            imgsz=cfg.imgsz,
-            batch=cfg.batch,
-            quantize=16 if precision == "fp16" else None,
-            workspace=cfg.options.workspace_gib,
-            device=0,
-            verbose=False,
+        prepared = trt_backend.engine_onnx(onnx, precision, Path(tmp) / f"model.{precision}.onnx", calibration)
+        sidecar = trt_backend.build(
+            prepared,
+            target,
+            precision=precision,
+            batch_sizes=cfg.batch_sizes,
+            workspace_gib=cfg.options.workspace_gib,
+            timing_cache=cfg.timing_cache,
+            source_onnx=onnx,
         )
-        if not built or not Path(built).is_file():
-            raise EngineUnavailable(f"Ultralytics TensorRT export returned no file ({built!r})", stage=STAGE)
-        target = cfg.engine_dir / ENGINE_NAME
-        shutil.move(built, target)
     result = BuildEngineResult(
         status="built",
         path=str(target.relative_to(cfg.workspace) if target.is_relative_to(cfg.workspace) else target),
         precision=precision,
         imgsz=cfg.imgsz,
-        batch=cfg.batch,
-        tensorrt=tensorrt.__version__,
-        gpu=torch.cuda.get_device_name(0),
+        batch=cfg.batch_sizes[0],
+        tensorrt=sidecar.tensorrt,
+        gpu=sidecar.gpu,
         build_seconds=round(time.perf_counter() - started, 2),
         size_mb=round(target.stat().st_size / 1e6, 3),
     )
     write_json(cfg.metrics, result)
     log.info(
-        "built %s (%s, %.1f MB) in %.1fs on %s",
+        "built %s (%s, %.1f MB) in %.1fs on %s, profile %s",
         target,
         precision,
         result.size_mb,
         result.build_seconds,
         result.gpu,
+        sidecar.shapes,
     )
     return result
 

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from stages.errors import ConfigError
 
@@ -62,6 +62,7 @@ class PathsParams(_Section):
     deploy_report: str = "reports/deploy.json"
     engine_dir: str = "models/engine"
     engine_metrics: str = "metrics/engine.json"
+    engine_timing_cache: str = "models/tensorrt-timing.cache"
     benchmark_metrics: str = "metrics/benchmark.json"
     model_card: str = "reports/model_card.md"
     production: str = "models/production"
@@ -325,7 +326,7 @@ class MaxDropParams(_Section):
     int8: float = Field(0.01, ge=0.0, le=1.0)
 
 
-DeployTarget = Literal["onnx-fp32", "onnx-int8", "torchscript-fp32"]
+DeployTarget = Literal["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8", "torchscript-fp32"]
 
 
 class DeployParams(_Section):
@@ -351,7 +352,12 @@ class EngineParams(_Section):
     """TensorRT engine build."""
 
     required: bool = False
-    precision: Literal["fp16", "fp32"] = "fp16"
+    precision: Literal["fp16", "fp32", "int8"] = "fp16"
+    batch_sizes: list[PositiveInt] = Field(
+        default_factory=list,
+        description="batch sizes the engine's optimization profile covers (first: the one it is tuned for); "
+        "empty: export.batch. More than one needs export.dynamic: true",
+    )
     workspace_gib: float = Field(2.0, gt=0.0)
 
 
@@ -369,10 +375,14 @@ class BenchmarkParams(_Section):
         Literal[
             "onnxruntime-cpu",
             "onnxruntime-cpu-int8",
+            "openvino-cpu",
+            "openvino-cpu-int8",
             "torchscript-cpu",
             "pytorch-cpu",
             "onnxruntime-cuda",
             "pytorch-cuda",
+            "pytorch-cuda-graph",
+            "pytorch-cuda-graph-fp32",
             "tensorrt",
         ]
     ] = Field(

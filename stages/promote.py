@@ -325,7 +325,10 @@ def run(cfg: PromoteConfig) -> PromoteResult:
         shutil.copy2(source, staging / name)
     for name, numbers in deploy.items():  # the other deploy artifacts, only those that are deployable
         if name in TARGETS and name != "onnx-fp32" and numbers.get("deployable"):
-            shutil.copy2(cfg.deploy_dir / TARGETS[name].file, staging / TARGETS[name].file)
+            for path in TARGETS[name].files(cfg.deploy_dir):
+                copied = staging / path.relative_to(cfg.deploy_dir)
+                copied.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, copied)
     engine = cfg.engine_dir / "model.engine"
     if engine.is_file():
         shutil.copy2(engine, staging / "model.engine")
@@ -336,7 +339,7 @@ def run(cfg: PromoteConfig) -> PromoteResult:
         "code_version": git_commit(cfg.workspace),
         "metrics": {k: evaluate[k] for k in ("map50", "map50_95", "precision", "recall")},
         "checks": [c.model_dump() for c in checks],
-        "files": {p.name: _sha256(p) for p in sorted(staging.iterdir())},
+        "files": {p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()},
     }
     write_json(staging / "metadata.json", metadata)
     # Swap: the old folder is moved aside first and removed only once the new one is in place.

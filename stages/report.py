@@ -150,15 +150,16 @@ def deploy_table(metrics: dict[str, Any], facts: dict[str, Any]) -> list[str]:
         f"PyTorch model, same preprocessing, NMS and mAP code: mAP50 {reference['map50']:.4f}, "
         f"mAP50-95 {reference['map50_95']:.4f}.",
         "",
-        "| artifact | precision | mAP50 | mAP50-95 | drop (points) | size MB | deployable | why |",
-        "|---|---|---|---|---|---|---|---|",
+        "| artifact | precision | runtime | mAP50 | mAP50-95 | drop (points) | size MB | deployable | why |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, f in facts.items():
         m = metrics[name]
         drop = m.get("drop_map50_95")
         share = m.get("integer_conv_share")
         lines.append(
-            f"| {name} | {f['precision']} | {_fmt(m.get('map50'))} | {_fmt(m.get('map50_95'))} | "
+            f"| {name} | {f['precision']} | {f.get('provider') or '—'} | "
+            f"{_fmt(m.get('map50'))} | {_fmt(m.get('map50_95'))} | "
             f"{'—' if drop is None else f'{drop * 100:+.2f}'} | {_fmt(m.get('size_mb'), 2)} | "
             f"{'yes' if f['deployable'] else '**no**'} | {f['reason']}"
             f"{'; ' + f['scheme'] if f.get('scheme') else ''}"

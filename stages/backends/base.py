@@ -16,8 +16,11 @@ Precision = Literal["fp32", "fp16", "int8"]
 # name -> "module:function" loading a runner; modules are imported only when their backend is used.
 BACKENDS: dict[str, str] = {
     "pytorch": "stages.backends.pytorch:load",
+    "pytorch-cuda-graph": "stages.backends.pytorch:load_graph",
     "torchscript": "stages.backends.torchscript:load",
     "onnxruntime": "stages.backends.ort:load",
+    "tensorrt": "stages.backends.tensorrt:load",
+    "openvino": "stages.backends.openvino_rt:load",
 }
 
 

@@ -11,6 +11,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from stages.backends import open_runner
@@ -18,7 +19,7 @@ from stages.backends.base import predict_all
 from stages.common import write_json
 from stages.config import DeployParams
 from stages.deploy.accuracy import Accuracy, calibration_inputs, detection_map, labelled_split
-from stages.deploy.int8 import check_scores, quantize
+from stages.deploy.int8 import check_scores, head_tail_nodes, quantize
 from stages.deploy.targets import TARGETS, Target
 from stages.errors import PipelineError
 from stages.inference import load_inputs
@@ -87,39 +88,73 @@ class _Built(BaseModel):
     integer_conv_share: float | None = None
 
 
-def _build(target: Target, cfg: DeployInputs, path: Path) -> _Built:
-    """Write ``path`` for ``target`` (``onnx-fp32`` is the export's own file)."""
-    onnx = cfg.deploy_dir / TARGETS["onnx-fp32"].file
-    if target.name == "onnx-fp32":
-        return _Built()
-    if target.name == "onnx-int8":
-        int8 = cfg.options.int8
-        images = calibration_inputs(cfg.data_yaml, int8.calibration_images, cfg.imgsz)
-        build = quantize(onnx, path, images, int8.calibration_method)
+class _Builder:
+    """Builds the deploy targets of one export; the calibration images are read once for all INT8 targets."""
+
+    def __init__(self, cfg: DeployInputs) -> None:
+        self.cfg = cfg
+        self.onnx = cfg.deploy_dir / TARGETS["onnx-fp32"].file
+        self._calibration: np.ndarray | None = None
+
+    def calibration(self) -> np.ndarray:
+        if self._calibration is None:
+            self._calibration = calibration_inputs(
+                self.cfg.data_yaml, self.cfg.options.int8.calibration_images, self.cfg.imgsz
+            )
+        return self._calibration
+
+    def check_scores(self, backend: str, path: Path) -> None:
+        """Refuse an INT8 model whose scores collapsed against the FP32 ONNX model's (``int8.check_scores``)."""
+        cfg = self.cfg
         probe = load_inputs(labelled_split(cfg.data_yaml, "val", SCORE_CHECK_IMAGES).paths, cfg.imgsz)
-        fp32 = open_runner("onnxruntime", onnx, workspace=cfg.workspace)
-        quantized = open_runner("onnxruntime", path, workspace=cfg.workspace, precision="int8")
+        fp32 = open_runner("onnxruntime", self.onnx, workspace=cfg.workspace)
+        quantized = open_runner(backend, path, workspace=cfg.workspace, precision="int8")
         check_scores(predict_all(fp32, probe), predict_all(quantized, probe))
-        log.info(
-            "INT8 (%s, %s calibration on %d train images): %d of %d convolutions run as integer ops",
-            build.scheme,
-            build.method,
-            build.calibration_images,
-            build.integer_convs,
-            build.convs,
-        )
-        return _Built(scheme=f"{build.scheme}, {build.method} calibration", integer_conv_share=build.integer_conv_share)
-    if target.name == "torchscript-fp32":
-        import torch
 
-        from stages.backends.torchscript import trace
-        from stages.inference import torch_model
+    def build(self, target: Target, path: Path) -> _Built:
+        """Write ``path`` for ``target`` (``onnx-fp32`` is the export's own file)."""
+        cfg = self.cfg
+        method = cfg.options.int8.calibration_method
+        if target.name == "onnx-fp32":
+            return _Built()
+        if target.name == "onnx-int8":
+            build = quantize(self.onnx, path, self.calibration(), method)
+            self.check_scores("onnxruntime", path)
+            log.info(
+                "INT8 (%s, %s calibration on %d train images): %d of %d convolutions run as integer ops",
+                build.scheme,
+                build.method,
+                build.calibration_images,
+                build.integer_convs,
+                build.convs,
+            )
+            return _Built(
+                scheme=f"{build.scheme}, {build.method} calibration", integer_conv_share=build.integer_conv_share
+            )
+        if target.name == "openvino-fp32":
+            from stages.backends.openvino_rt import convert
 
-        batch = open_runner("onnxruntime", onnx, workspace=cfg.workspace).batch or 1
-        module = torch_model(cfg.model, cfg.workspace, "cpu").fuse(verbose=False)
-        trace(module, torch.zeros(batch, 3, cfg.imgsz, cfg.imgsz), path)
-        return _Built(scheme="torch.jit.trace of the fused model")
-    raise PipelineError(f"no builder for deploy target {target.name!r}", key="deploy.targets")
+            convert(self.onnx, path)
+            return _Built(scheme="OpenVINO IR, FP32 weights, inference precision pinned to f32")
+        if target.name == "openvino-int8":
+            import onnx
+
+            from stages.backends.openvino_rt import quantize_int8
+
+            quantize_int8(self.onnx, path, self.calibration(), head_tail_nodes(onnx.load(str(self.onnx))))
+            self.check_scores("openvino", path)
+            return _Built(scheme="NNCF post-training quantization, head tail in float")
+        if target.name == "torchscript-fp32":
+            import torch
+
+            from stages.backends.torchscript import trace
+            from stages.inference import torch_model
+
+            batch = open_runner("onnxruntime", self.onnx, workspace=cfg.workspace).batch or 1
+            module = torch_model(cfg.model, cfg.workspace, "cpu").fuse(verbose=False)
+            trace(module, torch.zeros(batch, 3, cfg.imgsz, cfg.imgsz), path)
+            return _Built(scheme="torch.jit.trace of the fused model")
+        raise PipelineError(f"no builder for deploy target {target.name!r}", key="deploy.targets")
 
 
 def build_and_gate(cfg: DeployInputs) -> DeployResult:
@@ -140,18 +175,20 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
     )
     metrics: dict[str, ArtifactMetrics] = {}
     facts: dict[str, ArtifactFacts] = {}
+    builder = _Builder(cfg)
     for name in cfg.options.targets:
         target = TARGETS[name]
         limit = getattr(cfg.options.max_drop, target.precision)
         path = cfg.deploy_dir / target.file
         started = time.perf_counter()
         try:
-            built = _build(target, cfg, path)
+            built = builder.build(target, path)
             seconds = round(time.perf_counter() - started, 2)
             runner = open_runner(target.backend, path, workspace=cfg.workspace, precision=target.precision)
             accuracy = detection_map(runner, data, cfg.imgsz, cfg.conf, cfg.iou)
         except PipelineError as exc:
-            path.unlink(missing_ok=True)
+            if name != "onnx-fp32":  # the export's own file stays for the stages that measure it
+                target.remove(cfg.deploy_dir)
             log.error("%s is not deployable: %s", name, exc)
             metrics[name] = ArtifactMetrics(deployable=0, max_drop=limit)
             facts[name] = ArtifactFacts(
@@ -161,8 +198,9 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
         drop = round(reference.map50_95 - accuracy.map50_95, 6)
         deployable = drop <= limit
         reason = (
-            f"mAP50-95 {accuracy.map50_95:.4f}, {drop * 100:+.2f} points below PyTorch's {reference.map50_95:.4f} "
-            f"({'within' if deployable else 'beyond'} the {target.precision} limit of {limit * 100:.2f} points)"
+            f"mAP50-95 {accuracy.map50_95:.4f} against PyTorch's {reference.map50_95:.4f}: a drop of "
+            f"{drop * 100:.2f} points, {'within' if deployable else 'beyond'} the {target.precision} limit of "
+            f"{limit * 100:.2f}"
         )
         metrics[name] = ArtifactMetrics(
             deployable=int(deployable),
@@ -170,7 +208,7 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
             map50_95=accuracy.map50_95,
             drop_map50_95=drop,
             max_drop=limit,
-            size_mb=round(path.stat().st_size / 1e6, 3),
+            size_mb=target.size_mb(cfg.deploy_dir),
             build_seconds=seconds,
             integer_conv_share=None if built.integer_conv_share is None else round(built.integer_conv_share, 4),
         )
@@ -188,7 +226,7 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
         else:
             log.error("%s NOT deployable: %s", name, reason)
         if not deployable and name != "onnx-fp32":
-            path.unlink()  # never shipped; onnx-fp32 stays for the stages that measure it, marked not deployable
+            target.remove(cfg.deploy_dir)  # never shipped; onnx-fp32 stays for the stages that measure it
     result = DeployResult(reference=reference, metrics=metrics, facts=facts)
     write_json(
         cfg.metrics,

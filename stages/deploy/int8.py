@@ -82,7 +82,13 @@ class _Reader:
 
 
 def quantize(
-    source: Path, out: Path, images: np.ndarray, method: Method, exclude: list[str] | None = None
+    source: Path,
+    out: Path,
+    images: np.ndarray,
+    method: Method,
+    exclude: list[str] | None = None,
+    *,
+    symmetric: bool = False,
 ) -> Int8Build:
     """Build the INT8 Q/DQ model of ``source`` (U8S8, weights per channel, head tail in float).
 
@@ -92,6 +98,8 @@ def quantize(
         images: Letterboxed calibration images (train split, never val), N x 3 x H x W.
         method: Calibration: ``minmax``, ``entropy`` (KL divergence) or ``percentile`` (99.999 %).
         exclude: Node names to keep in float; ``None``: the head tail (:func:`head_tail_nodes`).
+        symmetric: Signed, symmetric INT8 for activations and weights (S8S8, zero points 0): what
+            TensorRT's strongly typed networks take. Slow on ONNX Runtime CPU; never the CPU target.
 
     Raises:
         ExportError: When there are fewer calibration images than one batch of the model.
@@ -122,19 +130,24 @@ def quantize(
             str(out),
             _Reader(first.name, images, batch),
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
             nodes_to_exclude=excluded,
             calibrate_method=calibrate,
-            extra_options={"CalibTensorRangeSymmetric": False},
+            extra_options={
+                "ActivationSymmetric": symmetric,
+                "WeightSymmetric": True,
+                "CalibTensorRangeSymmetric": symmetric,
+            },
             calibration_providers=["CPUExecutionProvider"],
         )
     finally:
         logging.getLogger().removeFilter(advice)
     convs, integer = count_convs(out)
     return Int8Build(
-        scheme="QDQ U8S8 per-channel, head tail in float" if exclude is None else "QDQ U8S8 per-channel",
+        scheme=f"QDQ {'S8S8 symmetric' if symmetric else 'U8S8'} per-channel"
+        + (", head tail in float" if exclude is None else ""),
         method=method,
         calibration_images=len(images) // batch * batch,
         excluded_nodes=len(excluded),

@@ -21,7 +21,7 @@ import yaml
 
 from stages import PIPELINE
 from tests.conftest import tree_digest
-from tests.e2e.workspace import GUARDED_ENV, Workspace
+from tests.e2e.workspace import GUARDED_ENV, Workspace, network_calls, no_network_trace
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +59,12 @@ def _leaves(data):
 
 
 def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
-    proc, ran = ws.repro()
+    # With no network at all, and every socket call of every process and thread traced, where the
+    # machine allows it (test_no_socket_call_left_the_machine reads the trace).
+    log = ws.root.parent / f"{ws.root.name}.strace.log"
+    trace = no_network_trace(log)
+    ws.trace_log = log if trace else None  # type: ignore[attr-defined]
+    proc, ran = ws.repro(trace=trace)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert ran == set(PIPELINE)
 
@@ -138,6 +143,17 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
         assert heading in card
     assert "| onnxruntime-cpu |" in card
     assert ws.network_attempts() == [], "a process of the chain tried to reach the network"
+
+
+def test_no_socket_call_left_the_machine(ws: Workspace):
+    """The whole chain, in a network namespace with no network, made no connection attempt and no
+    name lookup from any process or native thread (the Python-level guard cannot see native code)."""
+    log = getattr(ws, "trace_log", None)
+    if log is None:
+        pytest.skip("strace, or an unprivileged network namespace (unshare -rn), is not available on this machine")
+    started = [line for line in log.read_text().splitlines() if "execve(" in line and "stages." in line]
+    assert len(started) >= 8, "the trace did not follow the stages' processes"
+    assert network_calls(log) == [], "a process of the chain tried to reach the network or look a name up"
 
 
 def test_second_repro_reruns_nothing(ws: Workspace):

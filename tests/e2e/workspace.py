@@ -49,6 +49,36 @@ TINY = {
 }
 
 
+# Every call that can send to another machine; execve too, to show the trace followed every process.
+TRACED_CALLS = ("connect", "sendto", "sendmsg", "sendmmsg", "execve")
+
+
+def no_network_trace(log: Path) -> list[str] | None:
+    """A command prefix that runs a command with no network (its own network namespace) and every
+    socket call that could leave the machine traced to ``log``, threads and children included.
+
+    Returns ``None`` where this machine cannot: no ``strace`` or ``unshare``, or user namespaces or
+    ptrace not allowed (checked by running ``true`` under the same prefix).
+    """
+    if not (shutil.which("strace") and shutil.which("unshare")):
+        return None
+    prefix = ["unshare", "-rn", "strace", "-f", "-qq", "--seccomp-bpf", "-e", "signal=none"]
+    prefix += ["-e", f"trace={','.join(TRACED_CALLS)}", "-o"]
+    probe = subprocess.run([*prefix, os.devnull, "true"], capture_output=True, text=True)
+    return [*prefix, str(log)] if probe.returncode == 0 else None
+
+
+def network_calls(log: Path) -> list[str]:
+    """The traced calls that tried to reach another machine over IPv4 or IPv6.
+
+    A DNS lookup is one of them: with nothing to answer it locally, the resolver sends to the
+    nameserver (port 53). Unix sockets (the name service cache, processes talking to each other)
+    stay on the machine and are not counted.
+    """
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [line for line in lines if "AF_INET" in line]
+
+
 class Workspace:
     """A project copy with helpers to edit params and run the entry points."""
 
@@ -184,9 +214,19 @@ class Workspace:
             os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError(f"training did not log {epochs} epochs in time (exit code {proc.poll()})")
 
-    def repro(self, *targets: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-        """Run ``dvc repro``; returns the process and the names of the stages DVC ran."""
-        proc = self.run("-m", "dvc", "repro", *targets)
+    def repro(self, *targets: str, trace: list[str] | None = None) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+        """Run ``dvc repro`` (under ``trace``, a command prefix, when given); returns it and the stages DVC ran."""
+        if trace is None:
+            proc = self.run("-m", "dvc", "repro", *targets)
+        else:
+            proc = subprocess.run(
+                [*trace, sys.executable, "-m", "dvc", "repro", *targets],
+                cwd=self.root,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
         return proc, set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
 
     def json(self, rel: str) -> Any:

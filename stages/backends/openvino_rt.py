@@ -1,0 +1,120 @@
+"""OpenVINO on the CPU: FP32 (inference precision pinned to f32) and INT8 (NNCF post-training quantization).
+
+OpenVINO runs a model in bf16 by default on CPUs that support it, which changes accuracy without a
+word; the FP32 target pins ``INFERENCE_PRECISION_HINT`` to f32, and every runner records the
+precision the compiled model reports, not the one asked for. The INT8 model comes from NNCF on the
+same calibration images as ONNX Runtime's, with the same head tail kept in float. ``openvino`` and
+``nncf`` are optional (the ``openvino`` extra) and imported only here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.backends.base import Precision, RunInfo
+from stages.errors import BackendUnavailable
+from stages.inference import cpu_threads
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailable(f"OpenVINO is not installed ({exc}); install the project's 'openvino' extra") from None
+    return openvino
+
+
+def convert(onnx_path: Path, out: Path) -> Path:
+    """The FP32 ONNX model as OpenVINO IR (``out`` is the ``.xml``; weights go beside it), weights kept FP32."""
+    ov = _openvino()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(out), compress_to_fp16=False)
+    return out
+
+
+def quantize_int8(onnx_path: Path, out: Path, images: np.ndarray, ignored: list[str]) -> Path:
+    """INT8 IR through NNCF post-training quantization, calibrated on ``images``, ``ignored`` nodes in float.
+
+    Raises:
+        BackendUnavailable: When NNCF is not installed.
+    """
+    ov = _openvino()
+    try:
+        import nncf
+    except ImportError as exc:
+        raise BackendUnavailable(f"NNCF is not installed ({exc}); install the project's 'openvino' extra") from None
+    model = ov.convert_model(str(onnx_path))
+    batch = model.inputs[0].get_partial_shape()[0]
+    size = batch.get_length() if batch.is_static else 1
+    chunks = [images[i : i + size] for i in range(0, len(images) - size + 1, size)]
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(chunks),
+        subset_size=len(chunks),
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return out
+
+
+def ir_precision(path: Path) -> str:
+    """``int8`` when the IR holds quantization (FakeQuantize or Q/DQ-style Convert to i8/u8), else ``fp32``."""
+    ov = _openvino()
+    model = ov.Core().read_model(str(path))
+    for op in model.get_ops():
+        if op.get_type_name() == "FakeQuantize":
+            return "int8"
+        if op.get_type_name() == "Convert" and str(op.get_output_element_type(0)) in ("i8", "u8"):
+            return "int8"
+    return "fp32"
+
+
+class OpenVINORunner:
+    """A model compiled for the CPU with its precision pinned to f32 and its threads pinned."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        ov = _openvino()
+        core = ov.Core()
+        threads = cpu_threads(threads)
+        self.compiled = core.compile_model(
+            str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+        )
+        self.request = self.compiled.create_infer_request()
+        shape = self.compiled.inputs[0].get_partial_shape()
+        self.batch = shape[0].get_length() if shape[0].is_static else None
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type: "f32", "bf16", "f16"
+        ran = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        self.info = RunInfo(
+            backend="openvino",
+            provider=f"openvino {ov.__version__.split('-')[0]} CPU (inference precision {ran})",
+            device="cpu",
+            precision=ir_precision(path),
+            threads=int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+        )
+        self.inference_precision = ran
+
+    def place(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def forward(self, placed: np.ndarray) -> Any:
+        return self.request.infer({0: placed})
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        result = self.forward(self.place(x))
+        return np.asarray(result[self.compiled.outputs[0]], dtype=np.float32)
+
+
+def load(path: Path, *, device: str, precision: Precision, threads: int, workspace: Path) -> OpenVINORunner:
+    """The IR at ``path`` on the CPU; fails when it holds another precision, or does not run in f32 here."""
+    if device != "cpu":
+        raise BackendUnavailable(f"the openvino backend runs on the CPU here, not {device!r}")
+    runner = OpenVINORunner(path, threads)
+    if runner.info.precision != precision:
+        raise BackendUnavailable(f"{path} holds a {runner.info.precision} model, not {precision}")
+    if runner.inference_precision != "f32":
+        raise BackendUnavailable(f"OpenVINO runs {path} in {runner.inference_precision}, not f32")
+    return runner

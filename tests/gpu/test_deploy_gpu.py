@@ -1,0 +1,98 @@
+"""GPU tier: deploy backends on CUDA (PyTorch FP16, ONNX Runtime CUDA) and a TensorRT engine built here.
+
+Skipped without CUDA; the TensorRT tests also without the ``tensorrt`` package (the ``gpu`` extra).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.backends import open_runner
+from stages.backends.base import predict_all
+from stages.runtime import import_ultralytics
+from tests.conftest import cuda_available
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU; none is visible to PyTorch here"),
+]
+IMGSZ = 160
+
+
+def _tensorrt_missing() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        return f"TensorRT is not installed ({exc}); the 'gpu' extra brings it"
+    return None
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gpu-deploy")
+    ultralytics = import_ultralytics(root)
+    checkpoint = root / "model.pt"
+    ultralytics.YOLO("yolo11n.yaml", task="detect").save(str(checkpoint))
+    onnx = ultralytics.YOLO(str(checkpoint), task="detect").export(
+        format="onnx", imgsz=IMGSZ, opset=17, simplify=True, batch=1, device="cpu", verbose=False
+    )
+    return {"root": root, "pt": checkpoint, "onnx": Path(onnx)}
+
+
+def _inputs(count: int = 4) -> np.ndarray:
+    return np.random.default_rng(0).random((count, 3, IMGSZ, IMGSZ), dtype=np.float32)
+
+
+def test_pytorch_fp16_on_cuda_matches_fp32(model):
+    fp32 = open_runner("pytorch", model["pt"], workspace=model["root"], device="cuda")
+    fp16 = open_runner("pytorch", model["pt"], workspace=model["root"], device="cuda", precision="fp16")
+    assert fp16.info.device.startswith("cuda") and fp16.info.precision == "fp16" and fp16.info.threads is None
+    x = _inputs()
+    ref, half = predict_all(fp32, x), predict_all(fp16, x)
+    np.testing.assert_allclose(half[:, 4:], ref[:, 4:], atol=2e-2)  # scores
+
+
+@pytest.mark.skipif(_tensorrt_missing() is not None, reason=_tensorrt_missing() or "")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engine_builds_runs_and_checks_its_sidecar(model, tmp_path, precision):
+    from stages.backends import tensorrt as trt_backend
+
+    prepared = trt_backend.engine_onnx(model["onnx"], precision, tmp_path / f"model.{precision}.onnx")
+    engine = tmp_path / "model.engine"
+    cache = tmp_path / "timing.cache"
+    sidecar = trt_backend.build(
+        prepared,
+        engine,
+        precision=precision,
+        batch_sizes=[1],
+        workspace_gib=1.0,
+        timing_cache=cache,
+        source_onnx=model["onnx"],
+    )
+    assert cache.stat().st_size > 0 and trt_backend.sidecar_path(engine).is_file()
+    runner = open_runner("tensorrt", engine, workspace=model["root"], device="cuda", precision=precision)
+    assert runner.info.precision == precision and runner.batch == 1
+    reference = predict_all(open_runner("onnxruntime", model["onnx"], workspace=model["root"]), _inputs())
+    np.testing.assert_allclose(predict_all(runner, _inputs()), reference, atol=1e-3 if precision == "fp32" else 5e-2)
+    # An engine from another TensorRT is refused, naming the difference.
+    moved = sidecar.model_copy(update={"tensorrt": "0.0.1"})
+    trt_backend.sidecar_path(engine).write_text(moved.model_dump_json())
+    from stages.errors import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match=r"built with TensorRT 0\.0\.1"):
+        open_runner("tensorrt", engine, workspace=model["root"], device="cuda", precision=precision)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_cuda_graph_replay_matches_eager(model, precision):
+    eager = open_runner("pytorch", model["pt"], workspace=model["root"], device="cuda", precision=precision)
+    graph = open_runner("pytorch-cuda-graph", model["pt"], workspace=model["root"], device="cuda", precision=precision)
+    assert graph.info.backend == "pytorch-cuda-graph" and "CUDA graph" in graph.info.provider
+    tolerance = 2e-2 if precision == "fp16" else 1e-4
+    for seed in (0, 1):  # the second call replays the captured graph on new input
+        x = np.random.default_rng(seed).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
+        np.testing.assert_allclose(graph.predict(x)[:, 4:], eager.predict(x)[:, 4:], atol=tolerance)
+    assert len(graph.graphs) == 1, "one capture per input shape"
