@@ -56,6 +56,8 @@ class BenchmarkConfig(BaseModel):
     engine_metrics: Path
     data_yaml: Path
     metrics: Path
+    latency_plot: Path
+    throughput_plot: Path
     workspace: Path
     imgsz: int
     options: BenchmarkParams
@@ -74,6 +76,8 @@ class BenchmarkConfig(BaseModel):
             engine_metrics=paths.resolve("engine_metrics", root),
             data_yaml=paths.resolve("prepared", root) / "data.yaml",
             metrics=paths.resolve("benchmark_metrics", root),
+            latency_plot=paths.resolve("latency_plot", root),
+            throughput_plot=paths.resolve("throughput_plot", root),
             workspace=root,
             imgsz=params.train.imgsz,
             options=params.benchmark,
@@ -115,7 +119,8 @@ class BenchmarkRow(BaseModel):
     round_p50_ms: list[float]
     cv: float  # spread of the round p50s: standard deviation / mean
     stable: int
-    throughput_ips: float
+    throughput_ips: float  # at benchmark.batch
+    throughput_ips_by_batch: dict[str, float]  # images/s per batch size the artifact takes (benchmark.batch_sizes)
 
 
 class BenchmarkResult(BaseModel):
@@ -194,16 +199,25 @@ ROWS: dict[str, RowSpec] = {
 
 
 class _Timed:
-    """A backend ready to time: its model step and its end-to-end step, and what ran."""
+    """A backend ready to time: its model step, its end-to-end step, a step per other batch size it takes."""
 
-    def __init__(self, runner: Runner, inputs: list[np.ndarray], images: list[Path], imgsz: int, names: int) -> None:
+    def __init__(
+        self, runner: Runner, pool: np.ndarray, images: list[Path], imgsz: int, names: int, o: BenchmarkParams
+    ) -> None:
         self.runner = runner
         self.info = runner.info
-        placed = [runner.place(x) for x in inputs]
-        self.step = lambda i: runner.forward(placed[i % len(placed)])
+        self.step = self._stepper(pool, o.batch)
         self.end_to_end = None
         if runner.batch in (None, 1):
             self.end_to_end = lambda i: end_to_end(runner, images[i % len(images)], imgsz, names)
+        # Throughput at the other batch sizes, where the artifact takes them (a static batch takes its own).
+        self.batch_steps = {
+            b: self._stepper(pool, b) for b in o.batch_sizes if b != o.batch and runner.batch in (None, b)
+        }
+
+    def _stepper(self, pool: np.ndarray, batch: int) -> Callable[[int], Any]:
+        placed = [self.runner.place(x) for x in batches(pool, batch)]
+        return lambda i: self.runner.forward(placed[i % len(placed)])
 
 
 def end_to_end(runner: Runner, image: Path, imgsz: int, classes: int) -> Any:
@@ -269,21 +283,30 @@ def _open(backend: str, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Runner:
     )
 
 
-def _measure(timed: dict[str, _Timed], o: BenchmarkParams) -> dict[str, tuple[list[float], list[float], list[float]]]:
-    """Time every backend, round by round, interleaved, so drift on the machine hits them all alike.
+class _Samples(BaseModel):
+    """What one backend's rounds measured."""
 
-    Returns:
-        Per backend: every model-step sample, each round's p50, and every end-to-end sample.
-    """
-    samples: dict[str, tuple[list[float], list[float], list[float]]] = {name: ([], [], []) for name in timed}
+    calls: list[float] = []  # every model-step call, ms
+    round_p50s: list[float] = []
+    end_to_end: list[float] = []
+    batch_round_p50s: dict[int, list[float]] = {}  # other batch sizes: each round's p50 of one batch
+
+
+def _measure(timed: dict[str, _Timed], o: BenchmarkParams) -> dict[str, _Samples]:
+    """Time every backend, round by round, interleaved, so drift on the machine hits them all alike."""
+    samples = {name: _Samples() for name in timed}
     for round_index in range(o.rounds):
         warmup = o.warmup if round_index == 0 else min(o.warmup, 2)
         for name, t in timed.items():
+            s = samples[name]
             calls = time_calls(t.step, o.iterations, warmup)
-            samples[name][0].extend(calls)
-            samples[name][1].append(float(np.percentile(calls, 50)))
+            s.calls.extend(calls)
+            s.round_p50s.append(float(np.percentile(calls, 50)))
             if t.end_to_end is not None:
-                samples[name][2].extend(time_calls(t.end_to_end, o.iterations, 1 if round_index == 0 else 0))
+                s.end_to_end.extend(time_calls(t.end_to_end, o.iterations, 1 if round_index == 0 else 0))
+            for b, step in t.batch_steps.items():
+                batch_calls = time_calls(step, max(3, o.iterations // b), 1 if round_index == 0 else 0)
+                s.batch_round_p50s.setdefault(b, []).append(float(np.percentile(batch_calls, 50)))
     return samples
 
 
@@ -318,8 +341,8 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
             key="benchmark.batch",
         )
     deploy = read_json(cfg.deploy_report, stage=STAGE)
-    images = validation_images(cfg.data_yaml, max(8, o.batch))
-    inputs = batches(load_inputs(images, cfg.imgsz), o.batch)
+    images = validation_images(cfg.data_yaml, max(8, o.batch, *o.batch_sizes))
+    pool = load_inputs(images, cfg.imgsz)
     classes = len(read_prepared_yaml(cfg.data_yaml)["names"])
 
     wanted = list(o.backends)
@@ -343,13 +366,15 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
                 log.warning("%s not measured: %s", backend, exc)
                 continue
             raise
-        timed[backend] = _Timed(runner, inputs, images, cfg.imgsz, classes)
+        timed[backend] = _Timed(runner, pool, images, cfg.imgsz, classes, o)
 
     rows = []
-    for backend, (samples, round_p50s, e2e) in _measure(timed, o).items():
+    for backend, s in _measure(timed, o).items():
         info = timed[backend].info
-        latency = summarise(samples, round_p50s)
-        cv, stable = stability(round_p50s, latency.p50, latency.min)
+        latency = summarise(s.calls, s.round_p50s)
+        cv, stable = stability(s.round_p50s, latency.p50, latency.min)
+        by_batch = {o.batch: o.batch * 1e3 / latency.p50}
+        by_batch |= {b: b * 1e3 / float(np.median(p50s)) for b, p50s in s.batch_round_p50s.items()}
         row = BenchmarkRow(
             backend=backend,
             provider=info.provider,
@@ -363,11 +388,12 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
             rounds=o.rounds,
             latency_ms=latency,
             model_ms=latency.p50,
-            end_to_end_ms=round(float(np.median(e2e)), 4) if e2e else None,
-            round_p50_ms=[round(p, 4) for p in round_p50s],
+            end_to_end_ms=round(float(np.median(s.end_to_end)), 4) if s.end_to_end else None,
+            round_p50_ms=[round(p, 4) for p in s.round_p50s],
             cv=cv,
             stable=int(stable),
             throughput_ips=round(o.batch * 1e3 / latency.p50, 2),
+            throughput_ips_by_batch={str(b): round(v, 2) for b, v in sorted(by_batch.items())},
         )
         rows.append(row)
         log.info(
@@ -394,7 +420,20 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
             )
     result = BenchmarkResult(backends={row.backend: row for row in rows}, skipped=skipped)
     write_json(cfg.metrics, result)
+    write_plots(result, cfg.latency_plot, cfg.throughput_plot)
     return result
+
+
+def write_plots(result: BenchmarkResult, latency: Path, throughput: Path) -> None:
+    """The data of ``dvc plots``: p10/p50/p90 per backend, and images/s against batch size per backend."""
+    latency.parent.mkdir(parents=True, exist_ok=True)
+    throughput.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["backend,p10_ms,p50_ms,p90_ms"]
+    lines += [f"{r.backend},{r.latency_ms.p10},{r.latency_ms.p50},{r.latency_ms.p90}" for r in result.backends.values()]
+    latency.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = ["backend,batch,images_per_s"]
+    lines += [f"{r.backend},{b},{v}" for r in result.backends.values() for b, v in r.throughput_ips_by_batch.items()]
+    throughput.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

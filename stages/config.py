@@ -64,6 +64,8 @@ class PathsParams(_Section):
     engine_metrics: str = "metrics/engine.json"
     engine_timing_cache: str = "models/tensorrt-timing.cache"
     benchmark_metrics: str = "metrics/benchmark.json"
+    latency_plot: str = "plots/latency.csv"
+    throughput_plot: str = "plots/throughput.csv"
     model_card: str = "reports/model_card.md"
     production: str = "models/production"
     promotion_report: str = "reports/promotion.json"
@@ -371,6 +373,10 @@ class BenchmarkParams(_Section):
         0, ge=0, description="CPU threads for CPU backends, pinned and recorded; 0: every core this process may use"
     )
     rounds: int = Field(5, ge=1, description="interleaved rounds; a row's p50 is the median of its round p50s")
+    batch_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 8],
+        description="throughput in images/s per batch size, for every backend whose artifact takes that batch",
+    )
     backends: list[
         Literal[
             "onnxruntime-cpu",

@@ -126,6 +126,8 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
         assert row["rounds"] == 5 and len(row["round_p50_ms"]) == 5 and row["cv"] >= 0 and row["stable"] in (0, 1)
         assert row["model_ms"] == lat["p50"] and row["end_to_end_ms"] > 0 and row["threads"] >= 1
         assert row["throughput_ips"] > 0 and row["precision"] == ("int8" if name.endswith("int8") else "fp32")
+        # Batch 8 where the artifact takes it: the checkpoint does, the static batch-1 ONNX models do not.
+        assert set(row["throughput_ips_by_batch"]) == ({"1", "8"} if name == "pytorch-cpu" else {"1"})
 
     card = (ws.root / "reports/model_card.md").read_text()
     lock = yaml.safe_load((ws.root / "dvc.lock").read_text())
@@ -143,6 +145,14 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
         assert heading in card
     assert "| onnxruntime-cpu |" in card
     assert ws.network_attempts() == [], "a process of the chain tried to reach the network"
+
+    # Latency and throughput charts render through dvc plots, with the project's own templates.
+    latency = (ws.root / "plots/latency.csv").read_text().splitlines()
+    assert latency[0] == "backend,p10_ms,p50_ms,p90_ms" and len(latency) == 1 + len(rows)
+    shown = ws.run("-m", "dvc", "plots", "show", "--json")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    plots = json.loads(shown.stdout)["data"]
+    assert {"latency per backend", "throughput against batch size", "training curves"} <= set(plots), list(plots)
 
 
 def test_no_socket_call_left_the_machine(ws: Workspace):

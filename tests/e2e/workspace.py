@@ -107,6 +107,7 @@ class Workspace:
                 shutil.copy(src, root / name)
         (root / ".dvc").mkdir()
         shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+        shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # the custom plot templates
         subprocess.run(["git", "init", "-q"], cwd=root, check=True)
         ws = cls(root, prefect_home)
         params = ws.params()

@@ -81,3 +81,19 @@ def test_dvc_sees_every_dvc_file_the_project_writes():
             assert not scm.is_ignored(folder), f"git ignores {folder}, so DVC never sees {tracked}.dvc"
         assert not scm.is_ignored(f"{tracked}.dvc"), f"{tracked}.dvc must be committed"
         assert scm.is_ignored(f"{tracked}/"), f"{tracked}/ is DVC's to version, not git's"
+
+
+def test_every_plot_template_is_built_in_or_ships_with_the_project():
+    import json
+
+    built_in = {"linear", "simple", "scatter", "smooth", "confusion", "confusion_normalized", "bar_horizontal"}
+    for definition in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]:
+        ((name, spec),) = definition.items()
+        template = spec.get("template", "linear")
+        if template in built_in:
+            continue
+        path = REPO / ".dvc" / "plots" / f"{template}.json"
+        assert path.is_file(), f"plot '{name}' names template {template}, which is neither built in nor in .dvc/plots"
+        text = path.read_text()
+        assert "<DVC_METRIC_DATA>" in text, f"{path} has no data placeholder"
+        json.loads(text)
