@@ -34,6 +34,8 @@ PACKAGES = (
     "onnxruntime",
     "onnxruntime-gpu",
     "tensorrt",
+    "openvino",
+    "nncf",
     "numpy",
 )
 
@@ -67,6 +69,7 @@ class EnvironmentResult(BaseModel):
     machine: str
     cpu: str
     cpu_count: int
+    cpu_int8: list[str]  # the CPU's integer dot-product extensions (INT8 convolutions are fast with them)
     cuda_visible_devices: str | None
     gpus: list[Gpu]
     packages: dict[str, str | None]
@@ -80,6 +83,23 @@ def cpu_model() -> str:
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+# CPU flags (as /proc/cpuinfo names them) of the instructions that make INT8 convolutions fast.
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_int8_extensions() -> list[str]:
+    """Which of :data:`INT8_FLAGS` this CPU has (Linux; empty where unknown)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return []
+    flags: set[str] = set()
+    for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return [flag for flag in INT8_FLAGS if flag in flags]
 
 
 def list_gpus() -> list[Gpu]:
@@ -129,6 +149,7 @@ def run(cfg: EnvironmentConfig) -> EnvironmentResult:
         machine=platform.machine(),
         cpu=cpu_model(),
         cpu_count=os.cpu_count() or 1,
+        cpu_int8=cpu_int8_extensions(),
         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         gpus=list_gpus(),
         packages={name: package_version(name) for name in PACKAGES},

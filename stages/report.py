@@ -141,6 +141,20 @@ def latency_table(benchmark: dict[str, Any]) -> list[str]:
     return lines
 
 
+def int8_note(env: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """Where an INT8 artifact was built, whether this CPU has what makes INT8 convolutions fast."""
+    if not any(f["precision"] == "int8" for f in facts.values()):
+        return []
+    found = env.get("cpu_int8") or []
+    if found:
+        return [f"This CPU has {', '.join(found)}: INT8 convolutions run on integer dot-product instructions.", ""]
+    return [
+        "This CPU reports no integer dot-product extension (VNNI, AMX, dot-product): INT8 is not expected "
+        "to be faster here; the latency table says what it measured.",
+        "",
+    ]
+
+
 def deploy_table(metrics: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     """Markdown rows of the deploy artifacts: accuracy against the PyTorch model, size, and the verdict."""
     if not facts:
@@ -258,6 +272,7 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
         "",
         *deploy_table(deploy_metrics, deploy_facts),
         "",
+        *int8_note(env, deploy_facts),
         "## Latency",
         "",
         *latency_table(benchmark),
