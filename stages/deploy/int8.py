@@ -1,10 +1,10 @@
 """CPU INT8 with ONNX Runtime's own quantization tools: the scheme that is faster, not the default one.
 
 ONNX Runtime's default static quantization (S8S8, also what Ultralytics' ``int8=True`` makes) leaves
-most convolutions in float on our CPUs and runs slower than FP32. What runs fast (measured on AMD
-Zen 4 with VNNI, see the README's "Deploying") is Q/DQ with activations QUInt8, weights QInt8 per
-output channel, and the detection head's tail kept in float: the DFL, the box decode, the final
-Concat and Sigmoid. Quantizing that final Concat (boxes in pixels next to scores in [0, 1], on one
+most convolutions in float on our build machines' CPUs (AMD Zen 4) and runs slower than FP32.
+What runs fast (see the README's "Deploying" for the numbers) is Q/DQ with activations QUInt8,
+weights QInt8 per output channel, and the detection head's tail kept in float: the DFL, the box
+decode, the final Concat and Sigmoid. Quantizing that final Concat (boxes in pixels next to scores in [0, 1], on one
 scale) rounds every score to zero, so :func:`check_scores` refuses a model whose scores collapse.
 """
 
@@ -76,9 +76,6 @@ class _Reader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         chunk = next(self.batches, None)
         return None if chunk is None else {self.input_name: np.ascontiguousarray(chunk, dtype=np.float32)}
-
-    def rewind(self) -> None:  # ONNX Runtime's reader interface; each reader is read once here
-        raise NotImplementedError
 
 
 def quantize(
