@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,15 @@ ResultT = TypeVar("ResultT")
 # Exit code of a stage that refused to do its job on purpose (bad config or data, failed gate): a
 # retry cannot help. A crash exits 1 (Python's code for an uncaught exception) or by a signal.
 REFUSED_EXIT = 2
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path: Path, text: str) -> None:

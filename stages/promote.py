@@ -22,7 +22,6 @@ untouched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from stages import PIPELINE
-from stages.common import read_json, stage_main, write_json
+from stages.common import file_sha256, read_json, stage_main, write_json
 from stages.config import Params, PromoteParams
 from stages.data_version import dvc_file_version, folder_version, production_metadata, recorded_data_version
 from stages.deploy.targets import TARGETS
@@ -117,14 +116,6 @@ class PromoteResult(BaseModel):
     checks: list[PromotionCheck]
     data_version: str | None
     production: str
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def promotion_checks(
@@ -218,7 +209,7 @@ def already_in_production(files: dict[str, Path], production: dict[str, Any] | N
     if production is None:
         return False
     recorded = production.get("files", {})
-    return all(files[name].is_file() and recorded.get(name) == _sha256(files[name]) for name in MODEL_FILES)
+    return all(files[name].is_file() and recorded.get(name) == file_sha256(files[name]) for name in MODEL_FILES)
 
 
 def stale_stages(workspace: Path) -> list[str]:
@@ -339,7 +330,7 @@ def run(cfg: PromoteConfig) -> PromoteResult:
         "code_version": git_commit(cfg.workspace),
         "metrics": {k: evaluate[k] for k in ("map50", "map50_95", "precision", "recall")},
         "checks": [c.model_dump() for c in checks],
-        "files": {p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()},
+        "files": {p.relative_to(staging).as_posix(): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()},
     }
     write_json(staging / "metadata.json", metadata)
     # Swap: the old folder is moved aside first and removed only once the new one is in place.

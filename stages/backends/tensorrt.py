@@ -15,7 +15,6 @@ does not match, naming each difference, instead of failing obscurely or running 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from stages.backends.base import Precision, RunInfo
+from stages.common import file_sha256
 from stages.errors import BackendUnavailable, EngineUnavailable
 
 
@@ -45,15 +45,6 @@ class Sidecar(BaseModel):
 def sidecar_path(engine: Path) -> Path:
     """Where the sidecar of ``engine`` lives."""
     return engine.with_name(engine.name + ".json")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sidecar_mismatch(recorded: Sidecar, tensorrt: str, gpu: str, capability: str) -> list[str]:

@@ -31,12 +31,13 @@ def test_nothing_exported_is_refused():
 
 
 def test_a_candidate_is_production_only_when_its_model_files_match(tmp_path):
-    from stages.promote import _sha256, already_in_production
+    from stages.common import file_sha256
+    from stages.promote import already_in_production
 
     files = {"model.pt": tmp_path / "model.pt", "model.onnx": tmp_path / "model.onnx"}
     files["model.pt"].write_bytes(b"weights")
     files["model.onnx"].write_bytes(b"graph")
-    production = {"version": 2, "files": {name: _sha256(path) for name, path in files.items()}}
+    production = {"version": 2, "files": {name: file_sha256(path) for name, path in files.items()}}
     assert already_in_production(files, production)
     assert not already_in_production(files, None)
     files["model.onnx"].write_bytes(b"another graph")
