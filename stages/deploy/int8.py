@@ -192,7 +192,10 @@ class ScoreCheck(BaseModel):
     max_score_fp32: float
     max_score_int8: float
     confident_boxes: int  # anchors FP32 scores at least ``confident`` for some class
-    top_class_agreement: float  # on those anchors (1.0 when there are none)
+    top_class_agreement: float  # on those anchors (1.0 when there are too few to judge)
+
+
+MIN_CONFIDENT_BOXES = 20  # fewer, and top-class agreement is a coin toss, not evidence; the mAP gate still judges
 
 
 def check_scores(reference: np.ndarray, candidate: np.ndarray, confident: float = 0.25) -> ScoreCheck:
@@ -200,12 +203,15 @@ def check_scores(reference: np.ndarray, candidate: np.ndarray, confident: float 
 
     Raises:
         ExportError: When the INT8 scores collapsed: all zero where FP32's are not, or the top class
-            disagreeing with FP32 on most of the anchors FP32 is confident about.
+            disagreeing with FP32 on most of the anchors FP32 is confident about (when there are at
+            least :data:`MIN_CONFIDENT_BOXES` of them).
     """
     ref, cand = reference[:, 4:], candidate[:, 4:]
     ref_max = ref.max(axis=1)  # (N, anchors)
     sure = ref_max >= confident
-    agreement = float(np.mean(ref.argmax(axis=1)[sure] == cand.argmax(axis=1)[sure])) if sure.any() else 1.0
+    agreement = 1.0
+    if sure.sum() >= MIN_CONFIDENT_BOXES:
+        agreement = float(np.mean(ref.argmax(axis=1)[sure] == cand.argmax(axis=1)[sure]))
     check = ScoreCheck(
         max_score_fp32=float(ref.max()),
         max_score_int8=float(cand.max()),
