@@ -231,11 +231,16 @@ def end_to_end(runner: Runner, image: Path, imgsz: int, classes: int) -> Any:
     return non_max_suppression(torch.from_numpy(runner.predict(x)), 0.25, 0.7, nc=classes)
 
 
+class NotDeployable(BackendUnavailable):
+    """The row's artifact was left out of ``deploy.targets`` or failed its accuracy gate: skipped, not an error."""
+
+
 def _artifact(spec: RowSpec, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Path:
     """The file a row measures.
 
     Raises:
-        BackendUnavailable: When its deploy target was not built or is not deployable.
+        NotDeployable: When its artifact was not built or is not deployable.
+        BackendUnavailable: When no TensorRT engine could be built here.
     """
     if spec.artifact == "checkpoint":
         return cfg.model
@@ -243,12 +248,14 @@ def _artifact(spec: RowSpec, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Pa
         engine = read_json(cfg.engine_metrics, stage=STAGE)
         if engine.get("status") != "built":
             raise BackendUnavailable(f"no TensorRT engine: {engine.get('reason')}")
+        if not engine.get("deployable"):
+            raise NotDeployable(f"the TensorRT engine is not deployable: a drop of {engine.get('drop_map50_95')}")
         return cfg.engine_dir / ENGINE_NAME
     facts = deploy.get(spec.artifact)
     if facts is None:
-        raise BackendUnavailable(f"{spec.artifact} was not built (not in deploy.targets)")
+        raise NotDeployable(f"{spec.artifact} was not built (not in deploy.targets)")
     if not facts["deployable"]:
-        raise BackendUnavailable(f"{spec.artifact} is not deployable: {facts['reason']}")
+        raise NotDeployable(f"{spec.artifact} is not deployable: {facts['reason']}")
     return cfg.deploy_dir / TARGETS[spec.artifact].file
 
 
@@ -329,6 +336,7 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
         log.warning("nothing measured: %s", reason)
         result = BenchmarkResult(backends={}, skipped=dict.fromkeys(o.backends, reason))
         write_json(cfg.metrics, result)
+        write_plots(result, cfg.latency_plot, cfg.throughput_plot)  # headers only: DVC outputs exist
         return result
     for path in (cfg.model, cfg.onnx):
         if not path.is_file():
@@ -360,12 +368,10 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
     for backend in wanted:
         try:
             runner = _open(backend, cfg, deploy)
-        except BackendUnavailable as exc:
-            if ROWS[backend].artifact not in ("checkpoint", "engine", "onnx-fp32"):
-                skipped[backend] = str(exc)  # an artifact deploy.targets left out or the gate refused
-                log.warning("%s not measured: %s", backend, exc)
-                continue
-            raise
+        except NotDeployable as exc:
+            skipped[backend] = str(exc)
+            log.warning("%s not measured: %s", backend, exc)
+            continue
         timed[backend] = _Timed(runner, pool, images, cfg.imgsz, classes, o)
 
     rows = []

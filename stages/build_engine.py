@@ -23,13 +23,14 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.common import read_json, stage_main, write_json
 from stages.config import EngineParams, Params
-from stages.deploy.accuracy import calibration_inputs
+from stages.deploy.accuracy import Accuracy, calibration_inputs, detection_map, labelled_split
 from stages.errors import EngineUnavailable, PipelineError
 
 log = logging.getLogger(__name__)
 
 STAGE = "build_engine"
 ENGINE_NAME = "model.engine"
+TIMING_CACHE = "timing.cache"  # in paths.engine_timing_cache, a folder DVC keeps between runs
 
 
 class BuildEngineConfig(BaseModel):
@@ -48,6 +49,10 @@ class BuildEngineConfig(BaseModel):
     imgsz: int
     batch_sizes: list[int]  # the optimization profile covers these (engine.batch_sizes, else export.batch)
     calibration_images: int
+    deploy_metrics: Path  # the PyTorch reference mAP the engine's drop is taken from
+    max_drop: dict[str, float]  # deploy.max_drop per precision
+    conf: float
+    iou: float
     options: EngineParams
 
     @classmethod
@@ -59,12 +64,16 @@ class BuildEngineConfig(BaseModel):
             deploy_dir=params.paths.resolve("deploy_dir", root),
             data_yaml=params.paths.resolve("prepared", root) / "data.yaml",
             engine_dir=params.paths.resolve("engine_dir", root),
-            timing_cache=params.paths.resolve("engine_timing_cache", root),
+            timing_cache=params.paths.resolve("engine_timing_cache", root) / TIMING_CACHE,
             metrics=params.paths.resolve("engine_metrics", root),
             workspace=root,
             imgsz=params.train.imgsz,
             batch_sizes=params.engine.batch_sizes or [params.export.batch],
             calibration_images=params.deploy.int8.calibration_images,
+            deploy_metrics=params.paths.resolve("deploy_metrics", root),
+            max_drop=params.deploy.max_drop.model_dump(),
+            conf=params.evaluate.conf,
+            iou=params.evaluate.iou,
             options=params.engine,
         )
 
@@ -82,6 +91,10 @@ class BuildEngineResult(BaseModel):
     gpu: str | None = None
     build_seconds: float | None = None
     size_mb: float | None = None
+    map50: float | None = None  # the engine's, measured like every deploy artifact (stages/deploy/accuracy.py)
+    map50_95: float | None = None
+    drop_map50_95: float | None = None  # PyTorch's mAP50-95 minus the engine's
+    deployable: int | None = None  # within deploy.max_drop for its precision
 
 
 def missing_prerequisite() -> str | None:
@@ -123,8 +136,12 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
         result = BuildEngineResult(
             status="skipped", reason=reason, precision=precision, imgsz=cfg.imgsz, batch=cfg.batch_sizes[0]
         )
+        # A DVC output: say what it is for until a build writes the timing cache into it.
         cfg.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        cfg.timing_cache.touch()  # a DVC output: empty until a build fills it (TensorRT starts a new one)
+        (cfg.timing_cache.parent / "README.md").write_text(
+            f"TensorRT's timing cache ({TIMING_CACHE}) goes here once an engine is built; kept between builds.\n",
+            encoding="utf-8",
+        )
         write_json(cfg.metrics, result)
         # Say so where a user looks for the engine (this also keeps the DVC output from being empty).
         (cfg.engine_dir / "README.md").write_text(
@@ -155,6 +172,7 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
             timing_cache=cfg.timing_cache,
             source_onnx=onnx,
         )
+    accuracy, drop, deployable = _gate(cfg, target, precision)
     result = BuildEngineResult(
         status="built",
         path=str(target.relative_to(cfg.workspace) if target.is_relative_to(cfg.workspace) else target),
@@ -165,18 +183,37 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
         gpu=sidecar.gpu,
         build_seconds=round(time.perf_counter() - started, 2),
         size_mb=round(target.stat().st_size / 1e6, 3),
+        map50=accuracy.map50,
+        map50_95=accuracy.map50_95,
+        drop_map50_95=drop,
+        deployable=int(deployable),
     )
     write_json(cfg.metrics, result)
     log.info(
-        "built %s (%s, %.1f MB) in %.1fs on %s, profile %s",
+        "built %s (%s, %.1f MB) in %.1fs on %s, profile %s; mAP50-95 %.4f, a drop of %.2f points: %s",
         target,
         precision,
         result.size_mb,
         result.build_seconds,
         result.gpu,
         sidecar.shapes,
+        accuracy.map50_95,
+        drop * 100,
+        "deployable" if deployable else f"NOT deployable (deploy.max_drop.{precision} {cfg.max_drop[precision]})",
     )
     return result
+
+
+def _gate(cfg: BuildEngineConfig, engine: Path, precision: str) -> tuple[Accuracy, float, bool]:
+    """The engine's mAP on val, its drop against the PyTorch model's, and whether that is within the limit."""
+    from stages.backends import open_runner
+
+    runner = open_runner("tensorrt", engine, workspace=cfg.workspace, device="cuda", precision=precision)
+    data = labelled_split(cfg.data_yaml, "val")
+    accuracy = detection_map(runner, data, cfg.imgsz, cfg.conf, cfg.iou)
+    reference = read_json(cfg.deploy_metrics, stage=STAGE)["pytorch"]["map50_95"]
+    drop = round(reference - accuracy.map50_95, 6)
+    return accuracy, drop, drop <= cfg.max_drop[precision]
 
 
 def main(argv: list[str] | None = None) -> int:

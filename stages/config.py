@@ -62,7 +62,7 @@ class PathsParams(_Section):
     deploy_report: str = "reports/deploy.json"
     engine_dir: str = "models/engine"
     engine_metrics: str = "metrics/engine.json"
-    engine_timing_cache: str = "models/tensorrt-timing.cache"
+    engine_timing_cache: str = "models/tensorrt-cache"
     benchmark_metrics: str = "metrics/benchmark.json"
     latency_plot: str = "plots/latency.csv"
     throughput_plot: str = "plots/throughput.csv"

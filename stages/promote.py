@@ -321,8 +321,9 @@ def run(cfg: PromoteConfig) -> PromoteResult:
                 copied.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, copied)
     engine = cfg.engine_dir / "model.engine"
-    if engine.is_file():
-        shutil.copy2(engine, staging / "model.engine")
+    if engine.is_file() and read_json(cfg.files["engine.json"], stage=STAGE).get("deployable"):
+        for path in (engine, engine.with_name(engine.name + ".json")):  # the engine and its sidecar
+            shutil.copy2(path, staging / path.name)
     metadata = {
         "version": new_version,
         "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),

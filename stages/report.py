@@ -182,6 +182,16 @@ def deploy_table(metrics: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _engine_cell(engine: dict[str, Any]) -> str:
+    if engine["status"] != "built":
+        return f"{engine['status']}: {engine.get('reason')}"
+    verdict = "deployable" if engine.get("deployable") else "**not deployable** (over deploy.max_drop)"
+    return (
+        f"built, {engine['precision']}, TensorRT {engine['tensorrt']} on {engine['gpu']}; mAP50-95 "
+        f"{_fmt(engine.get('map50_95'))}, a drop of {100 * (engine.get('drop_map50_95') or 0):.2f} points: {verdict}"
+    )
+
+
 def _parity_cell(parity: dict[str, Any] | None) -> str:
     if parity is None:
         return "not measured: nothing was exported"
@@ -231,7 +241,7 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
         f"| Gate | **{'PASSED' if gates['passed'] else 'FAILED: not deployable'}** |",
         f"| mAP50 / mAP50-95 | {_fmt(evaluate['map50'])} / {_fmt(evaluate['map50_95'])} |",
         f"| Export parity | {_parity_cell(parity)} |",
-        f"| TensorRT engine | {engine['status']}{': ' + engine['reason'] if engine.get('reason') else ''} |",
+        f"| TensorRT engine | {_engine_cell(engine)} |",
         "",
         "## Evaluation",
         "",
