@@ -4,7 +4,7 @@ Ultralytics performs the export; this stage then runs the ONNX file with ONNX Ru
 checkpoint with PyTorch (CPU) on the same real validation images and records how far their raw
 outputs differ, separately for box coordinates (pixels) and class scores. Differences beyond the
 tolerances in ``params.yaml`` fail the stage. That is the first, cheap check; then every target in
-``deploy.targets`` (the FP32 ONNX model itself, CPU INT8, TorchScript) is built and its mAP measured
+``deploy.targets`` (the FP32 ONNX model itself, CPU INT8, OpenVINO, TorchScript) is built and its mAP measured
 and gated against the PyTorch model's (``stages/deploy/``): ``metrics/deploy.json`` holds the
 numbers, ``reports/deploy.json`` what ran and why each artifact is or is not deployable.
 

@@ -12,12 +12,12 @@ A candidate that is already production (same weights and ONNX file) changes noth
 Checks, all required: the pipeline's results are up to date (``dvc status``), the evaluation gate
 passed, export parity passed, the FP32 ONNX model is deployable (its mAP within ``deploy.max_drop``
 of the PyTorch model's), and the model's mAP50-95 is not below production's by more than
-``promote.max_map50_95_drop``. The other deploy artifacts (CPU INT8, TorchScript) go to production
-when they are deployable and are left out when not. On success the new production folder is
-assembled beside the old one and swapped in, so a failure part-way leaves production as it was;
-then it is versioned with ``dvc add`` (commit ``models/production.dvc``). Every attempt writes
-``reports/promotion.json``; a refusal exits non-zero naming each failed check and leaves production
-untouched.
+``promote.max_map50_95_drop``. The other deploy artifacts (CPU INT8, OpenVINO, TorchScript, the
+TensorRT engine with its sidecar) go to production when they are deployable and are left out when
+not. On success the new production folder is assembled beside the old one and swapped in, so a
+failure part-way leaves production as it was; then it is versioned with ``dvc add`` (commit
+``models/production.dvc``). Every attempt writes ``reports/promotion.json``; a refusal exits
+non-zero naming each failed check and leaves production untouched.
 """
 
 from __future__ import annotations
