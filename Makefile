@@ -8,6 +8,8 @@ export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 # No usage telemetry from Prefect's SDK (it reads this at import) or any other tool honouring it.
 export DO_NOT_TRACK := 1
+# ONNX Runtime's usage telemetry (a native thread posts to Microsoft) stays off too.
+export ORT_DISABLE_TELEMETRY := 1
 # Where the Prefect deployments run (prefect.yaml): this folder unless told otherwise.
 export PIPELINE_WORKSPACE ?= $(CURDIR)
 PREFECT_PORT ?= 4200

@@ -13,6 +13,7 @@ from stages.common import read_json
 from stages.config import Params
 from stages.data_version import production_metadata
 from stages.evaluate import describe
+from stages.report import merged_benchmark
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -164,6 +165,7 @@ def publish(
         created.append("deploy-artifacts")
     benchmark = _read(paths.resolve("benchmark_metrics", workspace)) if "benchmark" in done else None
     if benchmark is not None:
+        benchmark = merged_benchmark(benchmark, _read(paths.resolve("benchmark_report", workspace)) or {})
         create_table_artifact(key="latency", table=latency_rows(benchmark), description="Latency per backend")
         created.append("latency")
     card = paths.resolve("model_card", workspace)

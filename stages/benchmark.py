@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -54,8 +54,10 @@ class BenchmarkConfig(BaseModel):
     export_metrics: Path
     engine_dir: Path
     engine_metrics: Path
+    engine_report: Path
     data_yaml: Path
     metrics: Path
+    report: Path
     latency_plot: Path
     throughput_plot: Path
     workspace: Path
@@ -74,8 +76,10 @@ class BenchmarkConfig(BaseModel):
             export_metrics=paths.resolve("export_metrics", root),
             engine_dir=paths.resolve("engine_dir", root),
             engine_metrics=paths.resolve("engine_metrics", root),
+            engine_report=paths.resolve("engine_report", root),
             data_yaml=paths.resolve("prepared", root) / "data.yaml",
             metrics=paths.resolve("benchmark_metrics", root),
+            report=paths.resolve("benchmark_report", root),
             latency_plot=paths.resolve("latency_plot", root),
             throughput_plot=paths.resolve("throughput_plot", root),
             workspace=root,
@@ -124,13 +128,24 @@ class BenchmarkRow(BaseModel):
 
 
 class BenchmarkResult(BaseModel):
-    """What ``metrics/benchmark.json`` holds: one row per backend measured, keyed by backend.
+    """One row per backend measured, keyed by backend, and why the others were skipped.
 
-    A mapping rather than a list so that ``dvc metrics show/diff`` can flatten and compare it.
+    ``metrics/benchmark.json`` holds the numbers (a mapping rather than a list, so that ``dvc
+    metrics show/diff`` and ``dvc exp show`` flatten and compare it); ``reports/benchmark.json`` the
+    text: what ran (runtime, device, precision), the round p50s, and the reasons for skips.
     """
 
     backends: dict[str, BenchmarkRow]
     skipped: dict[str, str]
+
+    TEXT: ClassVar[set[str]] = {"backend", "provider", "device", "precision", "round_p50_ms"}
+
+    def metrics_record(self) -> dict[str, Any]:
+        return {"backends": {k: r.model_dump(exclude=self.TEXT, exclude_none=True) for k, r in self.backends.items()}}
+
+    def report_record(self) -> dict[str, Any]:
+        rows = {k: r.model_dump(include=self.TEXT - {"backend"}) for k, r in self.backends.items()}
+        return {"backends": rows, "skipped": self.skipped}
 
 
 MAX_CV = 0.10  # rounds whose p50s spread more than this are noise, not a measurement
@@ -246,8 +261,8 @@ def _artifact(spec: RowSpec, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Pa
         return cfg.model
     if spec.artifact == "engine":
         engine = read_json(cfg.engine_metrics, stage=STAGE)
-        if engine.get("status") != "built":
-            raise BackendUnavailable(f"no TensorRT engine: {engine.get('reason')}")
+        if not engine.get("built"):
+            raise BackendUnavailable(f"no TensorRT engine: {read_json(cfg.engine_report, stage=STAGE).get('reason')}")
         if not engine.get("deployable"):
             raise NotDeployable(f"the TensorRT engine is not deployable: a drop of {engine.get('drop_map50_95')}")
         return cfg.engine_dir / ENGINE_NAME
@@ -272,14 +287,14 @@ def _gpu_available(backend: str, cfg: BenchmarkConfig) -> bool:
 
         return "CUDAExecutionProvider" in ort.get_available_providers()
     if backend == "tensorrt":
-        return cfg.engine_metrics.is_file() and read_json(cfg.engine_metrics).get("status") == "built"
+        return cfg.engine_metrics.is_file() and bool(read_json(cfg.engine_metrics).get("built"))
     return False
 
 
 def _open(backend: str, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Runner:
     spec = ROWS[backend]
     path = _artifact(spec, cfg, deploy)
-    precision = spec.precision or read_json(cfg.engine_metrics, stage=STAGE)["precision"]
+    precision = spec.precision or read_json(cfg.engine_report, stage=STAGE)["precision"]
     return open_runner(
         spec.backend,
         path,
@@ -335,7 +350,8 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
         reason = "nothing was exported (the evaluation gate failed)"
         log.warning("nothing measured: %s", reason)
         result = BenchmarkResult(backends={}, skipped=dict.fromkeys(o.backends, reason))
-        write_json(cfg.metrics, result)
+        write_json(cfg.metrics, result.metrics_record())
+        write_json(cfg.report, result.report_record())
         write_plots(result, cfg.latency_plot, cfg.throughput_plot)  # headers only: DVC outputs exist
         return result
     for path in (cfg.model, cfg.onnx):
@@ -425,7 +441,8 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
                 latency.min,
             )
     result = BenchmarkResult(backends={row.backend: row for row in rows}, skipped=skipped)
-    write_json(cfg.metrics, result)
+    write_json(cfg.metrics, result.metrics_record())
+    write_json(cfg.report, result.report_record())
     write_plots(result, cfg.latency_plot, cfg.throughput_plot)
     return result
 

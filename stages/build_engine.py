@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,6 +45,7 @@ class BuildEngineConfig(BaseModel):
     engine_dir: Path
     timing_cache: Path
     metrics: Path
+    report: Path
     workspace: Path
     imgsz: int
     batch_sizes: list[int]  # the optimization profile covers these (engine.batch_sizes, else export.batch)
@@ -66,6 +67,7 @@ class BuildEngineConfig(BaseModel):
             engine_dir=params.paths.resolve("engine_dir", root),
             timing_cache=params.paths.resolve("engine_timing_cache", root) / TIMING_CACHE,
             metrics=params.paths.resolve("engine_metrics", root),
+            report=params.paths.resolve("engine_report", root),
             workspace=root,
             imgsz=params.train.imgsz,
             batch_sizes=params.engine.batch_sizes or [params.export.batch],
@@ -79,7 +81,7 @@ class BuildEngineConfig(BaseModel):
 
 
 class BuildEngineResult(BaseModel):
-    """What ``metrics/engine.json`` holds."""
+    """The build record: numbers in ``metrics/engine.json``, text in ``reports/engine.json``."""
 
     status: Literal["built", "skipped"]
     reason: str | None = None
@@ -95,6 +97,20 @@ class BuildEngineResult(BaseModel):
     map50_95: float | None = None
     drop_map50_95: float | None = None  # PyTorch's mAP50-95 minus the engine's
     deployable: int | None = None  # within deploy.max_drop for its precision
+
+    TEXT: ClassVar[set[str]] = {"status", "reason", "path", "precision", "tensorrt", "gpu"}
+
+    def metrics_record(self) -> dict[str, Any]:
+        """Numbers only: ``built`` (1 or 0) and the measurements; no nulls."""
+        return {"built": int(self.status == "built")} | self.model_dump(exclude_none=True, exclude=self.TEXT)
+
+    def report_record(self) -> dict[str, Any]:
+        """The text facts: status and why, the file, precision, TensorRT version and GPU."""
+        return self.model_dump(include=self.TEXT)
+
+
+def _shown(path: Path, workspace: Path) -> str:
+    return path.relative_to(workspace).as_posix() if path.is_relative_to(workspace) else str(path)
 
 
 def missing_prerequisite() -> str | None:
@@ -142,10 +158,11 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
             f"TensorRT's timing cache ({TIMING_CACHE}) goes here once an engine is built; kept between builds.\n",
             encoding="utf-8",
         )
-        write_json(cfg.metrics, result)
+        write_json(cfg.metrics, result.metrics_record())
+        write_json(cfg.report, result.report_record())
         # Say so where a user looks for the engine (this also keeps the DVC output from being empty).
         (cfg.engine_dir / "README.md").write_text(
-            f"No TensorRT engine was built: {reason}.\nSee {cfg.metrics.name} for the build record.\n",
+            f"No TensorRT engine was built: {reason}.\nSee {_shown(cfg.report, cfg.workspace)} for the build record.\n",
             encoding="utf-8",
         )
         if cfg.options.required and exported:
@@ -188,7 +205,8 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
         drop_map50_95=drop,
         deployable=int(deployable),
     )
-    write_json(cfg.metrics, result)
+    write_json(cfg.metrics, result.metrics_record())
+    write_json(cfg.report, result.report_record())
     log.info(
         "built %s (%s, %.1f MB) in %.1fs on %s, profile %s; mAP50-95 %.4f, a drop of %.2f points: %s",
         target,

@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -51,6 +52,7 @@ class ExportConfig(BaseModel):
     deploy_dir: Path
     onnx: Path
     metrics: Path
+    report: Path
     deploy_metrics: Path
     deploy_report: Path
     workspace: Path
@@ -70,6 +72,7 @@ class ExportConfig(BaseModel):
             deploy_dir=params.paths.resolve("deploy_dir", root),
             onnx=params.paths.onnx_model(root),
             metrics=params.paths.resolve("export_metrics", root),
+            report=params.paths.resolve("export_report", root),
             deploy_metrics=params.paths.resolve("deploy_metrics", root),
             deploy_report=params.paths.resolve("deploy_report", root),
             workspace=root,
@@ -123,6 +126,25 @@ class ExportResult(BaseModel):
     onnxruntime_provider: str | None = None
     parity: Parity | None = None
 
+    def metrics_record(self) -> dict[str, Any]:
+        """What ``metrics/export.json`` holds: numbers only (flags as 0/1), no nulls."""
+        record = self.model_dump(exclude_none=True, exclude={"onnx", "onnxruntime_provider"})
+        for flag in ("dynamic", "simplify"):
+            if flag in record:
+                record[flag] = int(record[flag])
+        if "parity" in record:
+            record["parity"]["passed"] = int(record["parity"]["passed"])
+            del record["parity"]["output_shape"]
+        return record
+
+    def report_record(self) -> dict[str, Any]:
+        """What ``reports/export.json`` holds: the file, the runtime and the output's shape."""
+        return {
+            "onnx": self.onnx,
+            "onnxruntime_provider": self.onnxruntime_provider,
+            "output_shape": self.parity.output_shape if self.parity else None,
+        }
+
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float, float]:
     """Compare raw detection outputs of shape (batch, 4 + classes, anchors).
@@ -162,7 +184,8 @@ def run(cfg: ExportConfig) -> ExportResult:
         reason = "the evaluation gate failed: " + "; ".join(failed)
         write_text(cfg.deploy_dir / "README.md", f"Nothing was exported: {reason}.\n")
         result = ExportResult(exported=0)
-        write_json(cfg.metrics, result.model_dump(exclude_none=True))  # numbers only, no nulls
+        write_json(cfg.metrics, result.metrics_record())
+        write_json(cfg.report, result.report_record())
         write_json(cfg.deploy_metrics, {})
         write_json(cfg.deploy_report, {})
         log.warning("not exported: %s", reason)
@@ -214,7 +237,8 @@ def run(cfg: ExportConfig) -> ExportResult:
             passed=passed,
         ),
     )
-    write_json(cfg.metrics, result)
+    write_json(cfg.metrics, result.metrics_record())
+    write_json(cfg.report, result.report_record())
     log.info(
         "exported %s (%.2f MB); parity on %d images: max |Δbox| %.2e px, max |Δscore| %.2e, top-1 agreement %.0f%%",
         cfg.onnx,

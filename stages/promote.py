@@ -77,10 +77,13 @@ class PromoteConfig(BaseModel):
             "train_facts.json": "train_report",
             "evaluate.json": "evaluate_metrics",
             "export.json": "export_metrics",
+            "export_facts.json": "export_report",
             "deploy.json": "deploy_metrics",
             "deploy_facts.json": "deploy_report",
             "engine.json": "engine_metrics",
+            "engine_facts.json": "engine_report",
             "benchmark.json": "benchmark_metrics",
+            "benchmark_facts.json": "benchmark_report",
             "validate.json": "validate_report",
         }
         return cls(

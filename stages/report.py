@@ -42,10 +42,13 @@ class ReportConfig(BaseModel):
     train_report: Path
     evaluate_metrics: Path
     export_metrics: Path
+    export_report: Path
     deploy_metrics: Path
     deploy_report: Path
     engine_metrics: Path
+    engine_report: Path
     benchmark_metrics: Path
+    benchmark_report: Path
     environment: Path
     output: Path
 
@@ -64,10 +67,13 @@ class ReportConfig(BaseModel):
             train_report=p.resolve("train_report", root),
             evaluate_metrics=p.resolve("evaluate_metrics", root),
             export_metrics=p.resolve("export_metrics", root),
+            export_report=p.resolve("export_report", root),
             deploy_metrics=p.resolve("deploy_metrics", root),
             deploy_report=p.resolve("deploy_report", root),
             engine_metrics=p.resolve("engine_metrics", root),
+            engine_report=p.resolve("engine_report", root),
             benchmark_metrics=p.resolve("benchmark_metrics", root),
+            benchmark_report=p.resolve("benchmark_report", root),
             environment=p.resolve("environment", root),
             output=p.resolve("model_card", root),
         )
@@ -117,6 +123,15 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def merged_benchmark(numbers: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
+    """``metrics/benchmark.json`` and ``reports/benchmark.json`` as one record per backend, with the skips."""
+    facts = text.get("backends", {})
+    backends = {
+        name: {"backend": name, **row, **facts.get(name, {})} for name, row in numbers.get("backends", {}).items()
+    }
+    return {"backends": backends, "skipped": text.get("skipped", {})}
+
+
 def latency_table(benchmark: dict[str, Any]) -> list[str]:
     """Markdown rows of the latency table, and a warning under it for every row that is not stable."""
     columns = ["backend", "provider", "device", "precision", "threads", "batch", "imgsz"]
@@ -126,8 +141,8 @@ def latency_table(benchmark: dict[str, Any]) -> list[str]:
     for r in benchmark.get("backends", {}).values():
         lat = r["latency_ms"]
         lines.append(
-            f"| {r['backend']} | {r['provider']} | {r['device']} | {r['precision']} | {_fmt(r['threads'])} | "
-            f"{r['batch']} | {r['imgsz']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {_fmt(r['end_to_end_ms'], 2)} | "
+            f"| {r['backend']} | {r['provider']} | {r['device']} | {r['precision']} | {_fmt(r.get('threads'))} | "
+            f"{r['batch']} | {r['imgsz']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {_fmt(r.get('end_to_end_ms'), 2)} | "
             f"{r['cv']:.2f} | {'yes' if r['stable'] else '**NO**'} | {r['throughput_ips']:.1f} |"
         )
         if not r["stable"]:
@@ -220,11 +235,14 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
     train = read_json(cfg.train_metrics, stage=STAGE)
     train_facts = read_json(cfg.train_report, stage=STAGE)
     evaluate = read_json(cfg.evaluate_metrics, stage=STAGE)
-    export = read_json(cfg.export_metrics, stage=STAGE)
+    # A stage's numbers (metrics/) and its text (reports/) side by side, as the card prints them.
+    export = read_json(cfg.export_metrics, stage=STAGE) | read_json(cfg.export_report, stage=STAGE)
     deploy_metrics = read_json(cfg.deploy_metrics, stage=STAGE)
     deploy_facts = read_json(cfg.deploy_report, stage=STAGE)
-    engine = read_json(cfg.engine_metrics, stage=STAGE)
-    benchmark = read_json(cfg.benchmark_metrics, stage=STAGE)
+    engine = read_json(cfg.engine_metrics, stage=STAGE) | read_json(cfg.engine_report, stage=STAGE)
+    benchmark = merged_benchmark(
+        read_json(cfg.benchmark_metrics, stage=STAGE), read_json(cfg.benchmark_report, stage=STAGE)
+    )
     env = read_json(cfg.environment, stage=STAGE)
     version = data_version(cfg.workspace, cfg.dataset)
     gates = evaluate["gates"]

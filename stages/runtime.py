@@ -54,6 +54,7 @@ def offline_environment(workspace: Path) -> dict[str, str]:
         "YOLO_OFFLINE": "true",
         "YOLO_AUTOINSTALL": "false",
         "MPLBACKEND": "Agg",
+        "ORT_DISABLE_TELEMETRY": "1",  # ONNX Runtime's usage telemetry (stages/__init__.py)
     }
 
 

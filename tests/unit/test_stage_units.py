@@ -63,8 +63,11 @@ def test_engine_is_skipped_without_gpu_and_required_fails(tmp_path: Path):
     cfg = build_engine.BuildEngineConfig.from_params(parse_params({}), tmp_path)
     result = build_engine.run(cfg)
     assert result.status == "skipped" and "CUDA" in result.reason
-    record = json.loads((tmp_path / "metrics" / "engine.json").read_text())
+    record = json.loads((tmp_path / "reports" / "engine.json").read_text())
     assert record["status"] == "skipped" and record["reason"] == result.reason
+    numbers = json.loads((tmp_path / "metrics" / "engine.json").read_text())
+    assert numbers["built"] == 0 and all(isinstance(v, (int, float)) for v in numbers.values())
+    assert "reports/engine.json" in (tmp_path / "models" / "engine" / "README.md").read_text()
     assert not (tmp_path / "models" / "engine" / "model.engine").exists()
 
     required = build_engine.BuildEngineConfig.from_params(parse_params({"engine": {"required": True}}), tmp_path)
