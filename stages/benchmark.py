@@ -34,7 +34,7 @@ from stages.config import BenchmarkParams, Params
 from stages.datasets import read_prepared_yaml
 from stages.deploy.targets import TARGETS
 from stages.errors import BackendUnavailable, ConfigError, PipelineError
-from stages.inference import batches, letterbox, load_inputs, onnx_input_batch, onnx_session, validation_images
+from stages.inference import batches, letterbox, load_inputs, onnx_input_batch, validation_images
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
     for path in (cfg.model, cfg.onnx):
         if not path.is_file():
             raise PipelineError("model file is missing; run the earlier stages first", stage=STAGE, path=path)
-    static_batch = onnx_input_batch(onnx_session(cfg.onnx))
+    static_batch = onnx_input_batch(cfg.onnx)
     if static_batch is not None and static_batch != o.batch:
         raise ConfigError(
             f"benchmark.batch={o.batch} but the ONNX model has a static batch of {static_batch} "

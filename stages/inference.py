@@ -104,10 +104,15 @@ def onnx_session(path: Path, provider: str = "CPUExecutionProvider", threads: in
     return session
 
 
-def onnx_input_batch(session: Any) -> int | None:
-    """The static batch size of a session's first input, or ``None`` when it is dynamic."""
-    dim = session.get_inputs()[0].shape[0]
-    return dim if isinstance(dim, int) else None
+def onnx_input_batch(path: Path) -> int | None:
+    """The static batch size of an ONNX model's first input, or ``None`` when it is dynamic.
+
+    Read from the graph (no session is built, no weights are loaded).
+    """
+    import onnx
+
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
 def torch_model(weights: Path, workspace: Path, device: str = "cpu") -> Any:

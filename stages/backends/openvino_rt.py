@@ -61,10 +61,8 @@ def quantize_int8(onnx_path: Path, out: Path, images: np.ndarray, ignored: list[
     return out
 
 
-def ir_precision(path: Path) -> str:
-    """``int8`` when the IR holds quantization (FakeQuantize or Q/DQ-style Convert to i8/u8), else ``fp32``."""
-    ov = _openvino()
-    model = ov.Core().read_model(str(path))
+def ir_precision(model: Any) -> str:
+    """``int8`` when an ``openvino.Model`` holds quantization (FakeQuantize, a Convert to i8/u8), else ``fp32``."""
     for op in model.get_ops():
         if op.get_type_name() == "FakeQuantize":
             return "int8"
@@ -80,8 +78,9 @@ class OpenVINORunner:
         ov = _openvino()
         core = ov.Core()
         threads = cpu_threads(threads)
+        model = core.read_model(str(path))  # read once: compiled, and inspected for its precision
         self.compiled = core.compile_model(
-            str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+            model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
         )
         self.request = self.compiled.create_infer_request()
         shape = self.compiled.inputs[0].get_partial_shape()
@@ -92,7 +91,7 @@ class OpenVINORunner:
             backend="openvino",
             provider=f"openvino {ov.__version__.split('-')[0]} CPU (inference precision {ran})",
             device="cpu",
-            precision=ir_precision(path),
+            precision=ir_precision(model),
             threads=int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
         )
         self.inference_precision = ran

@@ -18,11 +18,11 @@ from stages.backends import open_runner
 from stages.backends.base import predict_all
 from stages.common import write_json
 from stages.config import DeployParams
-from stages.deploy.accuracy import Accuracy, calibration_inputs, detection_map, labelled_split
+from stages.deploy.accuracy import Accuracy, LabelledImages, calibration_inputs, detection_map, labelled_split
 from stages.deploy.int8 import check_scores, head_tail_nodes, quantize
 from stages.deploy.targets import TARGETS, Target
 from stages.errors import PipelineError
-from stages.inference import load_inputs
+from stages.inference import load_inputs, onnx_input_batch
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,19 @@ class _Built(BaseModel):
 
 
 class _Builder:
-    """Builds the deploy targets of one export; the calibration images are read once for all INT8 targets."""
+    """Builds the deploy targets of one export.
 
-    def __init__(self, cfg: DeployInputs) -> None:
+    The calibration images, and the FP32 model's outputs that INT8 scores are checked against, are
+    computed once for all INT8 targets; the score probe is the first images of the val split
+    already read for the mAP.
+    """
+
+    def __init__(self, cfg: DeployInputs, val: LabelledImages) -> None:
         self.cfg = cfg
         self.onnx = cfg.deploy_dir / TARGETS["onnx-fp32"].file
+        self.val = val
         self._calibration: np.ndarray | None = None
+        self._probe: tuple[np.ndarray, np.ndarray] | None = None
 
     def calibration(self) -> np.ndarray:
         if self._calibration is None:
@@ -106,10 +113,12 @@ class _Builder:
     def check_scores(self, backend: str, path: Path) -> None:
         """Refuse an INT8 model whose scores collapsed against the FP32 ONNX model's (``int8.check_scores``)."""
         cfg = self.cfg
-        probe = load_inputs(labelled_split(cfg.data_yaml, "val", SCORE_CHECK_IMAGES).paths, cfg.imgsz)
-        fp32 = open_runner("onnxruntime", self.onnx, workspace=cfg.workspace)
+        if self._probe is None:
+            probe = load_inputs(self.val.paths[:SCORE_CHECK_IMAGES], cfg.imgsz)
+            self._probe = probe, predict_all(open_runner("onnxruntime", self.onnx, workspace=cfg.workspace), probe)
+        probe, reference = self._probe
         quantized = open_runner(backend, path, workspace=cfg.workspace, precision="int8")
-        check_scores(predict_all(fp32, probe), predict_all(quantized, probe))
+        check_scores(reference, predict_all(quantized, probe))
 
     def build(self, target: Target, path: Path) -> _Built:
         """Write ``path`` for ``target`` (``onnx-fp32`` is the export's own file)."""
@@ -150,7 +159,7 @@ class _Builder:
             from stages.backends.torchscript import trace
             from stages.inference import torch_model
 
-            batch = open_runner("onnxruntime", self.onnx, workspace=cfg.workspace).batch or 1
+            batch = onnx_input_batch(self.onnx) or 1
             module = torch_model(cfg.model, cfg.workspace, "cpu").fuse(verbose=False)
             trace(module, torch.zeros(batch, 3, cfg.imgsz, cfg.imgsz), path)
             return _Built(scheme="torch.jit.trace of the fused model")
@@ -175,7 +184,7 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
     )
     metrics: dict[str, ArtifactMetrics] = {}
     facts: dict[str, ArtifactFacts] = {}
-    builder = _Builder(cfg)
+    builder = _Builder(cfg, data)
     for name in cfg.options.targets:
         target = TARGETS[name]
         limit = getattr(cfg.options.max_drop, target.precision)

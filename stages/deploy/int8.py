@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from stages.errors import ExportError
+from stages.inference import onnx_input_batch
 
 Method = Literal["minmax", "entropy", "percentile"]
 INTEGER_CONVS = {"QLinearConv", "ConvInteger"}
@@ -106,8 +107,7 @@ def quantize(
 
     model = onnx.load(str(source))
     first = model.graph.input[0]
-    dim = first.type.tensor_type.shape.dim[0]
-    batch = dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 1
+    batch = onnx_input_batch(source) or 1
     if len(images) < batch:
         raise ExportError(f"{len(images)} calibration images, fewer than the model's batch of {batch}", path=source)
     excluded = head_tail_nodes(model) if exclude is None else exclude
