@@ -39,7 +39,7 @@ RESULTS = REPO / "benchmarks" / "results" / "deploy.md"
 COCO128 = REPO.parent / "shared" / "datasets" / "coco128"
 sys.path.insert(0, str(REPO))
 
-from stages.environment import cpu_int8_extensions, cpu_model  # noqa: E402
+from stages.fingerprint import cpu_int8_extensions, cpu_model  # noqa: E402
 from tests.e2e.workspace import Workspace  # noqa: E402 - the workspace builder the e2e tests use
 
 ROW_OF = {

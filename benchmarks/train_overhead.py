@@ -42,7 +42,7 @@ COCO128 = REPO.parent / "shared" / "datasets" / "coco128"
 sys.path.insert(0, str(REPO))
 
 from stages.config import load_params  # noqa: E402
-from stages.environment import cpu_model  # noqa: E402
+from stages.fingerprint import cpu_model  # noqa: E402
 from stages.runtime import offline_environment  # noqa: E402
 from stages.train import TrainConfig, resolve_model  # noqa: E402
 from stages.training.trainer import overrides  # noqa: E402

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from stages.cli import REFUSED_EXIT, configure_logging
 from stages.config import DEFAULT_PARAMS, Params, load_params
 from stages.errors import PipelineError
 from stages.lock import check_not_locked_by_another
@@ -22,9 +23,6 @@ from stages.lock import check_not_locked_by_another
 log = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT")
-# Exit code of a stage that refused to do its job on purpose (bad config or data, failed gate): a
-# retry cannot help. A crash exits 1 (Python's code for an uncaught exception) or by a signal.
-REFUSED_EXIT = 2
 
 
 def file_sha256(path: Path) -> str:
@@ -78,15 +76,6 @@ def read_json(path: Path, *, stage: str | None = None, default: Any = _REQUIRED)
         raise PipelineError("expected output of an earlier stage is missing", stage=stage, path=path) from None
     except json.JSONDecodeError as exc:
         raise PipelineError(f"not valid JSON: {exc}", stage=stage, path=path) from None
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """Log to stderr with a compact format; called by CLIs only, never at import."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
 
 
 def stage_main(

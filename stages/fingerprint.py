@@ -1,10 +1,10 @@
-"""Stage ``environment``: fingerprint the hardware and libraries that engine and benchmark results depend on.
+"""The machine fingerprint: the hardware and libraries that engine and benchmark results depend on.
 
 A TensorRT engine is only valid for the GPU and TensorRT version it was built with, and latencies
-only mean something for the machine they were measured on. ``dvc.yaml`` runs this stage on every
-``dvc repro`` (``always_changed``); it takes well under a second, and because its output holds no
-timestamps, it changes only when the machine or a library does, and only then do ``build_engine``
-and ``benchmark`` run again.
+only mean something for the machine they were measured on. The ``environment`` stage
+(:mod:`stages.environment`) runs on every ``dvc repro`` and calls :func:`run` when its cheap machine
+key changed. The output holds no timestamps, so it changes only when the machine or a library does,
+and only then do ``build_engine`` and ``benchmark`` run again.
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import stage_main, write_json
+from stages.common import write_json
 from stages.config import Params
 
 log = logging.getLogger(__name__)
 
-STAGE = "environment"
 PACKAGES = (
     "torch",
     "torchvision",
@@ -157,12 +155,3 @@ def run(cfg: EnvironmentConfig) -> EnvironmentResult:
     write_json(cfg.output, result)
     log.info("%s, %d cores, %d GPU(s)", result.cpu, result.cpu_count, len(result.gpus))
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    return stage_main(STAGE, EnvironmentConfig.from_params, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
