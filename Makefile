@@ -14,7 +14,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export PIPELINE_WORKSPACE ?= $(CURDIR)
 PREFECT_PORT ?= 4200
 
-.PHONY: demo flow test test-unit test-e2e lint sample-data install clean server deploy worker retrain-ci promote
+.PHONY: demo flow test test-unit test-e2e lint sample-data install clean server deploy worker retrain-ci promote plots report
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m stages.charts  # the offline page template .dvc/config names, from the bundle just installed
 	touch $@
 
 ## Create the sample dataset (only when data/dataset is absent) and track it with DVC.
@@ -56,6 +57,15 @@ deploy: install
 ## A process worker that runs the deployments' flow runs in this workspace.
 worker: install
 	$(BIN)/prefect worker start --pool yolo-cpu
+
+## Every plot of dvc.yaml in one page that works offline: dvc_plots/index.html (README: Pictures).
+plots: install
+	$(BIN)/python -m stages.charts
+	$(BIN)/dvc plots show --html-template $(CURDIR)/.cache/plots/offline.html
+
+## The model card, reports/model_card.md and reports/model_card.html (the report stage, and what it needs).
+report: install
+	$(BIN)/dvc repro report
 
 ## What CI runs: pull, reproduce, push, metrics diff (scripts/ci_retrain.sh).
 retrain-ci: install

@@ -54,6 +54,7 @@ class PathsParams(_Section):
     model: str = "models/best.pt"
     train_metrics: str = "metrics/train.json"
     train_plot: str = "plots/train_curves.csv"
+    lr_plot: str = "plots/lr.csv"
     train_report: str = "reports/train.json"
     evaluate_metrics: str = "metrics/evaluate.json"
     deploy_dir: str = "models/deploy"
@@ -69,7 +70,11 @@ class PathsParams(_Section):
     benchmark_report: str = "reports/benchmark.json"
     latency_plot: str = "plots/latency.csv"
     throughput_plot: str = "plots/throughput.csv"
+    pr_curve_plot: str = "plots/pr_curve.csv"
+    confusion_plot: str = "plots/confusion.csv"
+    val_predictions_plot: str = "plots/val_predictions.png"
     model_card: str = "reports/model_card.md"
+    model_card_html: str = "reports/model_card.html"
     production: str = "models/production"
     promotion_report: str = "reports/promotion.json"
 
@@ -294,6 +299,10 @@ class EvaluateParams(_Section):
     batch: int = Field(16, ge=1)
     conf: float = Field(0.001, gt=0.0, lt=1.0)
     iou: float = Field(0.7, gt=0.0, le=1.0)
+    plot_images: int = Field(8, ge=1, description="validation images drawn with their true and predicted boxes")
+    plot_conf: float = Field(
+        0.25, gt=0.0, lt=1.0, description="confidence of the boxes drawn and counted in the confusion matrix"
+    )
 
     @field_validator("min_class_map50")
     @classmethod

@@ -6,6 +6,10 @@ compare them. A failed gate is a result, not a crash: the stage succeeds and log
 ``export`` then builds nothing deployable, and ``dvc repro`` or ``dvc exp run`` completes, so a
 failed experiment keeps its own numbers. Whoever acts on the verdict (the flow, CI, ``make demo``)
 runs ``python -m stages.gate``, which fails naming every failed check.
+
+It also writes the pictures (``stages/pictures.py``): the PR curve and the confusion matrix that
+Ultralytics' validator measured, as CSV for ``dvc plots``, and a PNG grid of the first validation
+images with their true boxes (green) and the model's boxes (red).
 """
 
 from __future__ import annotations
@@ -17,17 +21,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from stages import pictures
 from stages.common import stage_main, write_json
 from stages.config import EvaluateParams, Params
-from stages.datasets import read_prepared_yaml
+from stages.datasets import label_path_for, read_prepared_yaml, split_dirs
 from stages.errors import ConfigError, PipelineError
+from stages.inference import validation_images
 from stages.runtime import import_ultralytics
 
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
+TILE_PX = 256  # side of one image in the validation grid
+GRID_COLUMNS = 4
 
 
 class EvaluateConfig(BaseModel):
@@ -38,6 +47,9 @@ class EvaluateConfig(BaseModel):
     model: Path
     data_yaml: Path
     metrics: Path
+    pr_curve: Path
+    confusion: Path
+    val_predictions: Path
     workspace: Path
     imgsz: int
     device: str
@@ -50,6 +62,9 @@ class EvaluateConfig(BaseModel):
             model=params.paths.resolve("model", root),
             data_yaml=params.paths.resolve("prepared", root) / "data.yaml",
             metrics=params.paths.resolve("evaluate_metrics", root),
+            pr_curve=params.paths.resolve("pr_curve_plot", root),
+            confusion=params.paths.resolve("confusion_plot", root),
+            val_predictions=params.paths.resolve("val_predictions_plot", root),
             workspace=root,
             imgsz=params.train.imgsz,
             device=params.train.device,
@@ -141,6 +156,77 @@ def build_checks(
     return checks
 
 
+def _picture_validator(confusion_conf: float) -> type:
+    """Ultralytics' detection validator, counting its confusion matrix at ``confusion_conf``.
+
+    The validator measures mAP at ``evaluate.conf`` (0.001: every box counts towards the PR curve) and
+    would count the confusion matrix at that confidence too, where nearly every cell is a box on the
+    background; a confusion matrix describes the boxes a user would keep. Its own mosaics of the first
+    batches are not drawn: :func:`write_pictures` draws its own grid, and those mosaics are written by
+    background threads that could outlive the temporary folder they write to.
+    """
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    class PictureValidator(DetectionValidator):
+        def init_metrics(self, model: Any) -> None:
+            super().init_metrics(model)
+            count = self.confusion_matrix.process_batch
+
+            def at_confusion_conf(detections: Any, batch: Any, conf: float = 0.25, **kwargs: Any) -> None:
+                count(detections, batch, conf=confusion_conf, **kwargs)
+
+            self.confusion_matrix.process_batch = at_confusion_conf
+
+        def plot_val_samples(self, batch: Any, ni: int) -> None:
+            pass
+
+        def plot_predictions(self, batch: Any, preds: Any, ni: int, max_det: int | None = None) -> None:
+            pass
+
+    return PictureValidator
+
+
+def write_pictures(cfg: EvaluateConfig, model: Any, metrics: Any, names: list[str]) -> None:
+    """Write the PR curve and confusion matrix CSVs and the validation image grid.
+
+    Args:
+        cfg: The stage's config (output paths, image size, ``plot_images`` and ``plot_conf``).
+        model: The Ultralytics model that was validated.
+        metrics: What its validator returned (``box.px``, ``box.prec_values``, ``confusion_matrix``).
+        names: Class names by id.
+    """
+    box = metrics.box
+    pr_rows = pictures.pr_curve_rows(box.px, box.prec_values, box.ap_class_index, names)
+    pictures.write_csv(cfg.pr_curve, ["class", "recall", "precision"], pr_rows)
+    confusion = pictures.confusion_rows(metrics.confusion_matrix.matrix, names)
+    pictures.write_csv(cfg.confusion, ["actual", "predicted"], confusion)
+
+    images = validation_images(cfg.data_yaml, cfg.gates.plot_images)
+    images_root, labels_root = split_dirs(read_prepared_yaml(cfg.data_yaml))["val"]
+    results = model.predict(
+        [str(p) for p in images],
+        imgsz=cfg.imgsz,
+        conf=cfg.gates.plot_conf,
+        iou=cfg.gates.iou,
+        device=cfg.device,
+        verbose=False,
+    )
+    tiles = []
+    for path, result in zip(images, results, strict=True):
+        with Image.open(path) as image:
+            truth = pictures.read_yolo_labels(label_path_for(path, images_root, labels_root), image.width, image.height)
+            predicted = [
+                pictures.Box(*(float(v) for v in xyxy), cls=int(c), conf=float(p))
+                for xyxy, c, p in zip(
+                    result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), result.boxes.conf.tolist(), strict=True
+                )
+            ]
+            tiles.append(pictures.draw_tile(image, truth, predicted, names, TILE_PX))
+    caption = f"green: true boxes; red: predicted, confidence >= {cfg.gates.plot_conf}"
+    pictures.save_png(pictures.image_grid(tiles, GRID_COLUMNS, caption), cfg.val_predictions)
+    log.info("wrote %s, %s and %s", cfg.pr_curve, cfg.confusion, cfg.val_predictions)
+
+
 def run(cfg: EvaluateConfig) -> EvaluateResult:
     """Validate the model and write the metrics with the gate verdict (a failed gate is recorded, not raised).
 
@@ -160,6 +246,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     model = ultralytics.YOLO(str(cfg.model), task="detect")
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         metrics = model.val(
+            validator=_picture_validator(cfg.gates.plot_conf),
             data=str(cfg.data_yaml),
             split="val",
             imgsz=cfg.imgsz,
@@ -167,13 +254,14 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
             device=cfg.device,
             conf=cfg.gates.conf,
             iou=cfg.gates.iou,
-            plots=False,
+            plots=True,  # the validator fills its confusion matrix only when it plots
             save_json=False,
             project=tmp,
             name="val",
             verbose=False,
         )
     box = metrics.box
+    write_pictures(cfg, model, metrics, names)
     counts = [int(n) for n in metrics.nt_per_class]
     per_class: dict[str, ClassMetrics] = {}
     measured = {int(c): i for i, c in enumerate(box.ap_class_index)}

@@ -1,9 +1,11 @@
-"""Stage ``report``: write the model card, ``reports/model_card.md``.
+"""Stage ``report``: write the model card, ``reports/model_card.md``, and ``reports/model_card.html``.
 
 The card gathers what a reviewer needs to decide whether to deploy: the data version (DVC's hash of
 the input dataset, read from ``dvc.lock``, or from ``data/dataset.dvc`` outside a DVC run), the
 params, the dataset validation summary, training and evaluation metrics, the gate verdict, export
-parity, the engine build and the latency table, and the machine the numbers come from.
+parity, the engine build and the latency table, and the machine the numbers come from. The HTML card
+(``stages/card_html.py``) says the same with the pictures: validation predictions, PR curve, confusion
+matrix, training curves and latency, in one file that opens offline.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from stages import card_html
 from stages.common import read_json, stage_main, write_text
 from stages.config import PIPELINE_SECTIONS, Params
 from stages.data_version import recorded_data_version
+from stages.errors import PipelineError
 from stages.evaluate import failed_checks
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,14 @@ class ReportConfig(BaseModel):
     benchmark_metrics: Path
     benchmark_report: Path
     environment: Path
+    train_plot: Path
+    lr_plot: Path
+    pr_curve_plot: Path
+    confusion_plot: Path
+    val_predictions_plot: Path
+    latency_plot: Path
     output: Path
+    output_html: Path
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> ReportConfig:
@@ -75,7 +86,14 @@ class ReportConfig(BaseModel):
             benchmark_metrics=p.resolve("benchmark_metrics", root),
             benchmark_report=p.resolve("benchmark_report", root),
             environment=p.resolve("environment", root),
+            train_plot=p.resolve("train_plot", root),
+            lr_plot=p.resolve("lr_plot", root),
+            pr_curve_plot=p.resolve("pr_curve_plot", root),
+            confusion_plot=p.resolve("confusion_plot", root),
+            val_predictions_plot=p.resolve("val_predictions_plot", root),
+            latency_plot=p.resolve("latency_plot", root),
             output=p.resolve("model_card", root),
+            output_html=p.resolve("model_card_html", root),
         )
 
 
@@ -83,6 +101,7 @@ class ReportResult(BaseModel):
     """Where the card went and the headline facts in it."""
 
     path: Path
+    html: Path
     data_version: str
     gate_passed: bool
 
@@ -350,8 +369,32 @@ def run(cfg: ReportConfig) -> ReportResult:
     """
     text, version, passed = render(cfg)
     write_text(cfg.output, text)
-    log.info("wrote %s (data %s, gate %s)", cfg.output, version, "passed" if passed else "failed")
-    return ReportResult(path=cfg.output, data_version=version, gate_passed=passed)
+    pictures = [
+        cfg.train_plot,
+        cfg.lr_plot,
+        cfg.pr_curve_plot,
+        cfg.confusion_plot,
+        cfg.val_predictions_plot,
+        cfg.latency_plot,
+    ]
+    missing = [p for p in pictures if not p.is_file()]
+    if missing:
+        raise PipelineError(
+            "a picture of the HTML card is missing; run 'dvc repro' (train, evaluate and benchmark write them)",
+            stage=STAGE,
+            path=missing[0],
+        )
+    page = card_html.render(
+        f"Model card: {cfg.title}",
+        text,
+        card_html.figures(*pictures),
+        read_json(cfg.environment, stage=STAGE),
+    )
+    write_text(cfg.output_html, page)
+    log.info(
+        "wrote %s and %s (data %s, gate %s)", cfg.output, cfg.output_html, version, "passed" if passed else "failed"
+    )
+    return ReportResult(path=cfg.output, html=cfg.output_html, data_version=version, gate_passed=passed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,7 @@ class TrainConfig(BaseModel):
     best: Path
     metrics: Path
     curves: Path
+    lr_curves: Path
     report: Path
     params_file: Path
     workspace: Path
@@ -96,6 +97,7 @@ class TrainConfig(BaseModel):
             best=paths.resolve("model", root),
             metrics=paths.resolve("train_metrics", root),
             curves=paths.resolve("train_plot", root),
+            lr_curves=paths.resolve("lr_plot", root),
             report=paths.resolve("train_report", root),
             params_file=root / DEFAULT_PARAMS,
             workspace=root,
@@ -209,6 +211,25 @@ def write_curves(rows: list[dict[str, float]], path: Path) -> None:
     lines = [",".join(header)]
     lines += [",".join(f"{row[k]:.6g}" if k != "epoch" else str(int(row[k])) for k in header) for row in rows]
     write_text(path, "\n".join(lines) + "\n")
+
+
+def lr_rows(rows: list[dict[str, float]]) -> list[dict[str, object]]:
+    """The learning rate per epoch of each distinct schedule, one row per epoch and schedule.
+
+    Ultralytics logs the rate of every optimizer parameter group (``lr/pg0``, ``lr/pg1``, ...), and
+    several groups follow one schedule: the BatchNorm weights always share the conv weights' (they differ
+    in weight decay only), and MuSGD adds its own groups. A schedule is real when no lower group has
+    the same rate at every epoch; it is named by every group that follows it, e.g. ``pg0+pg1``.
+    """
+    columns = sorted((k for k in rows[0] if re.fullmatch(r"lr_pg\d+", k)), key=lambda k: int(k[len("lr_pg") :]))
+    schedules: dict[tuple[str, ...], list[str]] = {}
+    for column in columns:
+        schedules.setdefault(tuple(f"{row[column]:.6g}" for row in rows), []).append(column.removeprefix("lr_"))
+    return [
+        {"epoch": int(row["epoch"]), "group": "+".join(groups), "lr": f"{row['lr_' + groups[0]]:.6g}"}
+        for groups in schedules.values()
+        for row in rows
+    ]
 
 
 def prepared_data_hash(cfg: TrainConfig) -> str | None:
@@ -345,6 +366,8 @@ def _publish(run_dir: Path, cfg: TrainConfig) -> tuple[list[dict[str, float]], l
     by_epoch = {int(r["epoch"]): r for r in stats}
     merged = [{**row, **{k: v for k, v in by_epoch.get(int(row["epoch"]), {}).items() if k != "epoch"}} for row in rows]
     write_curves(merged, cfg.curves)
+    lr = lr_rows(rows)
+    write_text(cfg.lr_curves, "epoch,group,lr\n" + "".join(f"{r['epoch']},{r['group']},{r['lr']}\n" for r in lr))
     cfg.best.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, cfg.best)
     if cfg.run_dir.exists():

@@ -1,0 +1,218 @@
+"""Charts that draw with no network: Vega-Lite specs rendered to SVG, and DVC's offline page template.
+
+Both come from ``vl-convert-python``, which carries Vega, Vega-Lite and vega-embed inside its wheel
+(pinned in ``pyproject.toml``), so no third-party JavaScript lives in this repository and nothing is
+fetched from a CDN:
+
+- the model card's charts are rendered here to inline SVG (:func:`to_svg`): the HTML card is one file
+  with no script at all;
+- ``python -m stages.charts`` writes :data:`OFFLINE_TEMPLATE`, the HTML template ``dvc plots show`` and
+  ``dvc plots diff`` fill (``.dvc/config``: ``plots.html_template``). DVC's own page loads Vega from
+  jsDelivr and is blank offline; this one holds the scripts inline (about 0.9 MB) and leaves out
+  DVC's ``{scripts}`` placeholder, where DVC would put its CDN ``<script>`` tags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stages.common import configure_logging, write_text
+
+log = logging.getLogger(__name__)
+
+# DVC's built-in templates and ours in .dvc/plots/ are Vega-Lite 5 specs: load the same major version.
+VL_VERSION = "5.21"
+# Machine-local, like the virtual environment it is generated from (gitignored with .cache/); the path
+# .dvc/config names, relative to .dvc/.
+OFFLINE_TEMPLATE = Path(".cache/plots/offline.html")
+
+# DVC's page calls vegaEmbed('#id', spec) once per chart while it loads. Draw every chart as SVG
+# (inspectable, sharp when zoomed), keep only the export menu entries that work offline, and mark the
+# page once every chart has drawn or failed: data-charts-done, data-charts, data-charts-failed on <body>.
+_EMBED_WRAPPER = """
+(function () {
+  var embed = window.vegaEmbed;
+  var pending = [];
+  window.vegaEmbed = function (el, spec, options) {
+    var defaults = {renderer: "svg", actions: {export: true, source: false, compiled: false, editor: false}};
+    var drawn = embed(el, spec, Object.assign(defaults, options || {}));
+    pending.push(drawn);
+    return drawn;
+  };
+  window.addEventListener("load", function () {
+    Promise.allSettled(pending).then(function (results) {
+      var failed = results.filter(function (r) { return r.status === "rejected"; });
+      failed.forEach(function (r) { console.error("chart failed:", r.reason); });
+      document.body.dataset.charts = String(results.length);
+      document.body.dataset.chartsFailed = String(failed.length);
+      document.body.dataset.chartsDone = "true";
+    });
+  });
+})();
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html>
+<head>
+  <meta charset="utf-8">
+  {refresh_tag}
+  <title>DVC plots</title>
+  <!-- {versions}: bundled by vl-convert-python (python -m stages.charts); no network needed. -->
+  <script>{bundle}</script>
+  <script>{wrapper}</script>
+  <style>
+    body { font-family: sans-serif; margin: 1em; }
+    table { border-spacing: 15px; }
+  </style>
+</head>
+<body>
+  {plot_divs}
+</body>
+</html>
+"""
+
+
+def versions() -> str:
+    """The bundled library versions, e.g. ``Vega 6.2.0, Vega-Lite 5.21, vega-embed 7.0.2``."""
+    import vl_convert
+
+    return (
+        f"Vega {vl_convert.get_vega_version()}, Vega-Lite {VL_VERSION}, "
+        f"vega-embed {vl_convert.get_vega_embed_version()}"
+    )
+
+
+def offline_template() -> str:
+    """DVC's page template with Vega, Vega-Lite and vega-embed inline, and DVC's placeholders kept.
+
+    Raises:
+        ValueError: When the bundle holds text that would break the page (a closing script tag or
+            one of DVC's placeholders).
+    """
+    import vl_convert
+
+    bundle = vl_convert.javascript_bundle(vl_version=VL_VERSION)
+    for bad in ("</script", "{plot_divs}", "{scripts}", "{refresh_tag}"):
+        if bad in bundle:
+            raise ValueError(f"the JavaScript bundle contains {bad!r}: it cannot be inlined in DVC's template")
+    page = _PAGE.replace("{versions}", versions()).replace("{wrapper}", _EMBED_WRAPPER.strip())
+    return page.replace("{bundle}", bundle)
+
+
+def write_offline_template(path: Path) -> bool:
+    """Write :func:`offline_template` to ``path`` unless it already holds exactly that.
+
+    Returns:
+        Whether the file was (re)written.
+    """
+    page = offline_template()
+    if path.is_file() and path.read_text(encoding="utf-8") == page:
+        return False
+    write_text(path, page)
+    return True
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts of strings (Vega-Lite parses the numbers)."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def to_svg(spec: dict[str, Any]) -> str:
+    """Render a Vega-Lite spec (data inline) to an SVG document, in this process, with no network."""
+    import vl_convert
+
+    # allowed_base_urls=[]: a spec that names a URL fails instead of fetching it.
+    return vl_convert.vegalite_to_svg(spec, vl_version=VL_VERSION, allowed_base_urls=[])
+
+
+def _base(title: str, rows: Sequence[dict[str, Any]], numbers: Sequence[str]) -> dict[str, Any]:
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": title,
+        "width": 420,
+        "height": 260,
+        "data": {"values": list(rows), "format": {"parse": {n: "number" for n in numbers}}},
+    }
+
+
+def lines_chart(title: str, rows: Sequence[dict[str, Any]], x: str, fields: Sequence[str], y_title: str):
+    """One line per column of ``fields`` against ``x`` (the training curves)."""
+    present = [f for f in fields if rows and f in rows[0]]
+    spec = _base(title, rows, [x, *present])
+    spec["transform"] = [{"fold": present, "as": ["series", "value"]}]
+    spec["mark"] = {"type": "line", "point": True}
+    spec["encoding"] = {
+        "x": {"field": x, "type": "quantitative"},
+        "y": {"field": "value", "type": "quantitative", "title": y_title},
+        "color": {"field": "series", "type": "nominal", "title": None},
+    }
+    return spec
+
+
+def grouped_lines_chart(
+    title: str, rows: Sequence[dict[str, Any]], x: str, y: str, group: str, *, unit_square: bool = False
+):
+    """One line per value of the ``group`` column (learning rate per schedule, PR curve per class)."""
+    spec = _base(title, rows, [x, y])
+    spec["mark"] = {"type": "line", "point": not unit_square, "interpolate": "step-after" if unit_square else "linear"}
+    scale = {"domain": [0, 1]} if unit_square else {}
+    spec["encoding"] = {
+        "x": {"field": x, "type": "quantitative", "scale": scale},
+        "y": {"field": y, "type": "quantitative", "scale": scale},
+        "color": {"field": group, "type": "nominal"},
+    }
+    return spec
+
+
+def confusion_chart(title: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of ``actual`` against ``predicted`` as a heat map with the count in each cell."""
+    spec = _base(title, rows, [])
+    spec.update(width={"step": 48}, height={"step": 36})
+    spec["transform"] = [{"aggregate": [{"op": "count", "as": "boxes"}], "groupby": ["actual", "predicted"]}]
+    axes = {"x": {"field": "actual", "type": "nominal"}, "y": {"field": "predicted", "type": "nominal"}}
+    spec["encoding"] = axes
+    spec["layer"] = [
+        {"mark": "rect", "encoding": {"color": {"field": "boxes", "type": "quantitative", "title": "boxes"}}},
+        {"mark": {"type": "text", "color": "black"}, "encoding": {"text": {"field": "boxes", "type": "quantitative"}}},
+    ]
+    return spec
+
+
+def latency_chart(title: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """p50 latency per backend as a point, on a line from p10 to p90."""
+    spec = _base(title, rows, ["p10_ms", "p50_ms", "p90_ms"])
+    spec["height"] = {"step": 24}
+    spec["encoding"] = {"y": {"field": "backend", "type": "nominal", "title": None}}
+    spec["layer"] = [
+        {
+            "mark": {"type": "rule", "strokeWidth": 2},
+            "encoding": {
+                "x": {"field": "p10_ms", "type": "quantitative", "title": "latency, ms (point: p50; line: p10 to p90)"},
+                "x2": {"field": "p90_ms"},
+            },
+        },
+        {"mark": {"type": "point", "filled": True, "size": 60}, "encoding": {"x": {"field": "p50_ms"}}},
+    ]
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the offline page template DVC fills (``make plots`` runs this before ``dvc plots show``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OFFLINE_TEMPLATE, help=f"default: {OFFLINE_TEMPLATE}")
+    args = parser.parse_args(argv)
+    configure_logging()
+    written = write_offline_template(args.out)
+    log.info("%s %s (%s)", "wrote" if written else "up to date:", args.out, versions())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
