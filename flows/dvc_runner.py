@@ -60,6 +60,94 @@ def dvc_environment(token: str | None = None) -> dict[str, str]:
     return env
 
 
+class DvcOutput(BaseModel):
+    """What one DVC command did, read from its output."""
+
+    code: int
+    timed_out: bool
+    ran: list[str]  # stages DVC ran (not those it found up to date), in order
+    exit_codes: dict[str, int]  # per failed stage, its command's exit code (a signal as -N)
+    errors: list[str]  # lines starting with error: (a stage's own) or ERROR: (DVC's)
+    tail: list[str]  # the last lines of output
+    seconds: float
+
+
+def run_dvc(
+    args: list[str],
+    workspace: Path,
+    logger: logging.Logger | logging.LoggerAdapter,
+    *,
+    timeout_s: float | None = None,
+    token: str | None = None,
+) -> DvcOutput:
+    """Run ``dvc <args>`` in ``workspace``, streaming its output to ``logger``, and read what it did.
+
+    Args:
+        args: DVC's arguments, e.g. ``["repro", "--single-item", "train"]``.
+        workspace: The folder holding ``dvc.yaml``.
+        logger: Where each output line goes.
+        timeout_s: Kill DVC and its stages (the whole process group) after this many seconds.
+        token: The workspace lock token of the calling run.
+
+    Returns:
+        Its exit code, whether it timed out, the stages it ran, and its error lines.
+    """
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "dvc", *args]
+    tail: deque[str] = deque(maxlen=40)
+    errors: list[str] = []
+    ran: list[str] = []
+    exit_codes: dict[str, int] = {}
+    with subprocess.Popen(
+        cmd,
+        cwd=workspace,
+        env=dvc_environment(token),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        start_new_session=True,  # its own process group, so a timeout kills the stages too
+    ) as proc:
+        timed_out = threading.Event()
+        timer = threading.Timer(timeout_s, _kill_group, (proc, timed_out)) if timeout_s else None
+        if timer:
+            timer.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                for line in raw.rstrip("\n").split("\r"):
+                    line = line.rstrip()
+                    if not line:
+                        continue
+                    match = _RAN.search(line)
+                    if match:
+                        ran.append(match.group(1))
+                    exited = _EXITED.search(line)
+                    if exited:
+                        exit_codes[exited.group(1)] = _signal_as_negative(int(exited.group(2)))
+                    if line.startswith(("error:", "ERROR:")):
+                        errors.append(line)
+                    tail.append(line)
+                    logger.info("%s", line)
+            code = proc.wait()
+        except BaseException:
+            _stop_group(proc)  # interrupted (Ctrl-C, a cancelled run): DVC and its stages must not run on
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+    return DvcOutput(
+        code=code,
+        timed_out=timed_out.is_set(),
+        ran=ran,
+        exit_codes=exit_codes,
+        errors=errors,
+        tail=list(tail),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
 def repro_stage(
     stage: str,
     workspace: Path,
@@ -85,57 +173,18 @@ def repro_stage(
             error lines (for a failed gate, which check failed), and ``retryable`` says whether the
             stage crashed or was killed (worth a retry) rather than refused (exit code 2) or timed out.
     """
-    started = time.perf_counter()
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    tail: deque[str] = deque(maxlen=40)
-    errors: list[str] = []
-    ran = False
-    exit_code: int | None = None
-    with subprocess.Popen(
-        cmd,
-        cwd=workspace,
-        env=dvc_environment(token),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        bufsize=1,
-        start_new_session=True,  # its own process group, so a timeout kills the stage too
-    ) as proc:
-        timed_out = threading.Event()
-        timer = threading.Timer(timeout_s, _kill_group, (proc, timed_out)) if timeout_s else None
-        if timer:
-            timer.start()
-        try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                for line in raw.rstrip("\n").split("\r"):
-                    line = line.rstrip()
-                    if not line:
-                        continue
-                    match = _RAN.search(line)
-                    if match and match.group(1) == stage:
-                        ran = True
-                    exited = _EXITED.search(line)
-                    if exited and exited.group(1) == stage:
-                        exit_code = _signal_as_negative(int(exited.group(2)))
-                    if line.startswith(("error:", "ERROR:")):
-                        errors.append(line)
-                    tail.append(line)
-                    logger.info("%s", line)
-            code = proc.wait()
-        finally:
-            if timer:
-                timer.cancel()
-    seconds = round(time.perf_counter() - started, 2)
-    if timed_out.is_set():
+    out = run_dvc(["repro", "--single-item", stage], workspace, logger, timeout_s=timeout_s, token=token)
+    if out.timed_out:
         message = f"timed out after {timeout_s:.0f} s (orchestration.stage_timeout_s)"
         raise StageFailed(message, stage=stage, retryable=False)  # a time budget, not a crash (see above)
-    if code != 0:
-        detail = "\n".join(errors) if errors else "\n".join(tail)
+    if out.code != 0:
+        detail = "\n".join(out.errors) if out.errors else "\n".join(out.tail)
+        exit_code = out.exit_codes.get(stage)
         retryable = exit_code is not None and exit_code != REFUSED_EXIT
-        raise StageFailed(f"exited with code {code}:\n{detail}", stage=stage, exit_code=exit_code, retryable=retryable)
-    return StageRun(stage=stage, ran=ran, seconds=seconds)
+        raise StageFailed(
+            f"exited with code {out.code}:\n{detail}", stage=stage, exit_code=exit_code, retryable=retryable
+        )
+    return StageRun(stage=stage, ran=stage in out.ran, seconds=out.seconds)
 
 
 def _signal_as_negative(code: int) -> int:
@@ -143,6 +192,16 @@ def _signal_as_negative(code: int) -> int:
     if _SHELL_SIGNAL_BASE < code < _SHELL_SIGNAL_BASE + signal.NSIG:
         return _SHELL_SIGNAL_BASE - code
     return code
+
+
+def _stop_group(proc: subprocess.Popen[str], grace_s: float = 30.0) -> None:
+    """SIGTERM to DVC's process group (a training puts its last good outputs back), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _kill_group(proc: subprocess.Popen[str], timed_out: threading.Event) -> None:

@@ -8,12 +8,22 @@ error naming the key and the file.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from stages.errors import ConfigError
 
@@ -77,6 +87,8 @@ class PathsParams(_Section):
     model_card_html: str = "reports/model_card.html"
     production: str = "models/production"
     promotion_report: str = "reports/promotion.json"
+    tune_report: str = "reports/tune.json"
+    tune_studies: str = ".cache/tune"
 
     @field_validator("*")
     @classmethod
@@ -450,6 +462,141 @@ class ReportParams(_Section):
     title: str = "YOLO detector"
 
 
+class SearchDim(_Section):
+    """One dimension of the search space: a range of numbers or a list of choices for one params key."""
+
+    type: Literal["float", "int", "categorical"]
+    low: int | float | None = Field(None, description="float/int: smallest value")
+    high: int | float | None = Field(None, description="float/int: largest value (included)")
+    log: bool = Field(False, description="float/int: sample on a log scale (low > 0)")
+    step: int | float | None = Field(None, description="float/int: only low + k * step (not with log)")
+    choices: list[bool | int | float | str | None] | None = Field(None, description="categorical: the values")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchDim:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty list of choices")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("categorical takes choices only, not low, high, log or step")
+            if len({repr(c) for c in self.choices}) != len(self.choices):
+                raise ValueError("lists a choice twice")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low and high, not choices")
+        if self.low is None or self.high is None or isinstance(self.low, bool) or isinstance(self.high, bool):
+            raise ValueError(f"{self.type} needs numbers low and high")
+        if self.type == "int" and not all(isinstance(v, int) for v in (self.low, self.high, self.step or 1)):
+            raise ValueError("int needs whole numbers low, high and step")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step exclude each other")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log needs low > 0, got {self.low}")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be positive, got {self.step}")
+        return self
+
+    def bounds(self) -> list[Any]:
+        """The values checked against the params model: both ends of a range, or every choice."""
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+
+
+class TuneMetricParams(_Section):
+    """The number a study optimizes: a dotted key in a metrics file the tuned stages write."""
+
+    file: str = Field("metrics/evaluate.json", description="relative to the workspace")
+    key: str = Field("map50_95", min_length=1, description="dotted key in that file, e.g. per_class.disc.ap50")
+
+    @field_validator("file")
+    @classmethod
+    def _relative_inside_workspace(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            raise ValueError(f"must be a relative path inside the workspace, got {value!r}")
+        return value
+
+
+class TuneParams(_Section):
+    """Hyper-parameter search (``python -m flows.tune``): an Optuna study, one ``dvc exp run`` per trial.
+
+    Read by ``flows/tuning.py`` only; no DVC stage depends on it, so changing the search space
+    retrains nothing.
+    """
+
+    study: str = Field(
+        "yolo-tune",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="study name: the same name continues the same study; trials are experiments <study>-<n>",
+    )
+    seed: int = Field(0, description="seed of the sampler (offset by the trials already run, when resuming)")
+    sampler: Literal["tpe"] = "tpe"
+    target: str = Field(
+        "evaluate", description="the stage each trial reproduces, with every stage before it; empty: all of them"
+    )
+    metric: TuneMetricParams = Field(default_factory=TuneMetricParams)
+    direction: Literal["maximize", "minimize"] = "maximize"
+    trial_timeout_s: int = Field(0, ge=0, description="kill a trial's dvc exp run after this long; 0: no limit")
+    space: dict[str, SearchDim] = Field(
+        default_factory=dict, description="dotted params key (train.lr0) -> its range or choices"
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _known_stage(cls, value: str) -> str:
+        from stages import PIPELINE
+
+        if value and value not in PIPELINE:
+            raise ValueError(f"unknown stage {value!r}; stages are {list(PIPELINE)}")
+        return value
+
+    @field_validator("space")
+    @classmethod
+    def _keys_name_params(cls, value: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        for key, dim in value.items():
+            problem = _not_a_params_key(key)
+            if problem:
+                raise ValueError(f"space key {key!r} {problem}")
+            if dim.type == "float" and _leaf_annotation(key) in (int, "int"):
+                raise ValueError(f"space key {key!r} holds a whole number: use type int, not float")
+        return value
+
+
+def _leaf_annotation(key: str) -> Any:
+    """The annotation of the params field a valid dotted ``key`` names."""
+    model: Any = Params
+    field = None
+    for part in key.split("."):
+        field = next(f for name, f in model.model_fields.items() if part == (f.alias or name))
+        model = field.annotation
+    return field.annotation if field else None
+
+
+def _not_a_params_key(key: str) -> str:
+    """Why ``key`` (dotted, as in ``params.yaml``) cannot be tuned, or ``""`` when it can."""
+    model: type[BaseModel] = Params
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        field = fields.get(part)
+        if field is None:
+            close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean '{'.'.join([*parts[:depth], close[0]])}'?" if close else ""
+            return f"is not a params key: '{'.'.join(parts[: depth + 1])}' does not exist{hint}"
+        nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        last = depth == len(parts) - 1
+        if last and nested:
+            return "names a whole section, not one value"
+        if not last and not nested:
+            return f"is not a params key: '{'.'.join(parts[: depth + 1])}' holds a value, not a section"
+        if nested:
+            model = field.annotation  # type: ignore[assignment]
+    if parts[0] in {"tune", "paths"}:
+        return f"is not a pipeline setting ('{parts[0]}' is never tuned)"
+    return ""
+
+
 class Params(_Section):
     """All of ``params.yaml``."""
 
@@ -465,12 +612,57 @@ class Params(_Section):
     report: ReportParams = Field(default_factory=ReportParams)
     promote: PromoteParams = Field(default_factory=PromoteParams)
     orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
+    tune: TuneParams = Field(default_factory=TuneParams)  # last: its check reads every section above
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("tune")
+    @classmethod
+    def _space_within_params(cls, value: TuneParams, info: ValidationInfo) -> TuneParams:
+        # Both ends of each range, and every choice, must be values the params accept (train.lr0 > 0,
+        # train.imgsz a multiple of 32, ...), checked against the rest of this file.
+        if not value.space:
+            return value
+        aliases = {name: field.alias or name for name, field in cls.model_fields.items()}
+        if set(info.data) != set(aliases) - {"tune"}:
+            return value  # a section failed validation: that error is reported
+        base = {aliases[name]: section.model_dump(mode="json", by_alias=True) for name, section in info.data.items()}
+        for key, dim in value.space.items():
+            for candidate in dim.bounds():
+                data = copy.deepcopy(base)
+                set_dotted(data, key, candidate)
+                try:
+                    Params.model_validate(data)
+                except ValidationError as exc:
+                    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                    raise ValueError(f"space key {key!r}: the value {candidate!r} is refused: {detail}") from None
+        return value
 
     def as_dict(self) -> dict[str, Any]:
         """The params as plain data, with the section names used in ``params.yaml``."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def get_dotted(data: dict[str, Any], key: str) -> Any:
+    """The value at a dotted ``key`` (``train.lr0``) of nested params data.
+
+    Raises:
+        KeyError: When a part of ``key`` is missing.
+    """
+    value: Any = data
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(key)
+        value = value[part]
+    return value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the value at a dotted ``key`` of nested params data, creating sections as needed."""
+    *sections, last = key.split(".")
+    for part in sections:
+        data = data.setdefault(part, {})
+    data[last] = value
 
 
 def _suggestion(loc: tuple[int | str, ...]) -> str:

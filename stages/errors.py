@@ -87,6 +87,10 @@ class BackendUnavailable(PipelineError):
     """A benchmark backend that was asked for explicitly cannot run here."""
 
 
+class TuneError(PipelineError):
+    """A hyper-parameter study cannot start or go on (``flows/tuning.py``): a changed study, a name clash."""
+
+
 class StageFailed(PipelineError):
     """A stage run through DVC (for example from the Prefect flow) failed.
 

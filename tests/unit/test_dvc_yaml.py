@@ -48,6 +48,17 @@ def test_engine_and_benchmark_depend_on_the_environment_fingerprint():
     assert DVC["environment"]["always_changed"] is True
 
 
+def test_no_stage_reads_the_tune_section_or_its_paths():
+    """Changing the search space (or where studies are kept) must retrain nothing."""
+    from stages.config import PIPELINE_SECTIONS
+
+    assert "tune" not in PIPELINE_SECTIONS
+    text = (REPO / "dvc.yaml").read_text()
+    assert "paths.tune_" not in text, "the study's files are no stage's deps or outputs"
+    for name, stage in DVC.items():
+        assert not [k for k in stage.get("params", []) if k.split(".")[0] == "tune"], name
+
+
 def test_report_reads_exactly_the_pipeline_sections():
     from stages.config import PIPELINE_SECTIONS
 

@@ -1,0 +1,160 @@
+"""Hyper-parameter search over the pipeline: an Optuna study, one DVC experiment per trial.
+
+What is searched, for which metric and in which direction is ``params.yaml``'s ``tune`` section;
+the study itself is ``flows/tuning.py``. The run holds the workspace (``stages/lock.py``) like a
+pipeline flow run, so the two never interleave.
+
+Usage::
+
+    python -m flows.tune --trials 20 [--workspace .] [--flow]
+
+``--trials N``: the study holds N trials when the run ends (complete, pruned and failed ones;
+not those an interruption cut off), so running it again with a larger N continues the same study.
+``--flow`` runs it as the Prefect flow (each trial a task, the trials as a table artifact), as the
+``tune`` deployment in ``prefect.yaml`` does; without it the study runs in this process alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.tuning import TrialOutcome, TrialPlan, TuneConfig, TuneReport, TuneResult, WorkspaceTrials, run_study
+from stages.cli import configure_logging
+from stages.config import load_params
+from stages.errors import PipelineError
+from stages.lock import workspace_lock
+
+log = logging.getLogger(__name__)
+
+
+def tune_workspace(
+    workspace: Path,
+    trials: int,
+    owner: str,
+    logger: logging.Logger | logging.LoggerAdapter,
+    execute: Any = None,
+) -> TuneResult:
+    """Hold the workspace and run the study of its ``params.yaml``.
+
+    Args:
+        workspace: The folder holding ``dvc.yaml`` and ``params.yaml``.
+        trials: How many trials the study should hold at the end.
+        owner: Who holds the workspace, for the message a waiting run gets.
+        logger: Where DVC's output goes.
+        execute: Wraps each trial (the flow makes each one a task); called as ``execute(runner, plan)``.
+
+    Returns:
+        The report and the trials run this time.
+
+    Raises:
+        ConfigError: When ``params.yaml`` is invalid or ``tune.space`` empty.
+        TuneError: When the study cannot go on (begun with other settings, experiment names taken).
+        WorkspaceBusy: When another run holds the workspace past ``orchestration.lock_timeout_s``.
+    """
+    params = load_params(workspace / "params.yaml")
+    cfg = TuneConfig.from_params(params, workspace)
+    with workspace_lock(workspace, params.orchestration.lock_timeout_s, owner) as token:
+        runner = WorkspaceTrials(cfg, logger, token)
+        try:
+            return run_study(
+                cfg,
+                trials,
+                runner if execute is None else lambda plan: execute(runner, plan),
+                before=runner.check_names_free,
+            )
+        finally:
+            runner.restore()
+
+
+@task(name="tune-trial", task_run_name="trial {plan.number}", cache_policy=NO_CACHE)
+def trial_task(runner: WorkspaceTrials, plan: TrialPlan) -> TrialOutcome:
+    """One trial: ``dvc exp run`` with its values (never retried: a failed trial is a result)."""
+    return runner(plan)
+
+
+@flow(name="yolo-tune")
+def tune(workspace: str = ".", trials: int = 10) -> TuneReport:
+    """Run or continue the hyper-parameter study of the workspace's ``tune`` section.
+
+    Args:
+        workspace: The folder holding ``dvc.yaml`` and ``params.yaml``.
+        trials: How many trials the study should hold at the end (a larger number continues it).
+
+    Returns:
+        Every trial and the best one (also written to ``paths.tune_report``).
+
+    Raises:
+        ConfigError: When ``params.yaml`` is invalid or ``tune.space`` empty.
+        TuneError: When the study cannot go on.
+        WorkspaceBusy: When another run holds the workspace.
+    """
+    from prefect.artifacts import create_table_artifact
+    from prefect.runtime import flow_run
+
+    result = tune_workspace(
+        Path(workspace).resolve(),
+        trials,
+        f"tune flow run {flow_run.name or flow_run.id}",
+        get_run_logger(),
+        execute=trial_task,
+    )
+    report = result.report
+    create_table_artifact(
+        key="tune-trials",
+        table=[
+            {"trial": t.number, "state": t.state, "value": t.value, "experiment": t.experiment, "error": t.error}
+            | {k: v for k, v in t.params.items()}
+            for t in report.trials
+        ],
+        description=f"Study {report.study}: {report.metric} ({report.direction}); best: "
+        + (f"trial {report.best.number} ({report.best.experiment}), {report.best.value}" if report.best else "none"),
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: run or continue the study."""
+    parser = argparse.ArgumentParser(prog="python -m flows.tune", description="Hyper-parameter search over DVC.")
+    parser.add_argument("--trials", type=int, required=True, help="trials the study should hold at the end")
+    parser.add_argument("--workspace", default=".", help="folder holding dvc.yaml (default: %(default)s)")
+    parser.add_argument("--flow", action="store_true", help="run as the Prefect flow (temporary server if none)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    if args.trials < 1:
+        parser.error("--trials must be at least 1")
+    if not args.flow:  # the flow logs through Prefect's handlers
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # importing Prefect's `flow` put its own there, at WARNING
+            root.removeHandler(handler)
+        configure_logging(args.verbose)
+    workspace = Path(args.workspace).resolve()
+    try:
+        if args.flow:
+            os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+            os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
+            report = tune(workspace=str(workspace), trials=args.trials)
+        else:
+            report = tune_workspace(workspace, args.trials, f"python -m flows.tune (pid {os.getpid()})", log).report
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{n} {state}" for state, n in report.counts.items() if n)
+    print(f"study {report.study}: {len(report.trials)} trials ({counts})")
+    if report.best:
+        print(f"best: trial {report.best.number} ({report.best.experiment}) {report.metric} = {report.best.value}")
+        print(f"apply it with: dvc exp apply {report.best.experiment}")
+    else:
+        print("best: none (no trial completed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
