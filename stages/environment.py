@@ -1,16 +1,16 @@
 """Stage ``environment``: the machine fingerprint, checked cheaply when nothing changed.
 
-``dvc.yaml`` runs this stage on every ``dvc repro`` (``always_changed``), so its cost is what a
-no-op ``dvc repro`` pays beyond ``dvc status``. The full fingerprint (:mod:`stages.fingerprint`)
+``dvc.yaml`` runs this stage on every ``dvc repro`` (``always_changed``), so its cost is what a no-
+op ``dvc repro`` pays beyond ``dvc status``. The full fingerprint (:mod:`stages.fingerprint`)
 imports pydantic, validates ``params.yaml``, reads package metadata and asks ``nvidia-smi``: about
-half a second. This entry first computes a *machine key* from what the fingerprint is made of but
-is cheap to read with the standard library alone: the interpreter, the kernel, the CPU's model and
+half a second. This entry first computes a *machine key* from what the fingerprint is made of but is
+cheap to read with the standard library alone: the interpreter, the kernel, the CPU's model and
 flags, the core count, ``CUDA_VISIBLE_DEVICES``, the NVIDIA driver's ``/proc`` entries, the
 modification times of the folders packages are installed in (installing or removing a package
 changes them), the bytes of ``params.yaml`` (so params are validated again whenever they change) and
-the code of both modules. When the key and the fingerprint file are as the last full run left them,
-the fingerprint cannot differ and the stage ends there; otherwise the full fingerprint runs and
-records the new key.
+the code of both modules and of the params models. When the key and the fingerprint file are as the
+last full run left them, the fingerprint cannot differ and the stage ends there; otherwise the full
+fingerprint runs and records the new key.
 
 The key lives in ``.cache/environment-key.json`` (untracked, like the training checkpoints): it is
 a memo of this machine, not a result, and finding it must not need the params it saves reading.
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 STAGE = "environment"
 KEY_FILE = Path(".cache") / "environment-key.json"
-_CODE = (Path(__file__), Path(__file__).with_name("fingerprint.py"))
+# The code whose change can change the fingerprint or the params verdict: this stage's two modules,
+# and the params models that decide what params.yaml may hold.
+_CODE = tuple(Path(__file__).with_name(name) for name in ("environment.py", "fingerprint.py", "config.py"))
 _NVIDIA_PROC = Path("/proc/driver/nvidia")
 
 
