@@ -127,6 +127,9 @@ def test_deployments_schedule_runs_and_a_worker_completes_one(ws: Workspace, ser
             assert retrain.parameters["workspace"] == str(ws.root)
             assert [s.schedule.cron for s in retrain.schedules] == ["0 2 * * *"]
             assert polling.parameters["only_if_data_changed"] is True
+            tune = client.read_deployment_by_name("yolo-tune/tune")
+            assert tune.parameters == {"workspace": str(ws.root), "trials": 20}
+            assert tune.schedules == [], "the study runs on demand"
             deadline = time.monotonic() + 60
             scheduled = []
             while time.monotonic() < deadline and not scheduled:
