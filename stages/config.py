@@ -620,21 +620,23 @@ class Params(_Section):
     @classmethod
     def _space_within_params(cls, value: TuneParams, info: ValidationInfo) -> TuneParams:
         # Both ends of each range, and every choice, must be values the params accept (train.lr0 > 0,
-        # train.imgsz a multiple of 32, ...), checked against the rest of this file.
-        if not value.space:
-            return value
-        aliases = {name: field.alias or name for name, field in cls.model_fields.items()}
-        if set(info.data) != set(aliases) - {"tune"}:
-            return value  # a section failed validation: that error is reported
-        base = {aliases[name]: section.model_dump(mode="json", by_alias=True) for name, section in info.data.items()}
+        # train.imgsz a multiple of 32, ...), checked against the rest of this file. Sections have no
+        # checks across each other, so validating the key's own section is enough (and cheap: every
+        # stage process loads the params).
+        fields = {field.alias or name: (name, field) for name, field in cls.model_fields.items()}
         for key, dim in value.space.items():
+            section, _, rest = key.partition(".")
+            name, field = fields[section]
+            if name not in info.data:
+                continue  # the section failed validation: that error is reported
+            current = info.data[name].model_dump(mode="json", by_alias=True)
             for candidate in dim.bounds():
-                data = copy.deepcopy(base)
-                set_dotted(data, key, candidate)
+                data = copy.deepcopy(current)
+                set_dotted(data, rest, candidate)
                 try:
-                    Params.model_validate(data)
+                    field.annotation.model_validate(data)
                 except ValidationError as exc:
-                    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                    detail = "; ".join(f"{'.'.join(map(str, (section, *e['loc'])))}: {e['msg']}" for e in exc.errors())
                     raise ValueError(f"space key {key!r}: the value {candidate!r} is refused: {detail}") from None
         return value
 
