@@ -26,7 +26,16 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.tuning import TrialOutcome, TrialPlan, TuneConfig, TuneReport, TuneResult, WorkspaceTrials, run_study
+from flows.tuning import (
+    TrialOutcome,
+    TrialPlan,
+    TuneConfig,
+    TuneReport,
+    TuneResult,
+    WorkspaceTrials,
+    check_metric_file,
+    run_study,
+)
 from stages.cli import configure_logging
 from stages.config import load_params
 from stages.errors import PipelineError
@@ -55,12 +64,13 @@ def tune_workspace(
         The report and the trials run this time.
 
     Raises:
-        ConfigError: When ``params.yaml`` is invalid or ``tune.space`` empty.
+        ConfigError: When ``params.yaml`` is invalid, ``tune.space`` empty, or no trial would write the metric.
         TuneError: When the study cannot go on (begun with other settings, experiment names taken).
         WorkspaceBusy: When another run holds the workspace past ``orchestration.lock_timeout_s``.
     """
     params = load_params(workspace / "params.yaml")
     cfg = TuneConfig.from_params(params, workspace)
+    check_metric_file(cfg, params)
     with workspace_lock(workspace, params.orchestration.lock_timeout_s, owner) as token:
         runner = WorkspaceTrials(cfg, logger, token)
         try:

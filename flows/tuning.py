@@ -29,9 +29,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from flows.dvc_runner import dvc_environment, run_dvc
@@ -136,6 +137,52 @@ class TuneResult(BaseModel):
 
     report: TuneReport
     ran: list[int]  # the trials run this time
+
+
+def metric_stage(workspace: Path, params: Params, file: str) -> str | None:
+    """The stage of the workspace's ``dvc.yaml`` whose outputs, metrics or plots hold ``file``.
+
+    Args:
+        workspace: The folder holding ``dvc.yaml``.
+        params: Its params (``${paths.*}`` in ``dvc.yaml`` are read from them).
+        file: The metrics file, relative to the workspace.
+
+    Returns:
+        The stage's name, or ``None`` when no stage writes the file.
+    """
+    stages = (yaml.safe_load((workspace / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
+    paths = params.paths.model_dump()
+
+    def resolved(entry: Any) -> PurePosixPath:
+        text = str(next(iter(entry)) if isinstance(entry, dict) else entry)
+        return PurePosixPath(re.sub(r"\$\{paths\.(\w+)\}", lambda m: str(paths.get(m.group(1), m.group(0))), text))
+
+    for name, stage in stages.items():
+        for kind in ("outs", "metrics", "plots"):
+            if any(resolved(entry) == PurePosixPath(file) for entry in stage.get(kind) or []):
+                return name
+    return None
+
+
+def check_metric_file(cfg: TuneConfig, params: Params) -> None:
+    """Every trial must write the metrics file it is judged by.
+
+    Raises:
+        ConfigError: When no stage writes ``tune.metric.file``, or one that runs after ``tune.target``
+            does (each trial would then read the file an earlier run left).
+    """
+    file, target = cfg.tune.metric.file, cfg.tune.target
+    stage = metric_stage(cfg.workspace, params, file)
+    if stage is None:
+        raise ConfigError(
+            f"no stage of dvc.yaml writes {file}", path=cfg.workspace / "dvc.yaml", key="tune.metric.file"
+        )
+    if target and stage in PIPELINE and PIPELINE.index(stage) > PIPELINE.index(target):
+        raise ConfigError(
+            f"{file} is written by stage '{stage}', which runs after tune.target '{target}': every trial would "
+            "read the file an earlier run left",
+            key="tune.metric.file",
+        )
 
 
 def experiment_name(study: str, number: int) -> str:

@@ -21,8 +21,10 @@ from flows.tuning import (
     TrialRecord,
     TuneConfig,
     best_of,
+    check_metric_file,
     exp_run_command,
     format_value,
+    metric_stage,
     read_metric,
     run_study,
     set_arguments,
@@ -378,3 +380,30 @@ def test_params_data_is_not_changed_by_validation():
     before = copy.deepcopy(data)
     parse_params(data)
     assert data == before
+
+
+def test_the_metric_file_must_be_written_by_the_target_or_a_stage_before_it():
+    params = load_params(REPO / "params.yaml")
+    assert metric_stage(REPO, params, params.paths.evaluate_metrics) == "evaluate"
+    assert metric_stage(REPO, params, params.paths.train_metrics) == "train"
+    assert metric_stage(REPO, params, "metrics/nothing.json") is None
+    check_metric_file(TuneConfig.from_params(params, REPO), params)  # the repo's own study is fine
+
+    def refused(**tune: Any) -> ConfigError:
+        data = params.as_dict()
+        data["tune"].update(tune)
+        changed = parse_params(data)
+        with pytest.raises(ConfigError) as err:
+            check_metric_file(TuneConfig.from_params(changed, REPO), changed)
+        assert err.value.key == "tune.metric.file"
+        return err.value
+
+    early = refused(target="train")
+    assert "stage 'evaluate', which runs after tune.target 'train'" in str(early)
+    assert "no stage of dvc.yaml writes metrics/nothing.json" in str(
+        refused(metric={"file": "metrics/nothing.json", "key": "x"})
+    )
+    data = params.as_dict()
+    data["tune"].update(target="train", metric={"file": params.paths.train_metrics, "key": "final.map50_95"})
+    train_only = parse_params(data)
+    check_metric_file(TuneConfig.from_params(train_only, REPO), train_only)
