@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from stages import summary
 from stages.backends import Runner, open_runner
 from stages.backends.base import Precision
 from stages.build_engine import ENGINE_NAME
@@ -51,12 +52,14 @@ class BenchmarkConfig(BaseModel):
     onnx: Path
     deploy_dir: Path
     deploy_report: Path
+    deploy_metrics: Path
     export_metrics: Path
     engine_dir: Path
     engine_metrics: Path
     engine_report: Path
     data_yaml: Path
     metrics: Path
+    deployment: Path  # the numbers experiments are compared on (stages.summary)
     report: Path
     latency_plot: Path
     throughput_plot: Path
@@ -73,12 +76,14 @@ class BenchmarkConfig(BaseModel):
             onnx=paths.onnx_model(root),
             deploy_dir=paths.resolve("deploy_dir", root),
             deploy_report=paths.resolve("deploy_report", root),
+            deploy_metrics=paths.resolve("deploy_metrics", root),
             export_metrics=paths.resolve("export_metrics", root),
             engine_dir=paths.resolve("engine_dir", root),
             engine_metrics=paths.resolve("engine_metrics", root),
             engine_report=paths.resolve("engine_report", root),
             data_yaml=paths.resolve("prepared", root) / "data.yaml",
             metrics=paths.resolve("benchmark_metrics", root),
+            deployment=paths.resolve("deployment_metrics", root),
             report=paths.resolve("benchmark_report", root),
             latency_plot=paths.resolve("latency_plot", root),
             throughput_plot=paths.resolve("throughput_plot", root),
@@ -211,6 +216,26 @@ ROWS: dict[str, RowSpec] = {
     "pytorch-cuda-graph-fp32": RowSpec(backend="pytorch-cuda-graph", artifact="checkpoint", device="cuda"),
     "tensorrt": RowSpec(backend="tensorrt", artifact="engine", device="cuda", precision=None),
 }
+# The row that times the PyTorch checkpoint on the CPU: the reference, not a deploy artifact.
+REFERENCE_ROW = "pytorch-cpu"
+
+
+def summary_name(row: str) -> str:
+    """A row's column in ``metrics/deployment.json``: the deploy artifact it opens on the CPU (a short,
+    familiar name: ``onnx-int8``), else the row's own name (``tensorrt``, ``pytorch-cuda``)."""
+    spec = ROWS.get(row)
+    if spec is not None and spec.device == "cpu" and spec.artifact in TARGETS:
+        return spec.artifact
+    return row
+
+
+def summary_latency(backends: dict[str, Any]) -> dict[str, float]:
+    """The forward pass's p50 of every row but the CPU reference, by :func:`summary_name`."""
+    return {
+        summary_name(row): numbers["model_ms"]
+        for row, numbers in backends.items()
+        if row != REFERENCE_ROW and "model_ms" in numbers
+    }
 
 
 class _Timed:
@@ -350,9 +375,7 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
         reason = "nothing was exported (the evaluation gate failed)"
         log.warning("nothing measured: %s", reason)
         result = BenchmarkResult(backends={}, skipped=dict.fromkeys(o.backends, reason))
-        write_json(cfg.metrics, result.metrics_record())
-        write_json(cfg.report, result.report_record())
-        write_plots(result, cfg.latency_plot, cfg.throughput_plot)  # headers only: DVC outputs exist
+        write_outputs(cfg, result)  # plots with headers only: DVC's outputs exist
         return result
     for path in (cfg.model, cfg.onnx):
         if not path.is_file():
@@ -441,10 +464,18 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
                 latency.min,
             )
     result = BenchmarkResult(backends={row.backend: row for row in rows}, skipped=skipped)
-    write_json(cfg.metrics, result.metrics_record())
+    write_outputs(cfg, result)
+    return result
+
+
+def write_outputs(cfg: BenchmarkConfig, result: BenchmarkResult) -> None:
+    """Write every output of the stage: numbers, text, plots, and the numbers experiments compare."""
+    metrics = result.metrics_record()
+    write_json(cfg.metrics, metrics)
     write_json(cfg.report, result.report_record())
     write_plots(result, cfg.latency_plot, cfg.throughput_plot)
-    return result
+    deploy = read_json(cfg.deploy_metrics, default=None)
+    write_json(cfg.deployment, summary.deployment(deploy, summary_latency(metrics["backends"])))
 
 
 def write_plots(result: BenchmarkResult, latency: Path, throughput: Path) -> None:

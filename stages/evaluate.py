@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from stages import pictures
+from stages import pictures, summary
 from stages.common import stage_main, write_json
 from stages.config import EvaluateParams, Params
 from stages.datasets import label_path_for, read_prepared_yaml, split_dirs
@@ -47,6 +47,7 @@ class EvaluateConfig(BaseModel):
     model: Path
     data_yaml: Path
     metrics: Path
+    quality: Path  # the numbers experiments are compared on (stages.summary)
     pr_curve: Path
     confusion: Path
     val_predictions: Path
@@ -62,6 +63,7 @@ class EvaluateConfig(BaseModel):
             model=params.paths.resolve("model", root),
             data_yaml=params.paths.resolve("prepared", root) / "data.yaml",
             metrics=params.paths.resolve("evaluate_metrics", root),
+            quality=params.paths.resolve("quality_metrics", root),
             pr_curve=params.paths.resolve("pr_curve_plot", root),
             confusion=params.paths.resolve("confusion_plot", root),
             val_predictions=params.paths.resolve("val_predictions_plot", root),
@@ -288,6 +290,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         ),
     )
     write_json(cfg.metrics, result)
+    write_json(cfg.quality, summary.quality(result.model_dump(mode="json")))
     for name, check in checks.items():
         (log.info if check.passed else log.warning)(
             "gate %-8s %s", "passed:" if check.passed else "FAILED:", describe(name, check.model_dump())

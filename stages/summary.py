@@ -1,24 +1,25 @@
-"""``metrics/summary.json``: the few numbers people compare across experiments.
+"""The few numbers people compare across experiments: ``metrics/quality.json`` and
+``metrics/deployment.json``.
 
 ``dvc exp show`` and ``dvc metrics diff`` draw a column for every number of every file that
 ``dvc.yaml`` declares as metrics. The stages' own files hold every number they measured (latency
 percentiles, round spreads, parity differences, losses per epoch...): dozens of columns, most of
 which differ on every run, so two experiments that differ in one param filled a table 2,700
-characters wide. So ``dvc.yaml`` declares this one file as the pipeline's metrics, and the stages'
-files stay where they are as cached outputs, numbers still, for ``dvc metrics show <file>`` and the
-model card.
+characters wide. So ``dvc.yaml`` declares these two small files as the pipeline's metrics, each
+written by the stage that measures its numbers (so an experiment that stops at ``evaluate``, as a
+tuning trial does, still shows its quality), and the stages' own files stay where they are as
+cached outputs, numbers still, for ``dvc metrics show <file>`` and the model card.
 
 Keys, kept short because each is a column header:
 
-- ``gate``: 1 when every quality gate passed, else 0; ``deployable``: how many deploy artifacts
-  passed their accuracy gate.
-- ``map50``, ``map50_95``: the PyTorch model on the val split (``evaluate``).
-- ``ap.<class>``: each class's AP50-95.
-- ``ms.<artifact>``: the forward pass's p50 latency (``model_ms``) of each deploy artifact on the
-  CPU, under the artifact's name (``onnx-fp32``, ``onnx-int8``, ...); GPU rows under their benchmark
-  row's name (``pytorch-cuda``, ``tensorrt``, ...). The PyTorch checkpoint on the CPU is the
-  reference, not a deploy artifact: it stays in ``metrics/benchmark.json``.
-- ``mb.<artifact>``: each deployable artifact's size in MB.
+- ``quality.json`` (``evaluate``): ``gate`` (1 when every quality gate passed, else 0), ``map50``
+  and ``map50_95`` of the PyTorch model on the val split, and ``ap.<class>``, each class's AP50-95.
+- ``deployment.json`` (``benchmark``): ``deployable``, how many deploy artifacts passed their
+  accuracy gate; ``ms.<artifact>``, the forward pass's p50 latency (``model_ms``) of each deploy
+  artifact on the CPU under the artifact's name (``onnx-fp32``, ``onnx-int8``, ...), GPU rows under
+  their benchmark row's name (``pytorch-cuda``, ``tensorrt``, ...); and ``mb.<artifact>``, each
+  deployable artifact's size in MB. The PyTorch checkpoint timed on the CPU is the reference, not a
+  deploy artifact: it stays in ``metrics/benchmark.json``.
 """
 
 from __future__ import annotations
@@ -26,51 +27,41 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from stages.benchmark import ROWS
 
-# The row that times the PyTorch checkpoint on the CPU: the reference, not a deploy artifact.
-REFERENCE_ROW = "pytorch-cpu"
-
-
-def latency_key(row: str) -> str:
-    """The summary's name for a benchmark row: the deploy artifact it opens on the CPU, else the row's name."""
-    spec = ROWS.get(row)
-    if spec is not None and spec.device == "cpu" and spec.artifact not in ("checkpoint", "engine"):
-        return spec.artifact
-    return row
-
-
-def summarize(
-    evaluate: Mapping[str, Any],
-    deploy: Mapping[str, Any] | None,
-    benchmark: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """The numbers of ``metrics/summary.json`` from the stages' own metrics files.
+def quality(evaluate: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers of ``metrics/quality.json``.
 
     Args:
-        evaluate: ``metrics/evaluate.json``.
-        deploy: ``metrics/deploy.json``, or ``None`` when nothing was exported (failed gate).
-        benchmark: ``metrics/benchmark.json``, or ``None`` when nothing was measured.
+        evaluate: What ``metrics/evaluate.json`` holds.
 
     Returns:
-        The summary, numbers only.
+        The gate verdict, mAP50, mAP50-95 and each class's AP50-95.
+    """
+    return {
+        "gate": int(evaluate["gates"]["passed"]),
+        "map50": evaluate["map50"],
+        "map50_95": evaluate["map50_95"],
+        # A class with no val boxes has no AP: no column rather than a null.
+        "ap": {name: c["ap50_95"] for name, c in evaluate.get("per_class", {}).items() if c.get("ap50_95") is not None},
+    }
+
+
+def deployment(deploy: Mapping[str, Any] | None, latency_ms: Mapping[str, float]) -> dict[str, Any]:
+    """The numbers of ``metrics/deployment.json``.
+
+    Args:
+        deploy: What ``metrics/deploy.json`` holds, or ``None`` when nothing was exported (failed gate).
+        latency_ms: The p50 of each deploy artifact's forward pass, by its summary name
+            (:func:`stages.benchmark.summary_latency`).
+
+    Returns:
+        How many artifacts are deployable, and the latency and size of each.
     """
     artifacts = {name: m for name, m in (deploy or {}).items() if name != "pytorch"}
     deployable = {name: m for name, m in artifacts.items() if m.get("deployable")}
-    summary: dict[str, Any] = {
-        "gate": int(evaluate["gates"]["passed"]),
-        "deployable": len(deployable),
-        "map50": evaluate["map50"],
-        "map50_95": evaluate["map50_95"],
-        "ap": {name: c["ap50_95"] for name, c in evaluate.get("per_class", {}).items()},
-    }
-    latency = {
-        latency_key(row): numbers["model_ms"]
-        for row, numbers in (benchmark or {}).get("backends", {}).items()
-        if row != REFERENCE_ROW and "model_ms" in numbers
-    }
-    if latency:
-        summary["ms"] = latency
+    summary: dict[str, Any] = {"deployable": len(deployable)}
+    if latency_ms:
+        summary["ms"] = dict(latency_ms)
     sizes = {name: m["size_mb"] for name, m in deployable.items() if m.get("size_mb") is not None}
     if sizes:
         summary["mb"] = sizes

@@ -171,10 +171,11 @@ def test_experiment_with_a_failing_gate_records_its_own_metrics(ws: Workspace):
     shown = json.loads(ws.run("-m", "dvc", "exp", "show", "--json").stdout)
     strict = _experiment(shown, "exp-strict")
     baseline = next(entry for entry in shown if entry.get("name") == "main")["data"]["metrics"]
-    assert strict["metrics/evaluate.json"]["data"]["gates"]["passed"] == 0
-    assert strict["metrics/export.json"]["data"] == {"exported": 0}
-    assert baseline["metrics/evaluate.json"]["data"]["gates"]["passed"] == 1
-    assert baseline["metrics/export.json"]["data"]["exported"] == 1
+    assert strict["metrics/quality.json"]["data"]["gate"] == 0
+    assert strict["metrics/deployment.json"]["data"] == {"deployable": 0}
+    assert baseline["metrics/quality.json"]["data"]["gate"] == 1
+    assert baseline["metrics/deployment.json"]["data"]["deployable"] >= 1
+    assert ws.json("metrics/export.json") == {"exported": 0}  # the workspace holds the experiment's outputs
 
     refused = ws.run("-m", "stages.promote")
     assert refused.returncode == 2 and "map50" in refused.stderr

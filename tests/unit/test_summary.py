@@ -1,10 +1,11 @@
-"""metrics/summary.json: the few numbers experiments are compared on, named as short columns."""
+"""metrics/quality.json and metrics/deployment.json: the few numbers experiments are compared on, as short columns."""
 
 from __future__ import annotations
 
-from stages.benchmark import ROWS
+from stages.benchmark import ROWS, summary_latency, summary_name
 from stages.deploy.targets import TARGETS
-from stages.summary import latency_key, summarize
+from stages.summary import deployment, quality
+from tests.unit.test_dvc_yaml import DVC
 
 EVALUATE = {
     "map50": 0.41,
@@ -32,32 +33,42 @@ BENCHMARK = {
 }
 
 
-def test_summary_holds_quality_per_class_latency_and_size_only():
-    summary = summarize(EVALUATE, DEPLOY, BENCHMARK)
-    assert summary == {
-        "gate": 1,
+def test_quality_holds_the_verdict_map_and_ap_per_class_only():
+    assert quality(EVALUATE) == {"gate": 1, "map50": 0.41, "map50_95": 0.24, "ap": {"square": 0.3, "disc": 0.18}}
+    failed = {**EVALUATE, "gates": {"passed": 0, "failed": 1, "checks": {}}}
+    assert quality(failed)["gate"] == 0
+
+
+def test_deployment_holds_latency_per_artifact_and_size_of_the_deployable_ones():
+    assert deployment(DEPLOY, summary_latency(BENCHMARK["backends"])) == {
         "deployable": 1,
-        "map50": 0.41,
-        "map50_95": 0.24,
-        "ap": {"square": 0.3, "disc": 0.18},
-        "ms": {"onnx-fp32": 4.4, "onnx-int8": 3.9, "tensorrt": 0.9},
+        "ms": {"onnx-fp32": 4.4, "onnx-int8": 3.9, "tensorrt": 0.9},  # not the PyTorch reference
         "mb": {"onnx-fp32": 10.4},  # an artifact that failed its gate is no size anyone ships
     }
 
 
-def test_summary_after_a_failed_gate_has_the_verdict_and_no_deploy_columns():
-    failed = {**EVALUATE, "gates": {"passed": 0, "failed": 1, "checks": {}}}
-    summary = summarize(failed, None, None)
-    assert summary["gate"] == 0 and summary["deployable"] == 0
-    assert "ms" not in summary and "mb" not in summary
+def test_deployment_when_nothing_was_exported_is_a_zero_count():
+    assert deployment(None, summary_latency({})) == {"deployable": 0}
 
 
 def test_every_cpu_row_of_a_deploy_artifact_is_named_after_the_artifact():
     for row, spec in ROWS.items():
-        key = latency_key(row)
+        key = summary_name(row)
         if spec.device == "cpu" and spec.artifact in TARGETS:
             assert key == spec.artifact
         else:
             assert key == row
-    keys = [latency_key(row) for row in ROWS]
+    keys = [summary_name(row) for row in ROWS]
     assert len(keys) == len(set(keys)), "two benchmark rows would share one summary column"
+
+
+def test_only_the_compared_files_are_declared_metrics_and_every_stage_file_is_still_an_output():
+    declared = {m for stage in DVC.values() for m in stage.get("metrics", [])}
+    assert declared == {"${paths.quality_metrics}", "${paths.deployment_metrics}"}
+    assert "${paths.quality_metrics}" in DVC["evaluate"]["metrics"]
+    assert "${paths.deployment_metrics}" in DVC["benchmark"]["metrics"]
+    for stage in ("evaluate", "benchmark"):
+        assert "stages/summary.py" in DVC[stage]["deps"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o for stage in DVC.values() for o in stage.get("outs", [])}
+    for name in ("train", "evaluate", "export", "deploy", "engine", "benchmark"):
+        assert f"${{paths.{name}_metrics}}" in outs, f"metrics/{name}.json is no longer written as an output"
