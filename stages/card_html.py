@@ -33,6 +33,8 @@ pre { padding: 0.6em; overflow-x: auto; }
 blockquote { border-left: 4px solid #c00; margin: 1em 0; padding: 0.2em 1em; background: #fff4f4; }
 .figures { display: flex; flex-wrap: wrap; gap: 1.5em; }
 figure { margin: 0; }
+/* vl-convert lays text out with its own font metrics; a wider browser font must not be clipped */
+figure.chart svg { overflow: visible; padding-left: 1.5em; }
 figure img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #555; max-width: 34em; }
 """

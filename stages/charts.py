@@ -139,10 +139,14 @@ def _base(title: str, rows: Sequence[dict[str, Any]], numbers: Sequence[str]) ->
         "width": 420,
         "height": 260,
         "data": {"values": list(rows), "format": {"parse": {n: "number" for n in numbers}}},
+        # Names in full (class names, backends, param groups): Vega cuts labels at 180 px by default.
+        "config": {"axis": {"labelLimit": 0}, "legend": {"labelLimit": 0}},
     }
 
 
-def lines_chart(title: str, rows: Sequence[dict[str, Any]], x: str, fields: Sequence[str], y_title: str):
+def lines_chart(
+    title: str, rows: Sequence[dict[str, Any]], x: str, fields: Sequence[str], y_title: str
+) -> dict[str, Any]:
     """One line per column of ``fields`` against ``x`` (the training curves)."""
     present = [f for f in fields if rows and f in rows[0]]
     spec = _base(title, rows, [x, *present])
@@ -158,7 +162,7 @@ def lines_chart(title: str, rows: Sequence[dict[str, Any]], x: str, fields: Sequ
 
 def grouped_lines_chart(
     title: str, rows: Sequence[dict[str, Any]], x: str, y: str, group: str, *, unit_square: bool = False
-):
+) -> dict[str, Any]:
     """One line per value of the ``group`` column (learning rate per schedule, PR curve per class)."""
     spec = _base(title, rows, [x, y])
     spec["mark"] = {"type": "line", "point": not unit_square, "interpolate": "step-after" if unit_square else "linear"}
@@ -198,7 +202,10 @@ def latency_chart(title: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "x2": {"field": "p90_ms"},
             },
         },
-        {"mark": {"type": "point", "filled": True, "size": 60}, "encoding": {"x": {"field": "p50_ms"}}},
+        {
+            "mark": {"type": "point", "filled": True, "size": 60},
+            "encoding": {"x": {"field": "p50_ms", "type": "quantitative"}},
+        },
     ]
     return spec
 

@@ -135,7 +135,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def draw_tile(image: Image.Image, truth: Sequence[Box], predicted: Sequence[Box], names: Sequence[str], size: int):
+def draw_tile(
+    image: Image.Image, truth: Sequence[Box], predicted: Sequence[Box], names: Sequence[str], size: int
+) -> Image.Image:
     """One image scaled to fit ``size`` x ``size``, true boxes in green and predictions in red, both named.
 
     Args:

@@ -8,7 +8,10 @@ budget ran out), writes what it found onto ``<html data-probe=...>``, which ``--
 
 A chart counts as drawn when its container holds an ``<svg>`` whose Vega data marks (``g.role-mark``)
 hold at least one shape with geometry (axes and legends are not data marks), or a ``<canvas>`` with
-more than one colour on it. An image counts when the browser decoded it (``naturalWidth > 0``).
+more than one colour on it. An image counts when the browser decoded it (``naturalWidth > 0`` and
+``img.decode()`` resolved) and, drawn on a canvas, it shows more than one colour that is not fully
+transparent (Chromium decodes a truncated PNG without complaint and leaves the missing rows
+transparent; cut short enough, nothing but one colour is left).
 """
 
 from __future__ import annotations
@@ -44,11 +47,20 @@ _PROBE = """
     });
     return n;
   }
-  function canvasColours(canvas) {
+  function imageColours(img) {
+    if (!img.naturalWidth) return 0;
+    var canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    canvas.getContext("2d").drawImage(img, 0, 0);
+    return canvasColours(canvas, true);
+  }
+  function canvasColours(canvas, opaqueOnly) {
     try {
       var data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
       var seen = {}, count = 0;
       for (var i = 0; i < data.length && count < 2; i += 4 * 17) {
+        if (opaqueOnly && data[i + 3] === 0) continue;
         var key = data[i] + "," + data[i + 1] + "," + data[i + 2] + "," + data[i + 3];
         if (!seen[key]) { seen[key] = true; count += 1; }
       }
@@ -65,19 +77,27 @@ _PROBE = """
         colours: canvas ? canvasColours(canvas) : 0
       };
     });
-    var images = Array.prototype.map.call(document.images, function (img) {
-      return {src: img.getAttribute("src").slice(0, 80), complete: img.complete, width: img.naturalWidth};
+    var images = Array.prototype.map.call(document.images, function (img, i) {
+      return {
+        src: img.getAttribute("src").slice(0, 80), complete: img.complete, width: img.naturalWidth,
+        decodes: decoded[i] === true, colours: img.complete ? imageColours(img) : 0
+      };
     });
     return {charts: charts, images: images, errors: errors, body: Object.assign({}, document.body.dataset)};
   }
   function finished(r) {
     var chartsDrawn = r.charts.every(function (c) { return c.marks > 0 || c.colours > 1; });
-    var imagesDone = r.images.every(function (i) { return i.complete; });
+    var imagesDone = r.images.every(function (i, n) { return i.complete && decoded[n] !== undefined; });
     var pageDone = WAIT_FOR === null || document.body.dataset[WAIT_FOR] === "true";
     return chartsDrawn && imagesDone && pageDone;
   }
+  var decoded = [];
   window.addEventListener("load", function () {
     var tries = 0;
+    // img.decode() rejects an image the browser cannot decode at all.
+    Array.prototype.forEach.call(document.images, function (img, i) {
+      img.decode().then(function () { decoded[i] = true; }, function () { decoded[i] = false; });
+    });
     (function check() {
       var r = report();
       tries += 1;
@@ -117,11 +137,13 @@ class PageImage:
     src: str
     complete: bool
     width: int
+    decodes: bool
+    colours: int
 
     @property
     def decoded(self) -> bool:
-        """Whether the browser loaded and decoded it."""
-        return self.complete and self.width > 0
+        """Whether the browser loaded and decoded it, and it shows something (not one flat colour)."""
+        return self.complete and self.width > 0 and self.decodes and self.colours > 1
 
 
 @dataclass(frozen=True)
@@ -147,7 +169,11 @@ class PageReport:
         ]
         if expected_charts is not None and len(self.charts) != expected_charts:
             out.append(f"{len(self.charts)} chart(s) on the page, expected {expected_charts}")
-        out += [f"image {i.src}... was not decoded" for i in self.images if not i.decoded]
+        out += [
+            f"image {i.src}... was not decoded (width {i.width}, decodes {i.decodes}, colours {i.colours})"
+            for i in self.images
+            if not i.decoded
+        ]
         out += [f"script error: {e}" for e in self.errors]
         return out
 
@@ -204,7 +230,8 @@ def open_page(
         with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
             cmd = ["unshare", "-rn", exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
             cmd += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
-            cmd += ["--disable-dev-shm-usage", f"--user-data-dir={profile}"]
+            # File pages may read their own images (the probe draws them on a canvas to see them).
+            cmd += ["--disable-dev-shm-usage", "--allow-file-access-from-files", f"--user-data-dir={profile}"]
             cmd += [f"--virtual-time-budget={budget_ms}", "--dump-dom", copy.resolve().as_uri()]
             env = {**os.environ, "HOME": profile}
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
