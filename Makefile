@@ -14,7 +14,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export PIPELINE_WORKSPACE ?= $(CURDIR)
 PREFECT_PORT ?= 4200
 
-.PHONY: demo flow test test-unit test-e2e lint sample-data install clean server deploy worker retrain-ci promote plots report
+.PHONY: compare demo flow test test-unit test-e2e lint sample-data install clean server deploy worker retrain-ci promote plots report
 
 install: $(VENV)/.installed
 
@@ -41,13 +41,20 @@ demo: sample-data
 flow: sample-data
 	$(BIN)/python -m flows.pipeline --workspace .
 
+## Experiments side by side: the params that differ and the compared numbers (metrics/quality.json,
+## metrics/deployment.json), without the hash column DVC adds for every changed dependency.
+compare: install
+	$(BIN)/dvc exp show --only-changed --drop '.*/'
+
 ## Promote the current model to models/production when every check passes.
 promote: install
 	$(BIN)/python -m stages.promote
 
 ## A local Prefect server (SQLite) on loopback; then `export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api`.
+## The UI asks the API at PREFECT_SERVER_API_HOST:PORT (4200 unless set), not at the --port it is served on.
 server: install
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
+	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 ## Create the process work pool and the deployments of prefect.yaml on the server in PREFECT_API_URL.
 deploy: install
