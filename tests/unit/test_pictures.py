@@ -198,3 +198,20 @@ def test_dvc_yaml_declares_every_picture():
         assert needed in stages["report"]["deps"], needed
     assert {"stages/card_html.py", "stages/charts.py"} <= set(stages["report"]["deps"])
     assert "${paths.model_card_html}" in stages["report"]["outs"]
+
+
+def test_every_plot_file_is_drawn_once_by_its_own_definition():
+    # A stage-level `plots:` entry makes DVC draw the file again with its default template (a line
+    # chart of whatever columns it guesses), next to the chart defined for it at the top level.
+    assert not [name for name, stage in DVC["stages"].items() if stage.get("plots")]
+    drawn = set()
+    for definition in DVC["plots"]:
+        if isinstance(definition, str):
+            drawn.add(definition)
+        else:
+            ((spec,),) = [definition.values()]
+            drawn.update(spec["y"])
+    outs = {o if isinstance(o, str) else next(iter(o)) for s in DVC["stages"].values() for o in s.get("outs", [])}
+    assert drawn <= outs, f"a plot draws a file no stage writes: {drawn - outs}"
+    for name in ("train_plot", "lr_plot", "pr_curve_plot", "confusion_plot", "latency_plot", "throughput_plot"):
+        assert f"${{paths.{name}}}" in drawn, name
