@@ -247,3 +247,46 @@ def open_page(
         errors=list(data["errors"]),
         body=dict(data["body"]),
     )
+
+
+def served_skip_reason() -> str | None:
+    """Why a page served on loopback cannot be opened here (no Chromium), or ``None``."""
+    if chromium() is None:
+        return "chromium is not installed (Debian: apt-get install -y --no-install-recommends chromium)"
+    return None
+
+
+def served_page_dom(url: str, budget_ms: int = 30_000, timeout_s: float = 180) -> str:
+    """The DOM of a page served on this machine's loopback, as headless Chromium leaves it.
+
+    A page served by a local server (the Prefect UI) cannot be opened from a network namespace of its
+    own: its loopback is not this machine's. So Chromium runs in this one, but reaches loopback only:
+    every other host name fails to resolve (``--host-resolver-rules``) and every other address goes
+    to a proxy on a closed loopback port (Chromium never sends loopback through a proxy).
+
+    Args:
+        url: An ``http://127.0.0.1:<port>/...`` address.
+        budget_ms: Chromium's virtual time budget: the page's timers run this far (network waits do
+            not count), then the DOM is dumped.
+        timeout_s: Wall-clock limit for Chromium.
+
+    Returns:
+        The page's DOM, serialised.
+
+    Raises:
+        AssertionError: When ``url`` is not on loopback, or Chromium fails.
+    """
+    assert url.startswith("http://127.0.0.1:"), f"only loopback pages are opened: {url}"
+    exe = chromium()
+    assert exe is not None, served_skip_reason()
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+        cmd += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        cmd += ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=http://127.0.0.1:9"]
+        cmd += ["--disable-dev-shm-usage", f"--user-data-dir={profile}"]
+        cmd += [f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "HOME": profile}
+        )
+    assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {proc.stderr[-3000:]}"
+    return proc.stdout

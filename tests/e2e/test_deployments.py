@@ -4,7 +4,8 @@ Starts `prefect server start` (SQLite) on a free loopback port, creates the work
 `prefect.yaml`, checks the schedules produce scheduled runs, then triggers a run of `retrain` and
 has `prefect worker start --run-once` execute it over a tiny workspace. The server runs with the
 project's `prefect.toml`, as under `make server`: the flow run's and the deployment's UI pages answer,
-with every script and style served by the server itself.
+with every script and style served by the server itself, and headless Chromium (where installed)
+draws them from the API: the run's name and state, the deployment's schedule.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import browser
 from tests.e2e.workspace import Workspace
 
 pytestmark = pytest.mark.e2e
@@ -47,6 +49,9 @@ def server(ws: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
+        # As `make server` sets them: the UI asks the API here, not at the default port 4200.
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
     )
     log = (tmp_path_factory.mktemp("server-log") / "server.log").open("w")
     proc = subprocess.Popen(
@@ -153,6 +158,14 @@ def test_deployments_schedule_runs_and_a_worker_completes_one(ws: Workspace, ser
             ui = server["PREFECT_API_URL"].removesuffix("/api")
             for page in (f"{ui}/runs/flow-run/{finished[0].id}", f"{ui}/deployments/deployment/{retrain.id}"):
                 assert_ui_page(page)
+            if browser.served_skip_reason() is None:
+                # What a person sees: the UI draws the run from its API (a blank or "can't connect"
+                # page has neither the run's name nor its state).
+                dom = browser.served_page_dom(f"{ui}/runs/flow-run/{finished[0].id}")
+                assert finished[0].name in dom and "Completed" in dom, dom[-3000:]
+                assert "Can't connect to Server API" not in dom
+                dom = browser.served_page_dom(f"{ui}/deployments/deployment/{retrain.id}")
+                assert "yolo-train-to-deploy" in dom and "At 02:00 AM every day" in dom, dom[-3000:]
     finally:
         settings.__exit__(None, None, None)
     production = ws.json("models/production/metadata.json")
