@@ -84,6 +84,13 @@ def tune_workspace(
             runner.restore()
 
 
+def _quiet_optuna() -> None:
+    """Optuna's own INFO lines repeat what the study logs; keep its warnings."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 @task(name="tune-trial", task_run_name="trial {plan.number}", cache_policy=NO_CACHE)
 def trial_task(runner: WorkspaceTrials, plan: TrialPlan) -> TrialOutcome:
     """One trial: ``dvc exp run`` with its values (never retried: a failed trial is a result)."""
@@ -109,6 +116,7 @@ def tune(workspace: str = ".", trials: int = 10) -> TuneReport:
     from prefect.artifacts import create_table_artifact
     from prefect.runtime import flow_run
 
+    _quiet_optuna()
     result = tune_workspace(
         Path(workspace).resolve(),
         trials,
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for handler in list(root.handlers):  # importing Prefect's `flow` put its own there, at WARNING
             root.removeHandler(handler)
         configure_logging(args.verbose)
+    _quiet_optuna()
     workspace = Path(args.workspace).resolve()
     try:
         if args.flow:
@@ -160,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study {report.study}: {len(report.trials)} trials ({counts})")
     if report.best:
         print(f"best: trial {report.best.number} ({report.best.experiment}) {report.metric} = {report.best.value}")
-        print(f"apply it with: dvc exp apply {report.best.experiment}")
+        later = f", then dvc repro (trials run the stages up to {report.target} only)" if report.target else ""
+        print(f"apply it with: dvc exp apply {report.best.experiment}{later}")
     else:
         print("best: none (no trial completed)")
     return 0

@@ -343,7 +343,6 @@ def open_study(cfg: TuneConfig) -> Any:
     """
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg.storage.parent.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{cfg.storage}"
     study = optuna.create_study(
