@@ -8,9 +8,10 @@ cheap to read with the standard library alone: the interpreter, the kernel, the 
 flags, the core count, ``CUDA_VISIBLE_DEVICES``, the NVIDIA driver's ``/proc`` entries, the
 modification times of the folders packages are installed in (installing or removing a package
 changes them), the bytes of ``params.yaml`` (so params are validated again whenever they change) and
-the code of both modules and of the params models. When the key and the fingerprint file are as the
-last full run left them, the fingerprint cannot differ and the stage ends there; otherwise the full
-fingerprint runs and records the new key.
+the code of both modules and of the params models. When the key is the one the last full run
+recorded, the fingerprint cannot differ: the stage writes the fingerprint that run recorded (DVC
+removes a stage's outputs before running it) and ends there. Otherwise the full fingerprint runs
+and records the new key with its result.
 
 The key lives in ``.cache/environment-key.json`` (untracked, like the training checkpoints): it is
 a memo of this machine, not a result, and finding it must not need the params it saves reading.
@@ -115,31 +116,30 @@ def machine_key(params_file: Path) -> str:
     return digest.hexdigest()
 
 
-def _file_digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def unchanged(root: Path, key: str) -> bool:
-    """Whether the last full run recorded ``key`` and its fingerprint file is still as it wrote it."""
+def recalled(root: Path, key: str) -> tuple[Path, str] | None:
+    """The fingerprint file and text the last full run recorded for ``key``, or ``None`` when it
+    recorded another key (or no memo this code wrote is there)."""
     try:
         memo = json.loads((root / KEY_FILE).read_text(encoding="utf-8"))
-        output = root / memo["output"]
-        return memo["key"] == key and memo["output_sha256"] == _file_digest(output)
+        if memo["key"] != key or not isinstance(memo["fingerprint"], str):
+            return None
+        return root / memo["output"], memo["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False  # no memo, or not one this code wrote: run the full fingerprint
+        return None  # no memo, or not one this code wrote: run the full fingerprint
 
 
 def remember(root: Path, key: str, output: Path) -> None:
-    """Record the key and the fingerprint file the full run just wrote."""
-    memo = root / KEY_FILE
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    record = {"key": key, "output": os.path.relpath(output, root), "output_sha256": _file_digest(output)}
-    tmp = memo.with_name(f".{memo.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, memo)
+    """Record the key with the fingerprint the full run just wrote (its text: DVC removes a stage's
+    outputs before it runs the stage, so the next cheap run writes it again from here)."""
+    record = {"key": key, "output": os.path.relpath(output, root), "fingerprint": output.read_text(encoding="utf-8")}
+    _write_atomically(root / KEY_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.params.resolve().parent
     key = machine_key(args.params)
-    if not args.full and unchanged(root, key):
+    memo = None if args.full else recalled(root, key)
+    if memo is not None:
         configure_logging(args.verbose)
         try:
             check_not_locked_by_another(root)  # as every stage: a flow run holds the workspace
@@ -159,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             exc.stage = exc.stage or STAGE
             print(f"error: {exc}", file=sys.stderr)
             return REFUSED_EXIT
+        output, fingerprint = memo
+        current = output.read_text(encoding="utf-8") if output.is_file() else None
+        if current != fingerprint:
+            _write_atomically(output, fingerprint)  # removed by DVC before the run, or edited by hand
         log.info("machine, libraries and params unchanged since the last full fingerprint (%s)", KEY_FILE)
         return 0
 

@@ -182,6 +182,10 @@ def test_second_repro_reruns_nothing(ws: Workspace):
     proc, ran = ws.repro()
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ran == {"environment"}, "only the sub-second environment fingerprint may run"
+    # ... and only its cheap check: DVC removed the fingerprint before running the stage, the check
+    # wrote back the one recorded, and DVC found it unchanged (nothing after it ran).
+    assert "unchanged since the last full fingerprint" in proc.stdout + proc.stderr
+    assert "stages.fingerprint" not in proc.stdout + proc.stderr
 
 
 def test_flow_after_repro_reruns_nothing(ws: Workspace):

@@ -42,7 +42,7 @@ def test_full_fingerprint_runs_once_then_only_when_an_input_changes(workspace: P
     output = workspace / "reports/environment.json"
     assert calls == [output] and json.loads(output.read_text())["cpu_count"] == os.cpu_count()
     memo = json.loads((workspace / environment.KEY_FILE).read_text())
-    assert memo["output"] == "reports/environment.json"
+    assert memo["output"] == "reports/environment.json" and memo["fingerprint"] == output.read_text()
 
     assert environment.main([]) == 0
     assert len(calls) == 1, "nothing changed: the full fingerprint must not run again"
@@ -56,13 +56,16 @@ def test_full_fingerprint_runs_once_then_only_when_an_input_changes(workspace: P
     assert environment.main([]) == 0
     assert len(calls) == 3, "changed params are validated again"
 
+    recorded = output.read_text()
+    output.unlink()  # what DVC does to a stage's outputs before it runs the stage
+    assert environment.main([]) == 0
+    assert len(calls) == 3 and output.read_text() == recorded, "the recorded fingerprint is written again"
     output.write_text("{}\n")
     assert environment.main([]) == 0
-    assert len(calls) == 4, "a fingerprint file changed by hand is written again"
-    assert json.loads(output.read_text())["cpu_count"] == os.cpu_count()
+    assert len(calls) == 3 and output.read_text() == recorded, "a fingerprint edited by hand is put right"
 
     assert environment.main(["--full"]) == 0
-    assert len(calls) == 5
+    assert len(calls) == 4
 
 
 def test_a_package_installed_or_removed_changes_the_key(workspace: Path, monkeypatch: pytest.MonkeyPatch):
@@ -92,10 +95,12 @@ def test_unknown_params_key_is_refused_even_after_a_cached_run(workspace: Path, 
 def test_a_memo_not_written_by_this_code_runs_the_full_fingerprint(workspace: Path, monkeypatch: pytest.MonkeyPatch):
     calls = _full_runs(monkeypatch)
     (workspace / environment.KEY_FILE).parent.mkdir(parents=True)
-    for text in ("not json", "[]", '{"key": 1}'):
+    key = environment.machine_key(workspace / "params.yaml")
+    wrong_type = json.dumps({"key": key, "output": "reports/environment.json", "fingerprint": 3})
+    for text in ("not json", "[]", '{"key": 1}', wrong_type):
         (workspace / environment.KEY_FILE).write_text(text)
         assert environment.main([]) == 0
-    assert len(calls) == 3
+    assert len(calls) == 4
 
 
 def test_the_cached_check_imports_neither_pydantic_nor_the_params_models(workspace: Path):
