@@ -50,6 +50,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def relative_inside_workspace(value: str) -> str:
+    """``value`` when it is a relative path that stays inside the workspace.
+
+    Raises:
+        ValueError: For an absolute path, one with ``..``, or an empty one.
+    """
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ValueError(f"must be a relative path inside the workspace, got {value!r}")
+    return value
+
+
 class PathsParams(_Section):
     """Where every stage reads and writes, relative to the workspace root (the folder of ``dvc.yaml``)."""
 
@@ -95,10 +107,7 @@ class PathsParams(_Section):
     @field_validator("*")
     @classmethod
     def _relative_inside_workspace(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or not path.parts:
-            raise ValueError(f"must be a relative path inside the workspace, got {value!r}")
-        return value
+        return relative_inside_workspace(value)
 
     @model_validator(mode="after")
     def _outputs_outside_dataset(self) -> PathsParams:
@@ -514,10 +523,7 @@ class TuneMetricParams(_Section):
     @field_validator("file")
     @classmethod
     def _relative_inside_workspace(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or not path.parts:
-            raise ValueError(f"must be a relative path inside the workspace, got {value!r}")
-        return value
+        return relative_inside_workspace(value)
 
 
 class TuneParams(_Section):
