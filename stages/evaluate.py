@@ -163,9 +163,11 @@ def _picture_validator(confusion_conf: float) -> type:
 
     The validator measures mAP at ``evaluate.conf`` (0.001: every box counts towards the PR curve) and
     would count the confusion matrix at that confidence too, where nearly every cell is a box on the
-    background; a confusion matrix describes the boxes a user would keep. Its own mosaics of the first
-    batches are not drawn: :func:`write_pictures` draws its own grid, and those mosaics are written by
-    background threads that could outlive the temporary folder they write to.
+    background; a confusion matrix describes the boxes a user would keep. Nothing it would draw is drawn:
+    its mosaics of the first batches (:func:`write_pictures` draws its own grid; those mosaics are
+    written by background threads that could outlive the temporary folder they write to), nor its
+    matplotlib figures of the curves and the matrix (half of the stage's time on a tiny dataset, for
+    PNGs no one reads: the numbers behind them are what ``write_pictures`` writes).
     """
     from ultralytics.models.yolo.detect import DetectionValidator
 
@@ -178,6 +180,14 @@ def _picture_validator(confusion_conf: float) -> type:
                 count(detections, batch, conf=confusion_conf, **kwargs)
 
             self.confusion_matrix.process_batch = at_confusion_conf
+            self.confusion_matrix.plot = lambda *args, **kwargs: None
+            process = self.metrics.process
+
+            def without_figures(*args: Any, **kwargs: Any) -> Any:
+                # The PR values (px, prec_values) are computed either way; only the figures are not.
+                return process(*args, **{**kwargs, "plot": False})
+
+            self.metrics.process = without_figures
 
         def plot_val_samples(self, batch: Any, ni: int) -> None:
             pass
