@@ -1,7 +1,7 @@
 """Stage ``environment``: the machine fingerprint, checked cheaply when nothing changed.
 
-``dvc.yaml`` runs this stage on every ``dvc repro`` (``always_changed``), so its cost is what a no-
-op ``dvc repro`` pays beyond ``dvc status``. The full fingerprint (:mod:`stages.fingerprint`)
+``dvc.yaml`` runs this stage on every ``dvc repro`` (``always_changed``), so its cost is what a
+no-op ``dvc repro`` pays beyond ``dvc status``. The full fingerprint (:mod:`stages.fingerprint`)
 imports pydantic, validates ``params.yaml``, reads package metadata and asks ``nvidia-smi``: about
 half a second. This entry first computes a *machine key* from what the fingerprint is made of but is
 cheap to read with the standard library alone: the interpreter, the kernel, the CPU's model and
@@ -10,8 +10,8 @@ modification times of the folders packages are installed in (installing or remov
 changes them), the bytes of ``params.yaml`` (so params are validated again whenever they change) and
 the code of both modules and of the params models. When the key is the one the last full run
 recorded, the fingerprint cannot differ: the stage writes the fingerprint that run recorded (DVC
-removes a stage's outputs before running it) and ends there. Otherwise the full fingerprint runs
-and records the new key with its result.
+removes a stage's outputs before running it) and ends there. Otherwise the full fingerprint runs and
+records the new key with its result.
 
 The key lives in ``.cache/environment-key.json`` (untracked, like the training checkpoints): it is
 a memo of this machine, not a result, and finding it must not need the params it saves reading.
