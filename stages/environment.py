@@ -121,9 +121,12 @@ def recalled(root: Path, key: str) -> tuple[Path, str] | None:
     recorded another key (or no memo this code wrote is there)."""
     try:
         memo = json.loads((root / KEY_FILE).read_text(encoding="utf-8"))
+        output = Path(memo["output"])
         if memo["key"] != key or not isinstance(memo["fingerprint"], str):
             return None
-        return root / memo["output"], memo["fingerprint"]
+        if output.is_absolute() or ".." in output.parts:
+            return None  # not a path the full run records: never write outside the workspace
+        return root / output, memo["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no memo, or not one this code wrote: run the full fingerprint
 

@@ -97,10 +97,11 @@ def test_a_memo_not_written_by_this_code_runs_the_full_fingerprint(workspace: Pa
     (workspace / environment.KEY_FILE).parent.mkdir(parents=True)
     key = environment.machine_key(workspace / "params.yaml")
     wrong_type = json.dumps({"key": key, "output": "reports/environment.json", "fingerprint": 3})
-    for text in ("not json", "[]", '{"key": 1}', wrong_type):
+    outside = json.dumps({"key": key, "output": "../outside.json", "fingerprint": "{}"})
+    for text in ("not json", "[]", '{"key": 1}', wrong_type, outside):
         (workspace / environment.KEY_FILE).write_text(text)
         assert environment.main([]) == 0
-    assert len(calls) == 4
+    assert len(calls) == 5 and not (workspace.parent / "outside.json").exists()
 
 
 def test_the_cached_check_imports_neither_pydantic_nor_the_params_models(workspace: Path):
