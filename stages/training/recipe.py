@@ -1,14 +1,28 @@
 """The large-batch learning-rate rule, per optimizer family.
 
-``train.lr_scaling`` scales ``lr0`` with the global batch ``B'`` against ``train.base_batch`` ``B``:
-``linear`` by ``B'/B``, ``sqrt`` by ``sqrt(B'/B)``, ``none`` not at all.
+What the rule compares is the number of images one optimizer step learns from, not the batch of one
+forward pass. Ultralytics accumulates gradients up to its nominal batch ``nbs``, so a global batch
+``B`` makes steps of ``images_per_step(B) = B * max(round(nbs / B), 1)`` images: at ``nbs: 64``,
+batches 16 and 64 both make 64-image steps and need the same learning rate. ``train.lr_scaling``
+takes the ratio ``r = images_per_step(train.batch) / images_per_step(train.base_batch)`` and wants
+the rate scaled by ``rule(r)``: ``r`` (linear), ``sqrt(r)`` (sqrt) or 1 (none).
 
-Ultralytics already scales SGD implicitly: its loss is a sum over images, and it accumulates
-gradients up to ``nbs`` images per optimizer step, so an SGD step grows with the images in it,
-``images_per_step(B) = B * max(round(nbs / B), 1)``. Adam-family optimizers normalise the gradient's
-size away and get no such scaling. So that nothing is scaled twice, the factor applied on top of
-Ultralytics is the rule's factor divided by the implicit one for SGD (``MuSGD`` included), and the
-rule's factor as it is for the Adam family and RMSprop.
+What Ultralytics 8.4 already does, read from its source:
+
+- ``v8DetectionLoss.loss`` returns the per-image mean loss times the batch size, i.e. a *sum* over
+  the process' images; under DDP ``BaseTrainer._do_train`` multiplies it by the world size again,
+  because DDP averages the gradients of the processes, so the gradient is a sum over the global
+  batch. ``backward`` runs on every batch and ``optimizer_step`` only once ``accumulate`` batches
+  have added their gradients: the gradient of one step is a sum over ``images_per_step`` images.
+- ``BaseTrainer._build_train_pipeline`` scales the weight decay by ``images_per_step / nbs``, so the
+  decay keeps its proportion to that summed gradient.
+
+So an SGD (and MuSGD) step, proportional to the gradient, already grows by ``r``: the factor applied
+on top of Ultralytics is ``rule(r) / r``, and linear scaling is exactly what Ultralytics does on its
+own. Adam-family optimizers and RMSprop divide the gradient by its running magnitude, so its size
+drops out and nothing is scaled implicitly: the factor is ``rule(r)`` as it is. (Ultralytics clips
+the gradient's norm at 10 before each step; a summed gradient over more images reaches that bound
+sooner, which no factor here accounts for.)
 """
 
 from __future__ import annotations
@@ -34,9 +48,13 @@ def images_per_step(global_batch: int, nbs: int) -> int:
     return global_batch * accumulation(global_batch, nbs)
 
 
-def rule_factor(rule: Rule, global_batch: int, base_batch: int) -> float:
-    """The rule's own factor: 1, ``B'/B`` or ``sqrt(B'/B)``."""
-    ratio = global_batch / base_batch
+def step_ratio(global_batch: int, base_batch: int, nbs: int) -> float:
+    """The rule's ratio: images per optimizer step at ``global_batch`` over those at ``base_batch``."""
+    return images_per_step(global_batch, nbs) / images_per_step(base_batch, nbs)
+
+
+def rule_factor(rule: Rule, ratio: float) -> float:
+    """The rule's own factor for an images-per-step ``ratio``: 1, ``ratio`` or ``sqrt(ratio)``."""
     return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
 
 
@@ -47,8 +65,12 @@ def lr_factor(rule: Rule, optimizer: str, global_batch: int, base_batch: int, nb
         rule: ``train.lr_scaling``.
         optimizer: The optimizer actually used (``auto`` already resolved), any case.
         global_batch: Images per forward pass over all processes (``train.batch``).
-        base_batch: The global batch ``lr0`` was chosen for.
-        nbs: Ultralytics' nominal batch.
+        base_batch: The global batch ``lr0`` was chosen for (``train.base_batch``).
+        nbs: Ultralytics' nominal batch (``train.nbs``), the same for both batches.
+
+    Returns:
+        ``rule(r) / r`` for SGD and MuSGD, ``rule(r)`` for the Adam family and RMSprop, with ``r``
+        the images-per-step ratio (:func:`step_ratio`); 1 for the rule ``none``.
 
     Raises:
         ValueError: For an optimizer of unknown family (its scaling semantics are not defined here).
@@ -56,10 +78,10 @@ def lr_factor(rule: Rule, optimizer: str, global_batch: int, base_batch: int, nb
     if rule == "none":
         return 1.0
     name = optimizer.lower()
-    wanted = rule_factor(rule, global_batch, base_batch)
+    ratio = step_ratio(global_batch, base_batch, nbs)
+    wanted = rule_factor(rule, ratio)
     if name in ADAPTIVE:
         return wanted
     if name in SUMMING:
-        implicit = images_per_step(global_batch, nbs) / images_per_step(base_batch, nbs)
-        return wanted / implicit
+        return wanted / ratio  # the summed gradient already grew by the ratio
     raise ValueError(f"no learning-rate scaling rule is defined for optimizer {optimizer!r}")

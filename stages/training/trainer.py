@@ -198,7 +198,7 @@ class PipelineTrainer(DetectionTrainer):
         return float(main.get("initial_lr", main["lr"]))
 
     def _write_recipe(self) -> None:
-        accumulate = int(self.accumulate)
+        batch, nbs = int(self.batch_size), int(self.args.nbs)
         record = {
             "distributed": {
                 "world_size": max(self.world_size, 1),
@@ -206,10 +206,13 @@ class PipelineTrainer(DetectionTrainer):
                 "nproc_per_node": self.settings.nproc_per_node,
             },
             "recipe": {
-                "global_batch": int(self.batch_size),
-                "per_rank_batch": int(self.batch_size) // max(self.world_size, 1),
-                "accumulate": accumulate,
-                "images_per_step": int(self.batch_size) * accumulate,
+                "global_batch": batch,
+                "per_rank_batch": batch // max(self.world_size, 1),
+                # What ran: Ultralytics caps it at the run's batch count when the run is shorter than a step.
+                "accumulate": int(self.accumulate),
+                # The two figures the LR rule compares (lr_factor follows from their ratio and the optimizer).
+                "images_per_step": rules.images_per_step(batch, nbs),
+                "base_images_per_step": rules.images_per_step(self.settings.base_batch, nbs),
                 "lr0": self.settings.configured_lr0,
                 "lr_factor": self.lr_factor,
                 "lr_peak": self.lr_peak(),

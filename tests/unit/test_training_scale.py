@@ -49,14 +49,16 @@ def test_listed_gpus_must_match_the_processes_per_node():
 @pytest.mark.parametrize(
     ("rule", "optimizer", "batch", "base", "factor"),
     [
-        ("none", "AdamW", 64, 16, 1.0),
-        ("linear", "AdamW", 16, 8, 2.0),  # Adam family: the rule as it is
-        ("sqrt", "Adam", 32, 8, 2.0),
-        # SGD below nbs: Ultralytics accumulates to 64 images either way, so the rule applies in full.
-        ("linear", "SGD", 16, 8, 2.0),
-        # SGD above nbs: the summed gradient already doubled with the images per step.
+        ("none", "AdamW", 256, 16, 1.0),
+        # The ratio is of images per optimizer step: at nbs 64, batches 8, 16 and 64 all make 64-image steps.
+        ("linear", "AdamW", 16, 8, 1.0),
+        ("linear", "SGD", 64, 16, 1.0),
+        ("linear", "AdamW", 256, 64, 4.0),  # Adam family: the rule as it is
+        ("sqrt", "Adam", 256, 16, 2.0),
+        # SGD: the summed gradient already grew by the ratio, so linear is what Ultralytics does.
         ("linear", "SGD", 128, 64, 1.0),
         ("sqrt", "SGD", 256, 64, math.sqrt(4) / 4),
+        ("sqrt", "SGD", 64, 256, math.sqrt(1 / 4) * 4),
     ],
 )
 def test_lr_factor_per_rule_and_optimizer_family(rule, optimizer, batch, base, factor):
@@ -90,6 +92,7 @@ def test_lr_in_the_optimizer_after_setup_follows_the_rule(tmp_path):
                 "lr_scaling": "linear",
                 "base_batch": 8,
                 "batch": 16,
+                "nbs": 8,  # 16- against 8-image steps (at the default 64 both would make 64-image steps)
                 "imgsz": 64,
                 "epochs": 1,
                 "workers": 0,
