@@ -14,6 +14,8 @@ What it changes, each in one overridden method:
 - ``_setup_train``: the offline AMP check; on CPU, DDP without ``device_ids`` (Ultralytics passes
   the device index, which CPU modules refuse); after set-up, the EMA model (what checkpoints hold)
   turned back to plain batch norm.
+- ``save_model``: every checkpoint is written beside the run's and then replaces it whole (Ultralytics
+  writes in place, so a kill or a full disk mid-save left a truncated ``last.pt`` no resume could read).
 - ``final_eval``: the processes leave the process group together before rank 0 validates ``best.pt``
   alone (Ultralytics' barriers there assume one node).
 - ``set_model_attributes``: SyncBN conversion, after the model is on its device and before the DDP wrap.
@@ -29,6 +31,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -53,6 +56,64 @@ log = logging.getLogger(__name__)
 EPOCH_STATS = "epoch_stats.csv"  # in the run folder, written by global rank 0
 RECIPE = "recipe.json"  # in the run folder, written by global rank 0
 STAT_COLUMNS = ("epoch", "images_per_s", "dataloader_wait_share", "gpu_mem_peak_gib")
+# Under weights/: where checkpoints are written before each replaces its namesake whole. Hidden, so that
+# Ultralytics' search for a run's last*.pt (glob skips dot-folders) never finds a half-written one.
+SCRATCH = ".saving"
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's) contents to the disk; a rename is durable only after both."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(scratch: Path, folder: Path) -> list[Path]:
+    """Move every file of ``scratch`` into ``folder``, each replacing its namesake in one step.
+
+    Every file is flushed to the disk before any is moved, so a failure (a full disk often shows only
+    when the data is flushed) leaves ``folder`` as it was. ``scratch`` must be on ``folder``'s
+    filesystem (``os.replace`` is atomic only there).
+
+    Args:
+        scratch: The folder holding the complete new files.
+        folder: Where they go.
+
+    Returns:
+        The replaced paths in ``folder``.
+
+    Raises:
+        OSError: From flushing or moving, with ``filename`` set to the file it concerns.
+    """
+    files = sorted(p for p in scratch.iterdir() if p.is_file())
+    for path in files:
+        try:
+            _fsync(path)
+        except OSError as error:
+            error.filename = str(path)
+            raise
+    published = []
+    for path in files:
+        target = folder / path.name
+        os.replace(path, target)
+        published.append(target)
+    _fsync(folder)  # the renames themselves
+    return published
+
+
+def _checkpoint_error(error: OSError, target: Path) -> OSError:
+    """``error`` restated with the checkpoint it was writing and the space left where it goes."""
+    try:
+        free = f"{shutil.disk_usage(target.parent).free / 2**20:.1f} MiB free"
+    except OSError as usage_error:
+        free = f"free space unknown ({usage_error.strerror})"
+    message = (
+        f"checkpoint {target} not written ({error.strerror or error}); {free} in {target.parent}; "
+        "the checkpoints already there are unchanged"
+    )
+    return OSError(error.errno, message)
 
 
 class _CpuDDP(DistributedDataParallel):
@@ -138,6 +199,32 @@ class PipelineTrainer(DetectionTrainer):
             self.ema.ema = sync_bn.revert(self.ema.ema)
         if RANK in {-1, 0}:
             self._write_recipe()
+
+    def save_model(self) -> bool:
+        # Ultralytics writes each checkpoint in place (Path.write_bytes): a kill or a full disk mid-write
+        # leaves a truncated last.pt that every resume then fails to read. Its writes go to a scratch folder
+        # beside the checkpoints instead (last.pt, best.pt and epochN.pt alike, whatever it decides to write),
+        # and each complete file then replaces its checkpoint whole. Only global rank 0 calls this.
+        wdir, last, best = self.wdir, self.last, self.best
+        scratch = wdir / SCRATCH
+        shutil.rmtree(scratch, ignore_errors=True)  # left by a save that was killed
+        try:
+            scratch.mkdir(parents=True)
+            self.wdir, self.last, self.best = scratch, scratch / last.name, scratch / best.name
+            try:
+                saved = super().save_model()
+            finally:
+                self.wdir, self.last, self.best = wdir, last, best
+            publish(scratch, wdir)
+        except OSError as error:
+            # Written in this order by Ultralytics: the last file begun is the one that failed.
+            begun = [n for n in (last.name, best.name, f"epoch{self.epoch}.pt") if (scratch / n).exists()]
+            failed = Path(error.filename) if error.filename else None
+            name = failed.name if failed is not None and failed.parent == scratch else (begun or [last.name])[-1]
+            raise _checkpoint_error(error, wdir / name) from error
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return saved
 
     def final_eval(self) -> None:
         # Validating best.pt is global rank 0's alone: only the head holds best.pt, and Ultralytics'

@@ -1,0 +1,124 @@
+"""The seams of ``PipelineTrainer`` that need no second process: checkpoints, final validation, EMA."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from stages.config import parse_params
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> tuple[Path, Path]:
+    """A workspace with Ultralytics set up offline and a tiny dataset (8 train, 4 val images)."""
+    from stages.runtime import import_ultralytics
+    from stages.sample_data import SampleSpec, generate
+
+    root = tmp_path_factory.mktemp("seams")
+    import_ultralytics(root)
+    generate(SampleSpec(out=root / "data", train=8, val=4, size=64, seed=0))
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(f"path: {root / 'data'}\ntrain: images/train\nval: images/val\nnames: {{0: a, 1: b, 2: c}}\n")
+    return root, data_yaml
+
+
+def make_trainer(workspace: tuple[Path, Path], run_dir: Path, **train: Any):
+    """A ``PipelineTrainer`` on the tiny dataset, one epoch at 64 px, not yet set up."""
+    from stages.training.settings import TrainerSettings
+    from stages.training.trainer import PipelineTrainer, overrides
+
+    _, data_yaml = workspace
+    values = {"optimizer": "SGD", "batch": 4, "imgsz": 64, "epochs": 1, "workers": 0, "mosaic": 0.0, **train}
+    hyper = parse_params({"train": values}).train
+    return PipelineTrainer(
+        overrides=overrides(hyper, data_yaml, run_dir, "yolo11n.yaml"), settings=TrainerSettings(base_batch=4)
+    )
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- atomic checkpoints ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_trainer(workspace, tmp_path):
+    """A set-up trainer that has saved last.pt and best.pt once (epoch 0)."""
+    trainer = make_trainer(workspace, tmp_path / "run")
+    trainer._setup_train()
+    trainer.epoch = 0
+    assert trainer.save_model()
+    return trainer
+
+
+def test_a_save_replaces_the_checkpoints_whole_and_leaves_nothing_else(saved_trainer):
+    trainer = saved_trainer
+    stale = trainer.wdir / ".saving"
+    stale.mkdir()
+    (stale / "last.pt").write_bytes(b"half a checkpoint from a killed save")
+    trainer.epoch, trainer.save_period = 2, 1  # Ultralytics then writes epoch2.pt too
+
+    before = digest(trainer.last)
+    assert trainer.save_model()
+
+    assert sorted(p.name for p in trainer.wdir.iterdir()) == ["best.pt", "epoch2.pt", "last.pt"]
+    assert digest(trainer.last) != before
+    assert torch.load(trainer.last, weights_only=False)["epoch"] == 2
+    assert torch.load(trainer.wdir / "epoch2.pt", weights_only=False)["epoch"] == 2
+    assert (trainer.last, trainer.best, trainer.wdir) == (
+        trainer.save_dir / "weights" / "last.pt",
+        trainer.save_dir / "weights" / "best.pt",
+        trainer.save_dir / "weights",
+    )
+
+
+@pytest.mark.parametrize("failing", ["last.pt", "best.pt"])
+def test_a_full_disk_mid_save_leaves_the_previous_checkpoints_intact(saved_trainer, monkeypatch, failing):
+    trainer = saved_trainer
+    before = {p.name: digest(p) for p in trainer.wdir.iterdir()}
+    assert sorted(before) == ["best.pt", "last.pt"]
+    write_bytes = Path.write_bytes
+
+    def half_then_enospc(self: Path, data: bytes) -> int:
+        if self.parent.name == ".saving" and self.name == failing:
+            write_bytes(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_enospc)
+    trainer.epoch = 1
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        trainer.save_model()
+
+    assert raised.value.errno == errno.ENOSPC
+    message = str(raised.value)
+    assert str(trainer.wdir / failing) in message and "MiB free" in message
+    assert {p.name: digest(p) for p in trainer.wdir.iterdir()} == before, "no temp file left, nothing changed"
+    assert torch.load(trainer.last, weights_only=False)["epoch"] == 0
+    assert (trainer.last.parent, trainer.wdir) == (trainer.save_dir / "weights",) * 2
+
+
+def test_a_full_disk_when_flushing_leaves_the_previous_checkpoints_intact(saved_trainer, monkeypatch):
+    """A full disk can show only when the data is flushed (delayed allocation, network filesystems)."""
+    from stages.training import trainer as module
+
+    trainer = saved_trainer
+    before = {p.name: digest(p) for p in trainer.wdir.iterdir()}
+    fsync = module._fsync
+
+    def enospc_on_best(path: Path) -> None:
+        if path.name == "best.pt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(path)
+
+    monkeypatch.setattr(module, "_fsync", enospc_on_best)
+    trainer.epoch = 1
+    with pytest.raises(OSError, match=f"checkpoint {trainer.best} not written"):
+        trainer.save_model()
+    assert {p.name: digest(p) for p in trainer.wdir.iterdir()} == before
