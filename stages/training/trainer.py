@@ -17,7 +17,8 @@ What it changes, each in one overridden method:
 - ``save_model``: every checkpoint is written beside the run's and then replaces it whole (Ultralytics
   writes in place, so a kill or a full disk mid-save left a truncated ``last.pt`` no resume could read).
 - ``final_eval``: the processes leave the process group together before rank 0 validates ``best.pt``
-  alone (Ultralytics' barriers there assume one node).
+  alone (Ultralytics' barriers there assume one node), over the whole val split (the trainer's val
+  loader holds one rank's share); the number of images it saw goes to ``final_eval.json``.
 - ``set_model_attributes``: SyncBN conversion, after the model is on its device and before the DDP wrap.
 - ``build_optimizer``: the learning-rate rule of ``recipe`` on top of whatever Ultralytics chose.
 - callbacks: per-epoch throughput, data-loader wait and peak GPU memory, and the recipe actually
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 EPOCH_STATS = "epoch_stats.csv"  # in the run folder, written by global rank 0
 RECIPE = "recipe.json"  # in the run folder, written by global rank 0
+FINAL_EVAL = "final_eval.json"  # in the run folder: how many images the final validation saw
 STAT_COLUMNS = ("epoch", "images_per_s", "dataloader_wait_share", "gpu_mem_peak_gib")
 # Under weights/: where checkpoints are written before each replaces its namesake whole. Hidden, so that
 # Ultralytics' search for a run's last*.pt (glob skips dot-folders) never finds a half-written one.
@@ -236,10 +238,25 @@ class PipelineTrainer(DetectionTrainer):
             dist.destroy_process_group()
             if RANK != 0:
                 return
+            # The validator's loader is the trainer's, whose distributed sampler holds this rank's share of
+            # the split only; alone, rank 0 must see all of it (at the batch size training validated with).
+            self.validator.dataloader = self.get_dataloader(
+                self.data[self.args.split], batch_size=self.test_loader.batch_size, rank=-1, mode="val"
+            )
             # Ultralytics' validator would gather results from the other ranks, which have left.
             with _single_process_validation():
-                return super().final_eval()
+                self._final_validation()
+            return
+        self._final_validation()
+
+    def _final_validation(self) -> None:
+        """Ultralytics' final validation of ``best.pt``, recording how many images it saw."""
+        self.validator.seen = 0  # stays 0 if there is no best.pt to validate
         super().final_eval()
+        images = int(self.validator.seen or 0)
+        log.info("final validation: %d images", images)
+        if RANK in {-1, 0}:
+            (Path(self.save_dir) / FINAL_EVAL).write_text(json.dumps({"images": images}) + "\n", encoding="utf-8")
 
     def set_model_attributes(self) -> None:
         super().set_model_attributes()

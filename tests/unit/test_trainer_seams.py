@@ -122,3 +122,52 @@ def test_a_full_disk_when_flushing_leaves_the_previous_checkpoints_intact(saved_
     with pytest.raises(OSError, match=f"checkpoint {trainer.best} not written"):
         trainer.save_model()
     assert {p.name: digest(p) for p in trainer.wdir.iterdir()} == before
+
+
+# --- final validation -----------------------------------------------------------------------------
+
+
+def test_final_validation_of_a_single_process_run_sees_the_whole_val_split(workspace, tmp_path):
+    import json
+
+    from stages.training.trainer import FINAL_EVAL
+
+    trainer = make_trainer(workspace, tmp_path / "run")
+    trainer.train()
+    assert json.loads((trainer.save_dir / FINAL_EVAL).read_text()) == {"images": 4}
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of this process alone, destroyed afterwards whatever happened."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_rank_0_validates_alone_over_the_whole_split_not_its_share(workspace, tmp_path, monkeypatch, one_process_group):
+    """Rank 0 of two, after the others left: its validator held half the split (a distributed sampler)."""
+    import json
+
+    from torch.utils.data import DataLoader
+    from ultralytics.data.build import ContiguousDistributedSampler
+
+    from stages.training import trainer as module
+
+    trainer = make_trainer(workspace, tmp_path / "run")
+    trainer._setup_train()
+    trainer.epoch = 0
+    trainer.save_model()  # best.pt, what the final validation reads
+    dataset = trainer.test_loader.dataset
+    share = ContiguousDistributedSampler(dataset, num_replicas=2, rank=0, batch_size=2)
+    assert len(share) == 2
+    trainer.validator.dataloader = DataLoader(dataset, batch_size=2, sampler=share, collate_fn=dataset.collate_fn)
+    monkeypatch.setattr(module, "RANK", 0)
+    trainer.world_size = 2
+
+    trainer.final_eval()
+
+    assert json.loads((trainer.save_dir / module.FINAL_EVAL).read_text()) == {"images": 4}
