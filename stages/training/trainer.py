@@ -9,8 +9,9 @@ What it changes, each in one overridden method:
 - ``__init__``: in a process that ``torch.distributed.run`` started, the world size is the
   launcher's (Ultralytics counts the GPUs listed in ``device``, which is one node's share, and 0 on
   CPU), so CPU processes train as one DDP group too.
-- ``_setup_ddp``: the backend from ``train.distributed.backend`` and its ``timeout_s`` (Ultralytics
-  hard-codes NCCL-or-gloo and 3 hours); the GPU of a process is its *local* rank's.
+- ``_setup_ddp``: the backend from ``train.distributed.backend`` and the collective-operation timeout
+  (Ultralytics hard-codes NCCL-or-gloo and 3 hours); the GPU of a process is its *local* rank's. NCCL's
+  watchdog enforces the timeout; unlike Ultralytics, no ``TORCH_NCCL_BLOCKING_WAIT`` (CPU-blocking waits).
 - ``_setup_train``: the offline AMP check; on CPU, DDP without ``device_ids`` (Ultralytics passes
   the device index, which CPU modules refuse); after set-up, the EMA model (what checkpoints hold)
   turned back to plain batch norm.
@@ -184,7 +185,9 @@ class PipelineTrainer(DetectionTrainer):
             index = int(self.args.device.split(",")[LOCAL_RANK])
             torch.cuda.set_device(index)
             self.device = torch.device("cuda", index)
-            os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")  # makes NCCL honour the timeout
+        # No TORCH_NCCL_BLOCKING_WAIT (Ultralytics sets it): NCCL's watchdog already enforces the timeout
+        # (TORCH_NCCL_ASYNC_ERROR_HANDLING, on by default, tears the process down on a stuck collective),
+        # while blocking wait would make the CPU wait on every collective instead of queueing work behind it.
         dist.init_process_group(
             backend=self.settings.backend,
             timeout=timedelta(seconds=self.settings.timeout_s),
