@@ -15,6 +15,8 @@ What it changes, each in one overridden method:
 - ``_setup_train``: the offline AMP check; on CPU, DDP without ``device_ids`` (Ultralytics passes
   the device index, which CPU modules refuse); after set-up, the EMA model (what checkpoints hold)
   turned back to plain batch norm.
+- ``_load_checkpoint_state``: the same for the EMA Ultralytics rebuilds from the SyncBN training model
+  when it resumes or recovers from a NaN loss.
 - ``save_model``: every checkpoint is written beside the run's and then replaces it whole (Ultralytics
   writes in place, so a kill or a full disk mid-save left a truncated ``last.pt`` no resume could read).
 - ``final_eval``: the processes leave the process group together before rank 0 validates ``best.pt``
@@ -230,6 +232,13 @@ class PipelineTrainer(DetectionTrainer):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return saved
+
+    def _load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
+        super()._load_checkpoint_state(ckpt)
+        # Ultralytics rebuilds the EMA here from the training model (on resume and in its NaN recovery),
+        # which under SyncBN holds SyncBatchNorm; checkpoints are written from the EMA.
+        if self.sync_bn_active and self.ema:
+            self.ema.ema = sync_bn.revert(self.ema.ema)
 
     def final_eval(self) -> None:
         # Validating best.pt is global rank 0's alone: only the head holds best.pt, and Ultralytics'

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -171,3 +173,73 @@ def test_rank_0_validates_alone_over_the_whole_split_not_its_share(workspace, tm
     trainer.final_eval()
 
     assert json.loads((trainer.save_dir / module.FINAL_EVAL).read_text()) == {"images": 4}
+
+
+# --- process group and SyncBN -----------------------------------------------------------------------
+
+
+def bare_trainer():
+    """A ``PipelineTrainer`` with none of Ultralytics' set-up, for methods that read a few attributes only.
+
+    Its tests use the ``workspace`` fixture, which imports Ultralytics offline first.
+    """
+    from stages.training.settings import TrainerSettings
+    from stages.training.trainer import PipelineTrainer
+
+    trainer = PipelineTrainer.__new__(PipelineTrainer)
+    trainer.settings = TrainerSettings(backend="nccl")
+    return trainer
+
+
+@pytest.mark.usefixtures("workspace")
+def test_nccl_process_group_leaves_blocking_wait_alone(monkeypatch):
+    """NCCL's watchdog enforces the timeout; blocking wait would stall the CPU on every collective."""
+    import torch.distributed as dist
+
+    from stages.training import trainer as module
+
+    monkeypatch.delenv("TORCH_NCCL_BLOCKING_WAIT", raising=False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    trainer = bare_trainer()
+    trainer.device, trainer.world_size = torch.device("cuda", 0), 2
+    trainer.args = SimpleNamespace(device="1")
+    monkeypatch.setattr(module, "LOCAL_RANK", 0)
+
+    trainer._setup_ddp()
+
+    assert "TORCH_NCCL_BLOCKING_WAIT" not in os.environ
+    assert trainer.device == torch.device("cuda", 1)
+    assert [c["backend"] for c in calls] == ["nccl"]
+
+
+@pytest.mark.usefixtures("workspace")
+def test_ema_reloaded_from_a_checkpoint_holds_plain_batch_norm_under_sync_bn():
+    """Ultralytics' NaN recovery (and resume) rebuild the EMA from the SyncBN training model."""
+    import copy
+
+    from torch import nn
+    from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA
+
+    from stages.training import sync_bn
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    plain.train()
+    plain(torch.randn(2, 3, 8, 8))  # running statistics away from their defaults
+    trainer = bare_trainer()
+    trainer.model = sync_bn.convert(copy.deepcopy(plain))
+    trainer.sync_bn_active = True
+    trainer.ema = ModelEMA(trainer.model)
+    trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.01)
+    trainer.stopper = EarlyStopping(patience=5)
+    ckpt = {"ema": copy.deepcopy(plain).half(), "updates": 7, "best_fitness": 0.25, "stopper": {"best_epoch": 1}}
+
+    trainer._load_checkpoint_state(ckpt)
+
+    ema = trainer.ema.ema
+    assert sync_bn.count(ema, nn.SyncBatchNorm) == 0 and sync_bn.count(ema, nn.BatchNorm2d) == 2
+    assert trainer.ema.updates == 7 and trainer.best_fitness == 0.25
+    for key, value in ckpt["ema"].float().state_dict().items():
+        assert torch.equal(ema.state_dict()[key], value), key
