@@ -6,7 +6,9 @@ network for fonts while checking a dataset, and downloads ``yolo26n.pt`` for its
 project-local settings folder with telemetry and integrations off and with fonts already in place, and
 :func:`offline_amp_check` replaces the downloading AMP check by the same comparison on the model being
 trained (``stages.training.trainer.PipelineTrainer`` applies it, in every launched process too). The user's own
-``~/.config/Ultralytics`` is never read or written.
+``~/.config/Ultralytics`` is never read or written. Every launched training process imports Ultralytics
+at once and the nodes may share the workspace, so one process at a time imports it and writes there
+(a lock file in the folder), and fonts arrive whole (written aside, then renamed).
 """
 
 from __future__ import annotations
@@ -58,22 +60,65 @@ def offline_environment(workspace: Path) -> dict[str, str]:
     }
 
 
-def _place_fonts(config_dir: Path) -> None:
+def _place_fonts(config_dir: Path) -> list[str]:
     """Put a local font under the names Ultralytics would otherwise try to download.
 
-    The font only labels plots; matplotlib's bundled DejaVu Sans covers the glyphs of both names.
+    The font only labels plots; matplotlib's bundled DejaVu Sans covers the glyphs of both names. Each
+    copy is written beside its name and renamed onto it, so no process ever finds half a font there; a
+    font of the wrong size (cut short by an older, non-atomic copy) is replaced.
+
+    Returns:
+        The names placed by this call (none when every font was already there).
     """
     import matplotlib
 
     source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    size = source.stat().st_size
+    placed = []
     for name in _FONT_NAMES:
         target = config_dir / name
-        if not target.exists():
-            shutil.copyfile(source, target)
+        if target.is_file() and target.stat().st_size == size:
+            continue
+        partial = config_dir / f".{name}.{os.getpid()}.partial"
+        try:
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        placed.append(name)
+    return placed
+
+
+@contextlib.contextmanager
+def _one_writer(config_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``config_dir/.lock`` (every process of a workspace, on every node sharing it).
+
+    Launched training processes (every local rank of every node) all import Ultralytics at once, and its
+    import writes ``settings.json`` in place when it finds none or one it cannot parse, which is what a
+    reader sees while another process writes. Under the lock, the first process writes and the others
+    read a complete file. Where the filesystem offers no locks, the processes go on unlocked, as before.
+    """
+    import fcntl
+
+    with (config_dir / ".lock").open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            locked = True
+        except OSError as error:  # e.g. a network filesystem mounted without locks
+            log.warning("no lock on %s (%s): Ultralytics' settings are written unlocked", fh.name, error.strerror)
+            locked = False
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def import_ultralytics(workspace: Path) -> ModuleType:
     """Import Ultralytics configured for offline, project-local use.
+
+    One process at a time imports it and writes the settings and fonts (concurrent training processes
+    share the folder).
 
     Args:
         workspace: The workspace root; settings live in ``<workspace>/.cache/ultralytics``.
@@ -90,19 +135,22 @@ def import_ultralytics(workspace: Path) -> ModuleType:
     else:
         os.environ.update(offline_environment(workspace))
 
-    import ultralytics
-    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+    with _one_writer(config_dir):
+        import ultralytics
+        from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 
-    _place_fonts(Path(USER_CONFIG_DIR))
+        for name in _place_fonts(Path(USER_CONFIG_DIR)):
+            log.debug("placed font %s in %s", name, USER_CONFIG_DIR)
 
-    wanted: dict[str, Any] = {k: v for k, v in _SETTINGS_OFF.items() if k in SETTINGS}
-    wanted.update(
-        datasets_dir=str(config_dir / "datasets"),
-        weights_dir=str(config_dir / "weights"),
-        runs_dir=str(config_dir / "runs"),
-    )
-    if any(SETTINGS.get(k) != v for k, v in wanted.items()):
-        SETTINGS.update(wanted)
+        wanted: dict[str, Any] = {k: v for k, v in _SETTINGS_OFF.items() if k in SETTINGS}
+        wanted.update(
+            datasets_dir=str(config_dir / "datasets"),
+            weights_dir=str(config_dir / "weights"),
+            runs_dir=str(config_dir / "runs"),
+        )
+        if any(SETTINGS.get(k) != v for k, v in wanted.items()):
+            SETTINGS.update(wanted)
+            log.debug("wrote Ultralytics settings %s", SETTINGS.file)
     return ultralytics
 
 

@@ -243,3 +243,80 @@ def test_ema_reloaded_from_a_checkpoint_holds_plain_batch_norm_under_sync_bn():
     assert trainer.ema.updates == 7 and trainer.best_fitness == 0.25
     for key, value in ckpt["ema"].float().state_dict().items():
         assert torch.equal(ema.state_dict()[key], value), key
+
+
+# --- processes importing Ultralytics at once ------------------------------------------------------
+
+
+def _import_with_the_others(workspace: str, barrier: Any, results: Any) -> None:
+    """One launched process: import Ultralytics when the others do; report what it wrote and whom it met."""
+    import logging
+    import time
+
+    import matplotlib  # noqa: F401  (the slow imports first, so that the processes reach Ultralytics together)
+
+    from stages import runtime
+
+    root = Path(workspace)
+    messages: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("stages.runtime")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    met: set[str] = set()
+    place_fonts = runtime._place_fonts
+
+    def place_fonts_slowly(config_dir: Path) -> list[str]:
+        # Another writer inside at the same time shows as its marker file; the pause widens the window.
+        marker = root / f"inside.{os.getpid()}"
+        marker.touch()
+        for _ in range(2):
+            met.update(p.name for p in root.glob("inside.*") if p != marker)
+            time.sleep(0.25)
+        marker.unlink()
+        return place_fonts(config_dir)
+
+    runtime._place_fonts = place_fonts_slowly
+    barrier.wait()
+    runtime.import_ultralytics(root)
+    results.put(
+        {
+            "met": sorted(met),
+            "fonts": sum(m.startswith("placed font") for m in messages),
+            "settings": sum(m.startswith("wrote Ultralytics settings") for m in messages),
+        }
+    )
+
+
+def test_processes_importing_ultralytics_at_once_write_one_at_a_time(tmp_path):
+    import json
+    import multiprocessing
+
+    import matplotlib
+
+    from stages.runtime import ultralytics_config_dir
+
+    processes = 4
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, none with Ultralytics imported
+    barrier, results = context.Barrier(processes), context.Queue()
+    children = [
+        context.Process(target=_import_with_the_others, args=(str(tmp_path), barrier, results))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    reports = [results.get(timeout=300) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0
+
+    assert [r["met"] for r in reports] == [[]] * processes, "two processes wrote at the same time"
+    assert sum(r["fonts"] for r in reports) == 2, "each font placed once, by one process"
+    assert sum(r["settings"] for r in reports) == 1, "settings written by the first process only"
+    folder = ultralytics_config_dir(tmp_path) / "Ultralytics"
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["sync"] is False and settings["datasets_dir"] == str(ultralytics_config_dir(tmp_path) / "datasets")
+    font = (Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf").read_bytes()
+    assert [(folder / n).read_bytes() == font for n in ("Arial.ttf", "Arial.Unicode.ttf")] == [True, True]
+    assert not list(folder.glob(".*.partial")), "no partial font left"
