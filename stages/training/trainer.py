@@ -21,7 +21,8 @@ What it changes, each in one overridden method:
   writes in place, so a kill or a full disk mid-save left a truncated ``last.pt`` no resume could read).
 - ``final_eval``: the processes leave the process group together before rank 0 validates ``best.pt``
   alone (Ultralytics' barriers there assume one node), over the whole val split (the trainer's val
-  loader holds one rank's share); the number of images it saw goes to ``final_eval.json``.
+  loader holds one rank's share); the number of images it saw goes to ``final_eval.json``. The optimizer
+  state Ultralytics strips from the checkpoints then is written whole too.
 - ``set_model_attributes``: SyncBN conversion, after the model is on its device and before the DDP wrap.
 - ``build_optimizer``: the learning-rate rule of ``recipe`` on top of whatever Ultralytics chose.
 - callbacks: per-epoch throughput, data-loader wait and peak GPU memory, and the recipe actually
@@ -154,6 +155,40 @@ def _single_process_validation() -> Iterator[None]:
             module.RANK = rank
 
 
+@contextlib.contextmanager
+def _stripping_whole() -> Iterator[None]:
+    """Ultralytics' final strip of the optimizer state rewrites ``last.pt`` and ``best.pt`` whole, too.
+
+    ``strip_optimizer`` saves over the checkpoint in place (``torch.save``); here it saves into the
+    scratch folder beside it and the complete file replaces the checkpoint.
+    """
+    from ultralytics.engine import trainer
+
+    original = trainer.strip_optimizer
+
+    def strip(f: str | Path, s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:
+        target = Path(s or f)
+        scratch = target.parent / SCRATCH
+        partial = scratch / target.name
+        try:
+            scratch.mkdir(exist_ok=True)
+            stripped = original(f, str(partial), updates)
+            if partial.exists():  # nothing is written for a file that is no checkpoint
+                _fsync(partial)
+                os.replace(partial, target)
+        except OSError as error:
+            raise _checkpoint_error(error, target) from error
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return stripped
+
+    trainer.strip_optimizer = strip
+    try:
+        yield
+    finally:
+        trainer.strip_optimizer = original
+
+
 class PipelineTrainer(DetectionTrainer):
     """Ultralytics' ``DetectionTrainer`` with the launch, SyncBN, LR rule and throughput seams above."""
 
@@ -264,7 +299,8 @@ class PipelineTrainer(DetectionTrainer):
     def _final_validation(self) -> None:
         """Ultralytics' final validation of ``best.pt``, recording how many images it saw."""
         self.validator.seen = 0  # stays 0 if there is no best.pt to validate
-        super().final_eval()
+        with _stripping_whole():
+            super().final_eval()
         images = int(self.validator.seen or 0)
         log.info("final validation: %d images", images)
         if RANK in {-1, 0}:

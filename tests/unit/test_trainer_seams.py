@@ -46,6 +46,15 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# The copy of the previous last.pt that a resume falls back to: kept on purpose, not a temp file.
+PREVIOUS = "last.prev.pt"
+
+
+def checkpoints(wdir: Path) -> dict[str, str]:
+    """What a weights folder holds, hidden entries included, by name: a file's digest, or "folder"."""
+    return {p.name: digest(p) if p.is_file() else "folder" for p in wdir.iterdir() if p.name != PREVIOUS}
+
+
 # --- atomic checkpoints ---------------------------------------------------------------------------
 
 
@@ -69,7 +78,7 @@ def test_a_save_replaces_the_checkpoints_whole_and_leaves_nothing_else(saved_tra
     before = digest(trainer.last)
     assert trainer.save_model()
 
-    assert sorted(p.name for p in trainer.wdir.iterdir()) == ["best.pt", "epoch2.pt", "last.pt"]
+    assert sorted(checkpoints(trainer.wdir)) == ["best.pt", "epoch2.pt", "last.pt"]
     assert digest(trainer.last) != before
     assert torch.load(trainer.last, weights_only=False)["epoch"] == 2
     assert torch.load(trainer.wdir / "epoch2.pt", weights_only=False)["epoch"] == 2
@@ -83,12 +92,12 @@ def test_a_save_replaces_the_checkpoints_whole_and_leaves_nothing_else(saved_tra
 @pytest.mark.parametrize("failing", ["last.pt", "best.pt"])
 def test_a_full_disk_mid_save_leaves_the_previous_checkpoints_intact(saved_trainer, monkeypatch, failing):
     trainer = saved_trainer
-    before = {p.name: digest(p) for p in trainer.wdir.iterdir()}
+    before = checkpoints(trainer.wdir)
     assert sorted(before) == ["best.pt", "last.pt"]
     write_bytes = Path.write_bytes
 
     def half_then_enospc(self: Path, data: bytes) -> int:
-        if self.parent.name == ".saving" and self.name == failing:
+        if self.name == failing:  # wherever it is written (in place, as Ultralytics does, or aside)
             write_bytes(self, data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
         return write_bytes(self, data)
@@ -101,7 +110,7 @@ def test_a_full_disk_mid_save_leaves_the_previous_checkpoints_intact(saved_train
     assert raised.value.errno == errno.ENOSPC
     message = str(raised.value)
     assert str(trainer.wdir / failing) in message and "MiB free" in message
-    assert {p.name: digest(p) for p in trainer.wdir.iterdir()} == before, "no temp file left, nothing changed"
+    assert checkpoints(trainer.wdir) == before, "no temp file left, nothing changed"
     assert torch.load(trainer.last, weights_only=False)["epoch"] == 0
     assert (trainer.last.parent, trainer.wdir) == (trainer.save_dir / "weights",) * 2
 
@@ -111,7 +120,7 @@ def test_a_full_disk_when_flushing_leaves_the_previous_checkpoints_intact(saved_
     from stages.training import trainer as module
 
     trainer = saved_trainer
-    before = {p.name: digest(p) for p in trainer.wdir.iterdir()}
+    before = checkpoints(trainer.wdir)
     fsync = module._fsync
 
     def enospc_on_best(path: Path) -> None:
@@ -123,7 +132,7 @@ def test_a_full_disk_when_flushing_leaves_the_previous_checkpoints_intact(saved_
     trainer.epoch = 1
     with pytest.raises(OSError, match=f"checkpoint {trainer.best} not written"):
         trainer.save_model()
-    assert {p.name: digest(p) for p in trainer.wdir.iterdir()} == before
+    assert checkpoints(trainer.wdir) == before
 
 
 # --- final validation -----------------------------------------------------------------------------
@@ -137,6 +146,31 @@ def test_final_validation_of_a_single_process_run_sees_the_whole_val_split(works
     trainer = make_trainer(workspace, tmp_path / "run")
     trainer.train()
     assert json.loads((trainer.save_dir / FINAL_EVAL).read_text()) == {"images": 4}
+    assert sorted(checkpoints(trainer.wdir)) == ["best.pt", "last.pt"]
+    assert torch.load(trainer.last, weights_only=False)["optimizer"] is None, "stripped at the end"
+
+
+def test_a_full_disk_while_stripping_the_final_checkpoints_leaves_them_intact(saved_trainer, monkeypatch):
+    """Ultralytics' final_eval rewrites last.pt and best.pt without their optimizer state."""
+    import io
+
+    trainer = saved_trainer
+    before = checkpoints(trainer.wdir)
+    save = torch.save
+
+    def half_then_enospc(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(f, (str, Path)) and Path(f).name == "last.pt":
+            buffer = io.BytesIO()
+            save(obj, buffer)
+            Path(f).write_bytes(buffer.getvalue()[: buffer.tell() // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", half_then_enospc)
+    with pytest.raises(OSError, match=f"checkpoint {trainer.last} not written"):
+        trainer.final_eval()
+    assert checkpoints(trainer.wdir) == before
+    assert torch.load(trainer.last, weights_only=False)["optimizer"] is not None
 
 
 @pytest.fixture
