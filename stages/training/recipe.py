@@ -20,9 +20,12 @@ What Ultralytics 8.4 already does, read from its source:
 So an SGD (and MuSGD) step, proportional to the gradient, already grows by ``r``: the factor applied
 on top of Ultralytics is ``rule(r) / r``, and linear scaling is exactly what Ultralytics does on its
 own. Adam-family optimizers and RMSprop divide the gradient by its running magnitude, so its size
-drops out and nothing is scaled implicitly: the factor is ``rule(r)`` as it is. (Ultralytics clips
-the gradient's norm at 10 before each step; a summed gradient over more images reaches that bound
-sooner, which no factor here accounts for.)
+drops out and nothing is scaled implicitly: the factor is ``rule(r)`` as it is.
+
+Two approximations: MuSGD's matrix groups add a Muon update (``optim/muon.py``, weight 0.2 against
+the SGD part's 1.0) that is orthogonalised and so does not grow with ``r``; MuSGD is counted with
+SGD, its larger part. And Ultralytics clips the gradient's norm at 10 before each step; a summed
+gradient over more images reaches that bound sooner, which no factor here accounts for.
 """
 
 from __future__ import annotations
