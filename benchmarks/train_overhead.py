@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 from stages.config import load_params  # noqa: E402
 from stages.fingerprint import cpu_model  # noqa: E402
 from stages.runtime import offline_environment  # noqa: E402
-from stages.train import TrainConfig, resolve_model  # noqa: E402
+from stages.train import TrainConfig  # noqa: E402
+from stages.training.spec import resolve_model  # noqa: E402
 from stages.training.trainer import overrides  # noqa: E402
 from tests.e2e.workspace import Workspace  # noqa: E402 - the workspace builder the e2e tests use
 

@@ -167,31 +167,38 @@ class ValidateParams(_Section):
 
 
 class DistributedParams(_Section):
-    """How training spreads over processes and nodes (``stages/training/launch.py``).
+    """How many processes train, and how they wait for each other (``stages/training/``).
 
     One process on one node trains in the stage's own process. Anything larger runs through PyTorch's
-    elastic launcher (``torch.distributed.run``) with a c10d rendezvous at ``rdzv_endpoint``: the
-    head node runs the stage, every other node runs the command ``python -m stages.train
-    --print-launch`` prints for it.
+    elastic launcher (``torch.distributed.run``). *Where* a job runs (the head's address, this node's
+    rank, the allocation's node count) is never a param: it changes with every allocation and would make
+    every job retrain and write host names into ``dvc.lock``. It comes from the launcher's environment
+    (Slurm, Kubernetes, torchrun) or the command line of ``python -m stages.training.job``.
     """
 
     nnodes: int = Field(1, ge=1, description="nodes taking part; the head node is one of them")
     nproc_per_node: int = Field(1, ge=1, description="training processes per node (one per GPU on CUDA)")
-    rdzv_endpoint: str = Field("127.0.0.1:29400", description="host:port of the rendezvous, on the head node")
-    rdzv_id: str = Field("yolo-train", min_length=1, description="rendezvous name; the same on every node")
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: NCCL on CUDA, gloo on CPU")
-    timeout_s: float = Field(
-        900.0, gt=0.0, description="longest wait for every node to join, and for any collective operation"
+    join_timeout_s: float = Field(900.0, gt=0.0, description="longest wait for every node to join a training attempt")
+    collective_timeout_s: float = Field(
+        1800.0, gt=0.0, description="longest wait for one collective operation (the process group's timeout)"
     )
     max_restarts: int = Field(0, ge=0, description="times the launcher restarts all workers after a failure")
 
-    @field_validator("rdzv_endpoint")
+    @model_validator(mode="before")
     @classmethod
-    def _host_and_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"must be host:port with a port in 1..65535, got {value!r}")
-        return value
+    def _where_is_not_a_param(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = {
+                "rdzv_endpoint": "the endpoint comes from MASTER_ADDR/MASTER_PORT (Slurm, Kubernetes) or "
+                "'python -m stages.training.job --endpoint host:port'",
+                "rdzv_id": "the rendezvous name comes from the job (SLURM_JOB_ID, PET_RDZV_ID or --run-id)",
+                "timeout_s": "it is now two keys: join_timeout_s and collective_timeout_s",
+            }
+            found = [f"'{key}' is no longer a param: {why}" for key, why in moved.items() if key in data]
+            if found:
+                raise ValueError("; ".join(found) + " (README: Training at scale)")
+        return data
 
     @property
     def world_size(self) -> int:
@@ -199,8 +206,8 @@ class DistributedParams(_Section):
         return self.nnodes * self.nproc_per_node
 
 
-# The parts of `train` that do not change what is trained: where and how the nodes meet.
-LAUNCH_ONLY_KEYS = ("rdzv_endpoint", "rdzv_id", "timeout_s", "max_restarts")
+# The parts of `train` that do not change what is trained: how long the nodes wait, how often to restart.
+LAUNCH_ONLY_KEYS = ("join_timeout_s", "collective_timeout_s", "max_restarts")
 
 
 def normalize_device(value: Any) -> str:

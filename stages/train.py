@@ -9,8 +9,10 @@ would make Ultralytics download weights is refused.
 
 One process trains here, in the stage's own process. More than one (several GPUs, several nodes, or
 several CPU processes) run through ``torch.distributed.run``, which this stage starts on the head
-node; ``python -m stages.train --print-launch`` prints what every other node runs. The launch path,
-the rendezvous checks, the learning-rate rule and the trainer subclass live in ``stages/training/``.
+node; several nodes run as a job (``python -m stages.training.job`` on every node, which
+``python -m stages.train --print-launch`` prints). The run's description (launch spec, fingerprint,
+resume point), the job, the node checks, the learning-rate rule and the trainer subclass live in
+``stages/training/``; this module keeps the stage's DVC work: publish, restore, metrics.
 
 Ultralytics' run folder, with the ``last.pt`` checkpoint, lives outside the stage's outputs, in
 ``paths.train_runs/<fingerprint>/``: the outputs are then ordinary ones that DVC's run-cache keeps,
@@ -22,10 +24,7 @@ outputs of the last good run, which DVC removed before starting the stage.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -38,17 +37,15 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.common import DEFAULT_PARAMS, configure_logging, read_json, stage_main, write_json, write_text
 from stages.config import Params, TrainParams, load_params
-from stages.data_version import dvc_lock_stage
 from stages.errors import ConfigError, PipelineError, TrainingError
 from stages.recorded_outputs import restore_recorded_outputs
 from stages.runtime import image_pixel_limit, import_ultralytics
-from stages.training import launch
-from stages.training.settings import TrainerSettings
+from stages.training import launch, spec
+from stages.training.facts import node_facts
 
 log = logging.getLogger(__name__)
 
 STAGE = "train"
-FINGERPRINT = "pipeline_run.json"  # in the run folder: which configuration and data the run belongs to
 RUN_RECORD = ("results.csv", "args.yaml")  # what of Ultralytics' run folder becomes the train_dir output
 
 # Ultralytics results.csv columns -> names used in metrics/train.json and the curves file.
@@ -116,8 +113,10 @@ class TrainResult(BaseModel):
     optimizer: str  # the optimizer actually used (optimizer: auto resolved)
     lr_rule: str
     sync_bn: bool
-    resumed_after_epoch: int | None
+    resumed_after_epoch: int | None  # the first resume of this stage run (a retry's, or a launcher restart's)
+    starts: int  # times training started in this stage run: 1, plus one per launcher restart
     epochs_run: int
+    final_val_images: int  # images the final validation of best.pt saw: the whole val split
     best_epoch: int | None
     seconds: float
     final: dict[str, float]
@@ -145,40 +144,6 @@ class TrainResult(BaseModel):
             "lr_rule": self.lr_rule,
             "sync_bn": "on" if self.sync_bn else "off",
         }
-
-
-def resolve_model(model: str, workspace: Path, ultralytics_root: Path) -> str:
-    """Where the model comes from: a local file, or a model YAML shipped with Ultralytics.
-
-    Args:
-        model: The ``train.model`` param.
-        workspace: The workspace root (relative paths are resolved against it).
-        ultralytics_root: The installed ``ultralytics`` package folder.
-
-    Returns:
-        An absolute path, or the name of a bundled model YAML.
-
-    Raises:
-        ConfigError: When the value names neither; in particular a ``.pt`` that is not a local file,
-            which Ultralytics would otherwise try to download.
-    """
-    local = Path(model) if Path(model).is_absolute() else workspace / model
-    if local.is_file():
-        return str(local.resolve())
-    if model.endswith((".yaml", ".yml")) and "/" not in model:
-        # Ultralytics maps a scaled name (yolo11n.yaml) to its family file (yolo11.yaml).
-        family = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", Path(model).stem) + Path(model).suffix
-        bundled = ultralytics_root / "cfg" / "models"
-        if any(bundled.rglob(model)) or any(bundled.rglob(family)):
-            return model
-        raise ConfigError(
-            f"no local file and no model YAML bundled with Ultralytics named {model!r}", key="train.model"
-        )
-    raise ConfigError(
-        f"{model!r} is not a local file; weights are never downloaded. Put the .pt file under the "
-        "workspace (e.g. weights/) and give its path, or name a model YAML such as yolo11n.yaml",
-        key="train.model",
-    )
 
 
 def _check_device(device: str) -> None:
@@ -232,119 +197,54 @@ def lr_rows(rows: list[dict[str, float]]) -> list[dict[str, object]]:
     ]
 
 
-def prepared_data_hash(cfg: TrainConfig) -> str | None:
-    """DVC's hash of the prepared dataset from ``dvc.lock`` (written when ``prepare`` ran), or ``None``."""
-    prepared = cfg.data_yaml.parent.relative_to(cfg.workspace).as_posix()
-    outs = dvc_lock_stage(cfg.workspace, "prepare").get("outs", [])
-    return next((o.get("md5") for o in outs if o.get("path") == prepared), None)
-
-
-def run_fingerprint(cfg: TrainConfig) -> str:
-    """What makes a training run the same run: what is trained (not where nodes meet) and the exact data.
-
-    Outside DVC the data's hash is unknown, and then no run is ever resumed.
-    """
-    data = prepared_data_hash(cfg)
-    payload = {"hyper": cfg.hyper.training_identity(), "data": data or f"unknown-{time.time_ns()}"}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def trainer_settings(cfg: TrainConfig) -> TrainerSettings:
-    """What the pipeline's trainer adds to Ultralytics' arguments, from ``params.yaml``."""
-    h = cfg.hyper
-    return TrainerSettings(
-        lr_scaling=h.lr_scaling,
-        base_batch=h.base_batch,
-        configured_lr0=h.lr0,
-        sync_bn=h.sync_bn,
-        backend=launch.backend(h),
-        timeout_s=h.distributed.timeout_s,
-        nnodes=h.distributed.nnodes,
-        nproc_per_node=h.distributed.nproc_per_node,
-    )
-
-
-def _checkpoint_epochs(last: Path) -> int:
-    """How many epochs an Ultralytics checkpoint has completed (its ``epoch`` is 0-based; -1 when final)."""
-    import torch
-
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    return int(ckpt.get("epoch", -1)) + 1
-
-
-def resumable_checkpoint(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, int] | None:
-    """``last.pt`` of an interrupted run of the same configuration and its completed epochs, or ``None``.
-
-    A run is resumed only when it was started with the same fingerprint, saved a checkpoint, and
-    completed fewer epochs than configured (Ultralytics then trains exactly the remaining ones).
-    Rows that ``results.csv`` holds beyond the checkpoint (the process died between writing them and
-    saving the checkpoint) are dropped, since those epochs run again.
-    """
-    last = run_dir / "weights" / "last.pt"
-    marker = run_dir / FINGERPRINT
-    results = run_dir / "results.csv"
-    if not (last.is_file() and marker.is_file() and results.is_file()):
-        return None
-    if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
-        return None
-    done = _checkpoint_epochs(last)
-    if not 0 < done < epochs:
-        return None
-    lines = results.read_text(encoding="utf-8").splitlines()
-    kept = [lines[0]] + [line for line in lines[1:] if int(float(line.split(",")[0])) <= done]
-    results.write_text("\n".join(kept) + "\n", encoding="utf-8")
-    return last, done
-
-
 def _raise_on_sigterm(signum: int, _frame: Any) -> None:
     # A stop request (a timeout, a scheduler) becomes an exception, so the failure path below runs.
     raise SystemExit(128 + signum)
 
 
-def build_label_caches(cfg: TrainConfig) -> None:
-    """Build Ultralytics' label caches once, here, so launched processes on a shared disk only read them."""
-    from ultralytics.data.dataset import YOLODataset
-    from ultralytics.data.utils import check_det_dataset
-
-    data = check_det_dataset(str(cfg.data_yaml))
-    for split in ("train", "val"):
-        YOLODataset(img_path=data[split], imgsz=cfg.hyper.imgsz, augment=False, data=data, task="detect")
-
-
-def _train(cfg: TrainConfig, model_source: str, run_dir: Path, fingerprint: str) -> int | None:
+def _train(cfg: TrainConfig, model_source: str, run_dir: Path, fingerprint: str) -> tuple[int | None, int]:
     """Train in ``run_dir``, resuming it when it holds an unfinished run of the same fingerprint.
 
+    One process decides here which checkpoint to resume from; launched processes decide it at each of
+    their starts (global rank 0, ``stages.training.worker``), so a launcher restart resumes too.
+
     Returns:
-        The epoch the run resumed after (``None`` for a fresh run).
+        The epoch the run first resumed after (``None`` for a fresh run), and how many times it started.
     """
-    resumable = resumable_checkpoint(run_dir, fingerprint, cfg.hyper.epochs)
-    last = None
-    if resumable is not None:
-        last, resumed_after = resumable
-        log.info("resuming the interrupted run from %s (%d epochs done)", last, resumed_after)
-    else:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        write_json(run_dir / FINGERPRINT, {"fingerprint": fingerprint})
-    if launch.is_distributed(cfg.hyper):
-        # Launched processes read the params file; it must say what this stage was configured with.
-        on_disk = load_params(cfg.params_file).train.training_identity()
-        if on_disk != cfg.hyper.training_identity():
-            raise ConfigError(
-                "the train params differ from the params file the launched processes read",
-                path=cfg.params_file,
-                key="train",
-            )
-        build_label_caches(cfg)
-        cmd = launch.head_command(cfg.hyper, cfg.params_file, resume=last is not None)
-        env = launch.python_path_env(dict(os.environ))
-        launch.run_launcher(cmd, cwd=cfg.workspace, env=env, dist=cfg.hyper.distributed)
-    else:
+    hyper = cfg.hyper
+    if not launch.is_distributed(hyper):
         from stages.training.trainer import fit
 
-        fit(cfg.hyper, cfg.data_yaml, run_dir, model_source, trainer_settings(cfg), last)
-    return resumable[1] if resumable else None
+        found = spec.resume_point(run_dir, fingerprint, hyper.epochs)
+        if found is None:
+            spec.start_run_dir(run_dir, fingerprint)
+        else:
+            log.info("resuming the interrupted run from %s (%d epochs done)", *found)
+        fit(hyper, cfg.data_yaml, run_dir, model_source, spec.trainer_settings(hyper), found[0] if found else None)
+        return (found[1] if found else None), 1
+
+    marker = run_dir / spec.FINGERPRINT
+    if not marker.is_file() or read_json(marker, stage=STAGE).get("fingerprint") != fingerprint:
+        spec.start_run_dir(run_dir, fingerprint)
+    spec.build_label_caches(cfg.data_yaml, hyper.imgsz)
+    prepared = cfg.data_yaml.parent
+    launch_spec = spec.LaunchSpec(
+        fingerprint=fingerprint,
+        run_dir=run_dir.relative_to(cfg.workspace).as_posix(),
+        data_yaml=cfg.data_yaml.relative_to(cfg.workspace).as_posix(),
+        prepared=prepared.relative_to(cfg.workspace).as_posix(),
+        model=hyper.model,
+        hyper=hyper,
+        settings=spec.trainer_settings(hyper),
+        max_image_pixels=cfg.max_image_pixels,
+        head=node_facts(cfg.workspace, prepared, hyper.model),
+    )
+    spec_file = spec.write_spec(launch_spec, run_dir)
+    before = len(spec.read_starts(run_dir))
+    launch.run_attempt(launch_spec.model_dump_json(), spec_file, cfg.workspace, hyper.distributed)
+    starts = spec.read_starts(run_dir)[before:]
+    resumed = [s["resumed_after"] for s in starts if s["resumed_after"] is not None]
+    return (resumed[0] if resumed else None), len(starts)
 
 
 def _publish(run_dir: Path, cfg: TrainConfig) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -401,15 +301,15 @@ def run(cfg: TrainConfig) -> TrainResult:
 
 def _run(cfg: TrainConfig) -> TrainResult:
     ultralytics = import_ultralytics(cfg.workspace)
-    model_source = resolve_model(cfg.hyper.model, cfg.workspace, Path(ultralytics.__file__).parent)
+    model_source = spec.resolve_model(cfg.hyper.model, cfg.workspace, Path(ultralytics.__file__).parent)
     _check_device(cfg.hyper.device)
 
-    fingerprint = run_fingerprint(cfg)
+    fingerprint = spec.run_fingerprint(cfg.hyper, cfg.workspace, cfg.data_yaml.parent)
     run_dir = cfg.runs / fingerprint[:16]
     started = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        resumed_after = _train(cfg, model_source, run_dir, fingerprint)
+        resumed_after, starts = _train(cfg, model_source, run_dir, fingerprint)
         rows, stats = _publish(run_dir, cfg)
     except BaseException:
         # The checkpoint stays for a resume; the workspace gets the last good results back.
@@ -421,7 +321,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
         signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - started
 
-    result = _result(cfg, run_dir, rows, stats, resumed_after, round(seconds, 2))
+    result = _result(cfg, run_dir, rows, stats, (resumed_after, starts), round(seconds, 2))
     write_json(cfg.metrics, result.metrics_record())
     write_json(cfg.report, result.report_record())
     # Finished and published: the checkpoint has no further use (DVC's cache holds the results).
@@ -446,11 +346,11 @@ def _result(
     run_dir: Path,
     rows: list[dict[str, float]],
     stats: list[dict[str, float]],
-    resumed_after: int | None,
+    starts: tuple[int | None, int],
     seconds: float,
 ) -> TrainResult:
     """The summary, from what the run folder holds (written by global rank 0, wherever training ran)."""
-    from stages.training.trainer import RECIPE
+    from stages.training.trainer import FINAL_EVAL, RECIPE
 
     recipe = read_json(run_dir / RECIPE, stage=STAGE)
     best_row = max(rows, key=lambda r: 0.1 * r.get("map50", 0.0) + 0.9 * r.get("map50_95", 0.0))
@@ -462,8 +362,10 @@ def _result(
         optimizer=recipe["text"]["optimizer"],
         lr_rule=recipe["text"]["lr_rule"],
         sync_bn=recipe["text"]["sync_bn"] == "on",
-        resumed_after_epoch=resumed_after,
+        resumed_after_epoch=starts[0],
+        starts=starts[1],
         epochs_run=len(rows),
+        final_val_images=read_json(run_dir / FINAL_EVAL, stage=STAGE)["images"],
         best_epoch=int(best_row["epoch"]) if "epoch" in best_row else None,
         seconds=seconds,
         final={k: v for k, v in rows[-1].items() if k != "epoch"},

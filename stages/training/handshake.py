@@ -1,15 +1,17 @@
-"""What launched processes settle among themselves before training, through the launcher's store.
+"""What launched processes settle among themselves before training.
 
-Runs in every process ``torch.distributed.run`` starts, after its rendezvous and before Ultralytics
-is imported (Ultralytics reads the rank from the environment once, at import). The first process
-of each node publishes the node's record; every process then reads all of them and:
+Runs in every process ``torch.distributed.run`` starts, after its rendezvous and before Ultralytics is
+imported (Ultralytics reads the rank from the environment once, at import):
 
-- refuses to train when a node's training params or prepared data differ from the head's, naming
-  what differs (every process sees the same records, so every node fails with the same message);
-- numbers the processes so that the head node's come first: the rendezvous orders nodes by host
-  name and process id, so global rank 0 (the only process that writes checkpoints and results)
-  would otherwise land on any node;
-- passes the head's resume checkpoint to the nodes that lack it.
+- :func:`agree`: the rendezvous orders nodes by host name and process id, so global rank 0 (the only
+  process that writes checkpoints and results) would land on any node; the processes are renumbered so
+  that the head node's come first. Exactly one node must be the head.
+- :func:`share_checkpoint`: the checkpoint global rank 0 resumes from reaches every other process by a
+  broadcast over the process group (once per process, over NCCL or gloo), never through the launcher's
+  key-value store, which would carry hundreds of megabytes per process.
+
+Whether a node may train at all (same code, versions, data and params as the head) is decided before
+it joins, by its job (:mod:`stages.training.job`), so a mismatch never reaches a collective.
 """
 
 from __future__ import annotations
@@ -27,23 +29,13 @@ from pydantic import BaseModel
 from stages.errors import ConfigError
 
 
-class NodeRecord(BaseModel):
-    """One node's account of itself."""
-
-    head: bool
-    host: str
-    identity: dict[str, Any]  # TrainParams.training_identity()
-    data: str | None  # DVC's hash of the prepared dataset, from dvc.lock
-    resume: bool
-
-
 class Placement(BaseModel):
     """Where this process stands once the nodes agree."""
 
     rank: int
     node_rank: int
     world_size: int
-    resume_from: Path | None
+    local_rank: int
 
 
 def _flatten(data: dict[str, Any], prefix: str = "train") -> dict[str, Any]:
@@ -54,43 +46,30 @@ def _flatten(data: dict[str, Any], prefix: str = "train") -> dict[str, Any]:
     return flat
 
 
-def differences(node: NodeRecord, head: NodeRecord) -> list[str]:
-    """What of ``node`` differs from ``head``, as ``key: value here vs value on the head``."""
-    mine, theirs = _flatten(node.identity), _flatten(head.identity)
-    found = [
-        f"{key}: {mine.get(key)!r} vs {theirs.get(key)!r} on the head"
-        for key in sorted(set(mine) | set(theirs))
-        if mine.get(key) != theirs.get(key)
+def identity_differences(mine: dict[str, Any], head: dict[str, Any]) -> list[str]:
+    """Training params that differ, as ``key: value here vs value on the head``."""
+    own, theirs = _flatten(mine), _flatten(head)
+    return [
+        f"{key}: {own.get(key)!r} vs {theirs.get(key)!r} on the head"
+        for key in sorted(set(own) | set(theirs))
+        if own.get(key) != theirs.get(key)
     ]
-    if node.data != head.data:
-        found.append(
-            f"prepared data (dvc.lock): {node.data or 'not recorded'} vs {head.data or 'not recorded'} on the head"
-        )
-    return found
 
 
-def check_nodes(records: list[NodeRecord]) -> int:
-    """The index of the head among ``records``, once every node matches it.
+def head_index(heads: list[bool]) -> int:
+    """The index of the one head among the nodes' claims.
 
     Raises:
-        ConfigError: No head or several, or a node whose params or data differ from the head's.
+        ConfigError: No head or several.
     """
-    heads = [i for i, r in enumerate(records) if r.head]
-    if len(heads) != 1:
+    found = [i for i, head in enumerate(heads) if head]
+    if len(found) != 1:
         raise ConfigError(
-            f"{len(heads)} nodes claim to be the head; exactly one node runs the stage (python -m stages.train) "
-            "and the others the command from --print-launch",
+            f"{len(found)} nodes claim to be the head; exactly one node runs the stage and the others "
+            "follow it with python -m stages.training.job",
             key="train.distributed",
         )
-    head = records[heads[0]]
-    for index, record in enumerate(records):
-        diff = differences(record, head)
-        if diff:
-            node = f"{record.host} (rendezvous rank {index})"
-            raise ConfigError(
-                f"node {node} does not match the head ({head.host}): " + "; ".join(diff), key="train.distributed"
-            )
-    return heads[0]
+    return found[0]
 
 
 def head_first_rank(
@@ -101,13 +80,12 @@ def head_first_rank(
     return node_rank * local_world + local_rank, node_rank
 
 
-def agree(own: NodeRecord, checkpoint: Path | None, timeout_s: float) -> Placement:
-    """Publish this node's record, check all nodes, and place this process (see the module docstring).
+def agree(*, head: bool, timeout_s: float) -> Placement:
+    """Publish whether this node is the head, and place this process with the head's node first.
 
     Args:
-        own: This node's record.
-        checkpoint: The head's ``last.pt`` when it resumes (``None`` elsewhere).
-        timeout_s: Longest wait for the other nodes' records.
+        head: This process runs on the head node.
+        timeout_s: Longest wait for the other nodes' claims.
     """
     from torch.distributed import TCPStore
 
@@ -125,24 +103,49 @@ def agree(own: NodeRecord, checkpoint: Path | None, timeout_s: float) -> Placeme
     # One namespace per launch attempt: a restart after a failure publishes afresh.
     prefix = f"yolo-pipeline/{env.get('TORCHELASTIC_RUN_ID', '')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     if local_rank == 0:
-        if own.head and own.resume and checkpoint is not None:
-            store.set(f"{prefix}/checkpoint", checkpoint.read_bytes())
-        store.set(f"{prefix}/node/{group_rank}", own.model_dump_json())
+        store.set(f"{prefix}/node/{group_rank}", json.dumps({"head": head, "host": socket.gethostname()}))
     keys = [f"{prefix}/node/{i}" for i in range(nnodes)]
     store.wait(keys, timedelta(seconds=timeout_s))
-    records = [NodeRecord.model_validate(json.loads(store.get(k))) for k in keys]
-    head_index = check_nodes(records)
-    rank, node_rank = head_first_rank(group_rank, head_index, nnodes, local_world, local_rank)
-    resume_from = checkpoint if own.head else None
-    if records[head_index].resume and not own.head:
-        # Outside the workspace: only the head's rank 0 writes there.
-        handle, name = tempfile.mkstemp(prefix="yolo-resume-", suffix=".pt")
-        with os.fdopen(handle, "wb") as fh:
-            fh.write(store.get(f"{prefix}/checkpoint"))
-        resume_from = Path(name)
-    return Placement(rank=rank, node_rank=node_rank, world_size=world, resume_from=resume_from)
+    claims = [bool(json.loads(store.get(k))["head"]) for k in keys]
+    rank, node_rank = head_first_rank(group_rank, head_index(claims), nnodes, local_world, local_rank)
+    return Placement(rank=rank, node_rank=node_rank, world_size=world, local_rank=local_rank)
 
 
-def own_record(*, head: bool, identity: dict[str, Any], data: str | None, resume: bool) -> NodeRecord:
-    """This node's record."""
-    return NodeRecord(head=head, host=socket.gethostname(), identity=identity, data=data, resume=resume)
+def share_checkpoint(decision: dict[str, Any], device: Any, *, on_head_node: bool) -> Path | None:
+    """Broadcast global rank 0's resume decision and, to the other nodes, its checkpoint's bytes.
+
+    A collective: every process of the (already initialised) process group calls it.
+
+    Args:
+        decision: On global rank 0: ``{"checkpoint": path or None}``; ignored elsewhere.
+        device: Where the broadcast tensors live (the process' GPU for NCCL, the CPU for gloo).
+        on_head_node: This process runs on the head node, whose disk holds the checkpoint.
+
+    Returns:
+        The checkpoint to resume from on this process (a private temporary copy on other nodes, which
+        the caller removes), or ``None`` for a fresh start.
+    """
+    import torch
+    import torch.distributed as dist
+
+    box = [decision if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=device)
+    chosen = box[0]["checkpoint"] if box[0] else None
+    if chosen is None:
+        return None
+    # Every process takes part in the broadcast; only those on other nodes keep the bytes.
+    if dist.get_rank() == 0:
+        data = torch.frombuffer(bytearray(Path(chosen).read_bytes()), dtype=torch.uint8).to(device)
+        size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    else:
+        size = torch.zeros(1, dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    if dist.get_rank() != 0:
+        data = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(data, src=0)
+    if on_head_node:
+        return Path(chosen)
+    handle, name = tempfile.mkstemp(prefix="yolo-resume-", suffix=".pt")
+    with os.fdopen(handle, "wb") as fh:
+        fh.write(data.cpu().numpy().tobytes())
+    return Path(name)

@@ -1,10 +1,10 @@
 """One launch path: the stage's own process for one process, ``torch.distributed.run`` beyond that.
 
-The head node runs the stage as always (``dvc repro``, the Prefect flow, CI). When training needs
-more than one process, the stage starts PyTorch's elastic launcher with a c10d rendezvous at
-``train.distributed.rdzv_endpoint``; every other node runs the command ``python -m stages.train
---print-launch`` prints for it, which joins the same rendezvous. Each launched process runs
-``stages.training.worker``.
+One node, several processes: the stage starts the launcher with ``--standalone`` (a rendezvous on a
+free loopback port; nothing to configure). Several nodes: every node runs ``python -m
+stages.training.job`` (:mod:`stages.training.job`), the head's stage publishes each training attempt
+there, and every node's launcher joins that attempt's c10d rendezvous in the job's store. Each launched
+process runs ``stages.training.worker`` with the attempt's launch spec.
 """
 
 from __future__ import annotations
@@ -12,24 +12,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import re
 import shlex
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 from stages.config import DistributedParams, TrainParams
 from stages.errors import ConfigError
+from stages.training.site import JobSite
 
 log = logging.getLogger(__name__)
 
 WORKER = "stages.training.worker"
 REFUSAL = re.compile(r"error: \[stage 'train'\].*")  # what a worker prints when it refuses (exit 2)
-_POLL_S = 2.0
+_POLL_S = 0.5
 
 
 class DistributedFailure(RuntimeError):
@@ -45,157 +46,58 @@ def is_distributed(hyper: TrainParams) -> bool:
     return hyper.distributed.world_size > 1
 
 
-def backend(hyper: TrainParams) -> str:
-    """The process-group backend: ``auto`` is NCCL for CUDA devices and gloo for the CPU.
-
-    Raises:
-        ConfigError: NCCL asked for CPU training (NCCL runs only between GPUs).
-    """
-    cuda = hyper.device not in {"cpu", "mps"}
-    chosen = hyper.distributed.backend
-    if chosen == "auto":
-        return "nccl" if cuda else "gloo"
-    if chosen == "nccl" and not cuda:
-        raise ConfigError(
-            "backend nccl needs CUDA devices; use gloo (or auto) for CPU training", key="train.distributed.backend"
-        )
-    return chosen
+def rendezvous_id(site: JobSite, attempt: int) -> str:
+    """Each attempt meets in a rendezvous of its own: a retry never sees the state of a failed one."""
+    return f"{site.run_id}-attempt{attempt}"
 
 
-def launcher_args(dist: DistributedParams) -> list[str]:
-    """``torch.distributed.run`` arguments: c10d rendezvous, the node count and the join timeout."""
+def launcher_args(dist: DistributedParams, site: JobSite | None, attempt: int) -> list[str]:
+    """``torch.distributed.run`` arguments: standalone on one node, the job's store for several."""
+    common = ["-m", "torch.distributed.run", "--nproc-per-node", str(dist.nproc_per_node),
+              "--max-restarts", str(dist.max_restarts)]  # fmt: skip
+    if site is None:
+        return [*common, "--nnodes", "1", "--standalone"]
     return [
-        "-m", "torch.distributed.run",
+        *common,
         "--nnodes", str(dist.nnodes),
-        "--nproc-per-node", str(dist.nproc_per_node),
         "--rdzv-backend", "c10d",
-        "--rdzv-endpoint", dist.rdzv_endpoint,
-        "--rdzv-id", dist.rdzv_id,
-        "--rdzv-conf", f"join_timeout={max(int(dist.timeout_s), 1)}",
-        "--max-restarts", str(dist.max_restarts),
+        "--rdzv-endpoint", site.endpoint,
+        "--rdzv-id", rendezvous_id(site, attempt),
+        # The head's job hosts the store; no launcher may try to host it (or guess by host name).
+        "--rdzv-conf", f"join_timeout={max(int(dist.join_timeout_s), 1)},is_host=false",
     ]  # fmt: skip
 
 
 def node_command(
-    dist: DistributedParams, params_file: str, *, python: str = "python", head: bool = False, resume: bool = False
+    dist: DistributedParams,
+    site: JobSite | None,
+    attempt: int,
+    spec_file: Path,
+    workspace: Path,
+    *,
+    head: bool,
 ) -> list[str]:
-    """The launcher command of one node; ``head`` and ``resume`` only ever come from the stage itself."""
-    cmd = [python, *launcher_args(dist), "-m", WORKER, "--params", params_file]
-    if head:
-        cmd.append("--head")
-    if resume:
-        cmd.append("--resume")
-    return cmd
+    """The launcher command of one node for one attempt."""
+    cmd = [sys.executable, *launcher_args(dist, site, attempt), "-m", WORKER]
+    cmd += ["--spec", str(spec_file), "--workspace", str(workspace)]
+    return [*cmd, "--head"] if head else cmd
+
+
+def job_command(params_file: str) -> str:
+    """What every node of a multi-node job runs (the same command everywhere)."""
+    return shlex.join(["python", "-m", "stages.training.job", "--params", params_file])
 
 
 def launch_lines(hyper: TrainParams, params_file: str) -> list[str]:
-    """What each node runs, ``node <rank>: <command>``: the head runs the stage, the others the launcher."""
-    lines = [f"node 0: {shlex.join(['python', '-m', 'stages.train', '--params', params_file])}"]
-    worker = shlex.join(node_command(hyper.distributed, params_file))
-    lines += [f"node {rank}: {worker}" for rank in range(1, hyper.distributed.nnodes)]
-    return lines
+    """What each node runs, ``node <rank>: <command>``.
 
-
-class _JoinWatch:
-    """Counts the nodes in the rendezvous while the head waits, for the message when it times out.
-
-    Reads the c10d rendezvous state that the launcher keeps in the store at the endpoint.
+    One node: the stage itself. Several: the same job command on every node; the head's job runs
+    ``dvc repro train`` and the others follow it (where the head is comes from the environment).
     """
-
-    def __init__(self, dist: DistributedParams) -> None:
-        self.dist = dist
-        self.joined: int | None = None
-        self.reason = "the rendezvous store was not reachable"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rendezvous-watch", daemon=True)
-
-    def __enter__(self) -> _JoinWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        from torch.distributed import TCPStore
-        from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
-
-        host, _, port = self.dist.rdzv_endpoint.rpartition(":")
-        rendezvous = None
-        while not self._stop.wait(_POLL_S):
-            try:
-                if rendezvous is None:
-                    store = TCPStore(
-                        host, int(port), is_master=False, timeout=timedelta(seconds=_POLL_S), wait_for_workers=False
-                    )
-                    rendezvous = C10dRendezvousBackend(store, self.dist.rdzv_id)
-                state = rendezvous.get_state()
-                if state is not None:
-                    participants = getattr(pickle.loads(state[0]), "participants", None)
-                    if participants is not None:
-                        self.joined = len(participants)
-            except Exception as exc:  # not there yet, or gone: the count keeps its last value
-                self.reason = f"{type(exc).__name__}: {exc}"
-                log.debug("rendezvous watch: %s", self.reason)
-                rendezvous = None
-
-
-def run_launcher(cmd: list[str], *, cwd: Path, env: dict[str, str], dist: DistributedParams) -> None:
-    """Run the head node's launcher to the end, its output into this log.
-
-    Raises:
-        ConfigError: A worker refused (its node does not match the head's params or data).
-        DistributedFailure: A worker crashed, or not every node joined within ``timeout_s``.
-    """
-    log.info("launching: %s", shlex.join(cmd))
-    tail: deque[str] = deque(maxlen=80)
-    refusals: list[str] = []
-    with _JoinWatch(dist) as watch:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip()
-                log.info("%s", line)
-                tail.append(line)
-                found = REFUSAL.search(line)
-                if found and found.group(0) not in refusals:
-                    refusals.append(found.group(0))
-            code = proc.wait()
-        except BaseException:
-            # The stage is being stopped (SIGTERM, Ctrl-C): take the launcher and its workers with it.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 15)
-            proc.wait()
-            raise
-    if code == 0:
-        return
-    if refusals:
-        raise ConfigError("a node was refused: " + "; ".join(r.removeprefix("error: ") for r in refusals))
-    text = "\n".join(tail)
-    if "RendezvousTimeoutError" in text:
-        joined = (
-            f"{watch.joined} of {dist.nnodes}"
-            if watch.joined is not None
-            else f"an unknown number ({watch.reason}) of {dist.nnodes}"
-        )
-        raise DistributedFailure(
-            f"[stage 'train'] the rendezvous at {dist.rdzv_endpoint} (id {dist.rdzv_id!r}) did not complete "
-            f"within train.distributed.timeout_s={dist.timeout_s:g} s: {joined} nodes joined. Start the other "
-            "nodes with the commands 'python -m stages.train --print-launch' prints, and check that they reach "
-            "the endpoint"
-        )
-    raise DistributedFailure(f"[stage 'train'] the launched training failed (launcher exit {code}):\n{text}")
+    nnodes = hyper.distributed.nnodes
+    if nnodes == 1:
+        return ["node 0: dvc repro train"]
+    return [f"node {rank}: {job_command(params_file)}" for rank in range(nnodes)]
 
 
 def python_path_env(env: dict[str, str]) -> dict[str, str]:
@@ -207,6 +109,107 @@ def python_path_env(env: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def head_command(hyper: TrainParams, params_file: Path, *, resume: bool) -> list[str]:
-    """The launcher command the head's stage runs."""
-    return node_command(hyper.distributed, str(params_file), python=sys.executable, head=True, resume=resume)
+def follow(
+    cmd: list[str],
+    cwd: Path,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_line: Callable[[str], None] | None = None,
+) -> int:
+    """Run a launcher to its end, its output into this log; stop it early when ``should_stop()`` says so.
+
+    Returns:
+        The launcher's exit code (negative for a signal).
+    """
+    log.info("launching: %s", shlex.join(cmd))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=python_path_env(dict(os.environ)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    stop = threading.Event()
+
+    def _watch() -> None:
+        while not stop.wait(_POLL_S):
+            if should_stop():
+                log.warning("stopping the launcher: %s", "the job moved on")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 15)
+                return
+
+    watcher = threading.Thread(target=_watch, name="launcher-watch", daemon=True)
+    watcher.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            log.info("%s", line)
+            if on_line is not None:
+                on_line(line)
+        return proc.wait()
+    except BaseException:
+        # The stage is being stopped (SIGTERM, Ctrl-C): take the launcher and its workers with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        proc.wait()
+        raise
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+
+
+def run_attempt(spec_json: str, spec_file: Path, workspace: Path, dist: DistributedParams) -> None:
+    """Run one training attempt from the head's stage: standalone, or every node of the current job.
+
+    Raises:
+        ConfigError: A node refused (its code, versions, data or params differ from the head's), or a
+            multi-node run outside a job.
+        DistributedFailure: A worker crashed, or not every node joined within ``join_timeout_s``.
+    """
+    from stages.training.job import JobChannel, current_job
+
+    site = current_job()
+    if dist.nnodes > 1 and site is None:
+        raise ConfigError(
+            f"train.distributed.nnodes is {dist.nnodes}: start the job on every node with "
+            f"'{job_command('params.yaml')}' (the head runs dvc repro train itself; README: Training at scale)",
+            key="train.distributed.nnodes",
+        )
+    channel = JobChannel(site, host=False, connect_timeout_s=60) if site is not None and dist.nnodes > 1 else None
+    attempt = channel.new_attempt(spec_json) if channel else 1
+    if channel:
+        channel.joined(attempt, 0)
+    refusals: list[str] = []
+    tail: deque[str] = deque(maxlen=80)
+
+    def _refused() -> bool:
+        if channel is not None and not refusals:
+            refusals.extend(channel.refusals(attempt))
+        return bool(refusals)
+
+    def _line(line: str) -> None:
+        tail.append(line)
+        found = REFUSAL.search(line)
+        if found and found.group(0) not in refusals:
+            refusals.append(found.group(0))
+
+    cmd = node_command(dist, site if channel else None, attempt, spec_file, workspace, head=True)
+    started = time.monotonic()
+    code = follow(cmd, workspace, _refused, _line)
+    if code == 0:
+        return
+    if refusals:
+        raise ConfigError("a node was refused: " + "; ".join(r.removeprefix("error: ") for r in refusals))
+    text = "\n".join(tail)
+    if "RendezvousTimeoutError" in text and channel is not None and site is not None:
+        raise DistributedFailure(
+            f"[stage 'train'] attempt {attempt} of job {site.run_id!r} at {site.endpoint}: "
+            f"{channel.joined_count(attempt)} of {dist.nnodes} nodes joined within "
+            f"train.distributed.join_timeout_s={dist.join_timeout_s:g} s (waited {time.monotonic() - started:.0f} s). "
+            f"Every node runs '{job_command('params.yaml')}' and must reach {site.endpoint}"
+        )
+    raise DistributedFailure(f"[stage 'train'] the launched training failed (launcher exit {code}):\n{text}")

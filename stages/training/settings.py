@@ -8,7 +8,7 @@ from stages.training.recipe import Rule
 
 
 class TrainerSettings(BaseModel):
-    """Passed to ``PipelineTrainer``; built from ``params.yaml`` by ``stages.train.trainer_settings``."""
+    """Passed to ``PipelineTrainer``; built from ``params.yaml`` by ``stages.training.spec.trainer_settings``."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -17,6 +17,6 @@ class TrainerSettings(BaseModel):
     configured_lr0: float = 0.01  # train.lr0 as configured (optimizer: auto replaces it)
     sync_bn: bool = False
     backend: str = "gloo"  # resolved: nccl or gloo
-    timeout_s: float = 900.0
+    collective_timeout_s: float = 1800.0  # train.distributed.collective_timeout_s
     nnodes: int = 1
     nproc_per_node: int = 1

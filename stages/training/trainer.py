@@ -55,6 +55,7 @@ from stages.runtime import offline_amp_check
 from stages.training import recipe as rules
 from stages.training import sync_bn
 from stages.training.settings import TrainerSettings
+from stages.training.spec import PREVIOUS
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,24 @@ def publish(scratch: Path, folder: Path) -> list[Path]:
         published.append(target)
     _fsync(folder)  # the renames themselves
     return published
+
+
+def keep_previous(last: Path) -> None:
+    """Keep the checkpoint ``last`` as ``last.prev.pt`` before a new one replaces it.
+
+    Should ``last.pt`` ever be unreadable (a file system that lost it, a copy cut short), a resume falls
+    back to this one (``stages.training.spec.resume_point``) instead of failing every retry. A hard link:
+    no copy, no extra space.
+    """
+    if not last.is_file():
+        return
+    scratch = last.with_name(f".{PREVIOUS}.tmp")
+    scratch.unlink(missing_ok=True)
+    try:
+        os.link(last, scratch)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(last, scratch)
+    os.replace(scratch, last.with_name(PREVIOUS))
 
 
 def _checkpoint_error(error: OSError, target: Path) -> OSError:
@@ -225,9 +244,11 @@ class PipelineTrainer(DetectionTrainer):
         # No TORCH_NCCL_BLOCKING_WAIT (Ultralytics sets it): NCCL's watchdog already enforces the timeout
         # (TORCH_NCCL_ASYNC_ERROR_HANDLING, on by default, tears the process down on a stuck collective),
         # while blocking wait would make the CPU wait on every collective instead of queueing work behind it.
+        if dist.is_initialized():
+            return  # stages.training.worker created the group (with this backend and timeout) before the trainer
         dist.init_process_group(
             backend=self.settings.backend,
-            timeout=timedelta(seconds=self.settings.timeout_s),
+            timeout=timedelta(seconds=self.settings.collective_timeout_s),
             rank=RANK,
             world_size=self.world_size,
         )
@@ -257,6 +278,7 @@ class PipelineTrainer(DetectionTrainer):
                 saved = super().save_model()
             finally:
                 self.wdir, self.last, self.best = wdir, last, best
+            keep_previous(last)
             publish(scratch, wdir)
         except OSError as error:
             # Written in this order by Ultralytics: the last file begun is the one that failed.

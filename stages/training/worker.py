@@ -1,9 +1,13 @@
 """The program ``torch.distributed.run`` starts in every training process (``python -m stages.training.worker``).
 
-It reads the same ``params.yaml`` as the stage, agrees with the other nodes (``handshake``), and
-trains its share. Only global rank 0, a process of the head node, writes: the checkpoints and the
-per-epoch record in the run folder, which the head's stage then publishes. A refusal prints
-``error: [stage 'train'] ...`` and exits 2; a crash exits 1, and the launcher reports both.
+It reads the launch spec the head resolved (never recomputing the run folder, model or settings), is
+placed with the head's node first (``handshake.agree``), joins the process group, and trains its share.
+Which checkpoint to resume from is decided here, by global rank 0, at every start: a torchrun restart
+after a worker died resumes from the last complete checkpoint like a retry of the whole stage does, and
+the other processes receive that checkpoint by broadcast. Only global rank 0, a process of the head
+node, writes: the checkpoints and the per-epoch record in the run folder, which the head's stage then
+publishes. A refusal prints ``error: [stage 'train'] ...`` and exits 2; a crash exits 1, and the
+launcher reports both.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import logging
 import os
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
-from stages.common import REFUSED_EXIT, configure_logging
-from stages.config import load_params
+from stages.cli import REFUSED_EXIT, configure_logging
 from stages.errors import PipelineError
+from stages.training.spec import LaunchSpec, read_spec
 
 log = logging.getLogger("stages.training.worker")
 
@@ -26,13 +31,13 @@ log = logging.getLogger("stages.training.worker")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of one launched training process."""
     parser = argparse.ArgumentParser(prog="python -m stages.training.worker")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--spec", type=Path, required=True, help="the launch spec the head resolved")
+    parser.add_argument("--workspace", type=Path, required=True, help="this node's workspace root")
     parser.add_argument("--head", action="store_true", help="this node runs the stage (set by the stage only)")
-    parser.add_argument("--resume", action="store_true", help="the head resumes its run (set by the stage only)")
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        _work(args.params, head=args.head, resume=args.resume)
+        _work(read_spec(args.spec), args.workspace.resolve(), head=args.head)
     except PipelineError as exc:
         if exc.stage is None:
             exc.stage = "train"
@@ -41,44 +46,70 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _work(params_file: Path, *, head: bool, resume: bool) -> None:
-    # Imports that touch neither Ultralytics nor the rank first: Ultralytics reads RANK once, at import.
-    from stages.train import TrainConfig, prepared_data_hash, run_fingerprint, trainer_settings
-    from stages.training import handshake
+def _device(spec: LaunchSpec, local_rank: int) -> object:
+    import torch
 
-    root = params_file.resolve().parent
-    cfg = TrainConfig.from_params(load_params(params_file), root)
-    run_dir = cfg.runs / run_fingerprint(cfg)[:16]
-    checkpoint = run_dir / "weights" / "last.pt" if head and resume else None
-    own = handshake.own_record(
-        head=head, identity=cfg.hyper.training_identity(), data=prepared_data_hash(cfg), resume=resume
-    )
-    placement = handshake.agree(own, checkpoint, cfg.hyper.distributed.timeout_s)
+    if spec.settings.backend != "nccl":
+        return torch.device("cpu")
+    index = int(spec.hyper.device.split(",")[local_rank])
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
+    # Imports that touch neither Ultralytics nor the rank first: Ultralytics reads RANK once, at import.
+    import torch.distributed as dist
+
+    from stages.training import handshake
+    from stages.training import spec as specs
+
+    placement = handshake.agree(head=head, timeout_s=spec.hyper.distributed.join_timeout_s)
     os.environ["RANK"] = str(placement.rank)
     os.environ["GROUP_RANK"] = str(placement.node_rank)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     log.info(
-        "rank %d of %d (node %d, local rank %s)",
+        "rank %d of %d (node %d, local rank %d, launcher restart %d)",
         placement.rank,
         placement.world_size,
         placement.node_rank,
-        os.environ["LOCAL_RANK"],
+        placement.local_rank,
+        restart,
     )
-
     from stages.runtime import image_pixel_limit, import_ultralytics
-    from stages.train import resolve_model
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(image_pixel_limit(spec.max_image_pixels))
+        # Before the process group exists: at import Ultralytics writes its settings under a
+        # distributed barrier once a group is there, which would pair with the other processes'
+        # collectives below while one of them waits for the settings lock (a deadlock, seen here).
+        ultralytics = import_ultralytics(workspace)
+        device = _device(spec, placement.local_rank)
+        # The process group is created here, before the trainer's, so the resume checkpoint can travel
+        # over it; the trainer's _setup_ddp then uses this group.
+        dist.init_process_group(
+            backend=spec.settings.backend,
+            timeout=timedelta(seconds=spec.settings.collective_timeout_s),
+            rank=placement.rank,
+            world_size=placement.world_size,
+        )
+        run_dir = workspace / spec.run_dir
+        decision: dict[str, str | None] = {"checkpoint": None}
+        if placement.rank == 0:
+            found = specs.resume_point(run_dir, spec.fingerprint, spec.hyper.epochs)
+            decision["checkpoint"] = str(found[0]) if found else None
+            specs.record_start(run_dir, restart, found[1] if found else None)
+            if found:
+                log.info("resuming from %s (%d epochs done)", found[0], found[1])
+        resume_from = handshake.share_checkpoint(decision, device, on_head_node=head)
         if placement.rank != 0:
             # Ultralytics creates the run folder in every process; only rank 0's may be in the workspace.
             run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yolo-rank-"))) / run_dir.name
-        if placement.resume_from is not None and not head:
-            stack.callback(placement.resume_from.unlink, missing_ok=True)
-        stack.enter_context(image_pixel_limit(cfg.max_image_pixels))
-        ultralytics = import_ultralytics(root)
+        if resume_from is not None and not head:
+            stack.callback(resume_from.unlink, missing_ok=True)
         from stages.training.trainer import fit
 
-        source = resolve_model(cfg.hyper.model, root, Path(ultralytics.__file__).parent)
-        trainer = fit(cfg.hyper, cfg.data_yaml, run_dir, source, trainer_settings(cfg), placement.resume_from)
+        source = specs.resolve_model(spec.model, workspace, Path(ultralytics.__file__).parent)
+        trainer = fit(spec.hyper, workspace / spec.data_yaml, run_dir, source, spec.settings, resume_from)
     log.info("rank %d of %d: batches per epoch %s", placement.rank, placement.world_size, trainer.batches_per_epoch)
 
 

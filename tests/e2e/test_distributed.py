@@ -1,16 +1,17 @@
-"""End to end: two "nodes" on this machine train through the real launcher (torchrun, c10d, gloo).
+"""End to end: training jobs on this machine through the real launcher (torchrun, c10d, gloo).
 
-Each node is its own copy of the workspace, as on two machines: the head runs ``dvc repro train``,
-the other node runs the command ``python -m stages.train --print-launch`` prints for it.
+Each "node" is its own copy of the workspace, as on two machines, and is started the way the README
+tells a Slurm user: ``python -m stages.training.job`` on every node, with ``MASTER_ADDR``/``MASTER_PORT``
+exported and Slurm's ``SLURM_NODEID``/``SLURM_JOB_NUM_NODES``/``SLURM_JOB_ID`` (``--same-host``: both
+nodes are this machine, so the loopback endpoint is allowed). The head's job runs ``dvc repro train``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import csv
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -26,7 +27,8 @@ from tests.e2e.workspace import Workspace
 pytestmark = pytest.mark.e2e
 
 TRAIN_IMAGES = 16
-BATCH = 8  # global: 4 per process
+VAL_IMAGES = 8
+BATCH = 8  # global: 2 per process with 2 nodes x 2 processes
 
 
 def _free_port() -> int:
@@ -37,56 +39,41 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    ws = Workspace.with_sample_data(tmp_path_factory, "ws-head", train=TRAIN_IMAGES, val=8)
+    ws = Workspace.with_sample_data(tmp_path_factory, "ws-head", train=TRAIN_IMAGES, val=VAL_IMAGES)
     proc, _ = ws.repro("validate")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ws.edit("train", epochs=2, batch=BATCH, workers=0, warmup_epochs=0.0)
     return ws
 
 
-def _with_nodes(ws: Workspace, **dist: object) -> None:
+def _with_nodes(ws: Workspace, nnodes: int = 2, nproc: int = 2, **dist: object) -> None:
     params = ws.params()
-    params["train"]["distributed"].update(
-        {"nnodes": 2, "nproc_per_node": 1, "rdzv_endpoint": f"127.0.0.1:{_free_port()}", "timeout_s": 60, **dist}
-    )
+    params["train"]["distributed"].update({"nnodes": nnodes, "nproc_per_node": nproc, "join_timeout_s": 60, **dist})
     ws.set_params(params)
 
 
-def _second_node(ws: Workspace, tmp_path: Path, **train: object) -> Workspace:
+def _second_node(ws: Workspace, root: Path, **train: object) -> Workspace:
     """A copy of the head's workspace as another machine would hold it, with ``train`` params changed."""
-    root = tmp_path / "node1"
     shutil.copytree(ws.root, root, symlinks=True, ignore=shutil.ignore_patterns(".cache"))
-    node = Workspace(root, tmp_path / "prefect-node1")
+    node = Workspace(root, root.parent / f"prefect-{root.name}")
     if train:
         node.edit("train", **train)
     return node
 
 
-def _start(ws: Workspace, cmd: list[str]) -> subprocess.Popen[str]:
+def _job(ws: Workspace, node_rank: int, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``python -m stages.training.job`` as the README's Slurm recipe starts it on each node."""
+    slurm = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "SLURM_NODEID": str(node_rank),
+             "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": f"job{port}"}  # fmt: skip
     return subprocess.Popen(
-        cmd,
+        [sys.executable, "-m", "stages.training.job", "--params", "params.yaml", "--same-host"],
         cwd=ws.root,
-        env=ws.env,
+        env={**ws.env, **slurm, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
-
-
-def _start_node1(node: Workspace) -> subprocess.Popen[str]:
-    printed = node.run("-m", "stages.train", "--print-launch")
-    assert printed.returncode == 0, printed.stderr
-    lines = dict(line.split(": ", 1) for line in printed.stdout.splitlines())
-    assert set(lines) == {"node 0", "node 1"}, printed.stdout
-    assert "dvc" not in lines["node 1"] and "torch.distributed.run" in lines["node 1"]
-    cmd = shlex.split(lines["node 1"])
-    assert cmd[0] == "python"
-    return _start(node, [sys.executable, *cmd[1:]])
-
-
-def _start_head(ws: Workspace) -> subprocess.Popen[str]:
-    return _start(ws, [sys.executable, "-m", "dvc", "repro", "train"])
 
 
 def _finish(proc: subprocess.Popen[str], timeout_s: float = 600) -> str:
@@ -108,32 +95,44 @@ def _fresh(ws: Workspace) -> None:
             path.unlink()
 
 
-def test_two_nodes_train_as_one_and_only_the_head_writes(head: Workspace, tmp_path: Path):
+def _epochs(results: Path) -> list[int]:
+    with results.open(newline="") as fh:
+        return [int(float(row["epoch"])) for row in csv.DictReader(fh, skipinitialspace=True)]
+
+
+def test_two_nodes_of_two_processes_train_as_one_and_only_the_head_writes(head: Workspace, tmp_path: Path):
     _fresh(head)
     _with_nodes(head)
-    node = _second_node(head, tmp_path)
-    node1 = _start_node1(node)
-    time.sleep(1.0)  # the head's node may come second: rank order must not depend on who joins first
-    head_out = _finish(_start_head(head))
-    node_out = _finish(node1)
-    assert "Running stage 'train'" in head_out
+    node = _second_node(head, tmp_path / "node1")
+    port = _free_port()
+    node1 = _job(node, 1, port)  # the other node may come first: it waits for the head's job
+    time.sleep(1.0)
+    head_out = _finish(_job(head, 0, port))
+    node_out = _finish(node1, timeout_s=60)
+    assert "Running stage 'train'" in head_out, head_out[-4000:]
     assert node1.returncode == 0, node_out[-4000:]
-    assert "rank 0 of 2" in head_out and "rank 1 of 2" in node_out, "the head's process must be global rank 0"
+    assert "the head says finished" in node_out
+    for rank in (0, 1):
+        assert f"rank {rank} of 4 (node 0" in head_out, "the head's processes are global ranks 0 and 1"
+    for rank in (2, 3):
+        assert f"rank {rank} of 4 (node 1" in node_out
 
-    # Each process works through its half of the images, in batches of its share of the global batch.
-    per_rank = math.ceil(math.ceil(TRAIN_IMAGES / 2) / (BATCH // 2))
+    # Each process works through its quarter of the images, in batches of its share of the global batch.
     for out in (head_out, node_out):
-        batches = re.findall(r"rank \d of 2: batches per epoch \[([\d, ]+)\]", out)
-        assert batches, out[-3000:]
-        assert [int(b) for b in batches[0].split(",")] == [per_rank, per_rank]
+        batches = re.findall(r"rank \d of 4: batches per epoch \[([\d, ]+)\]", out)
+        assert len(batches) == 2, out[-3000:]
+        assert {b.replace(" ", "") for b in batches} == {"2,2"}
 
     metrics = head.json("metrics/train.json")
-    assert metrics["distributed"] == {"world_size": 2, "nnodes": 2, "nproc_per_node": 1}
-    assert metrics["recipe"]["global_batch"] == BATCH and metrics["recipe"]["per_rank_batch"] == BATCH // 2
-    assert metrics["epochs_run"] == 2 and len(metrics["epochs"]) == 2
-    assert all(e["images_per_s"] > 0 and 0 <= e["dataloader_wait_share"] < 1 for e in metrics["epochs"])
+    assert metrics["distributed"] == {"world_size": 4, "nnodes": 2, "nproc_per_node": 2}
+    assert metrics["recipe"]["global_batch"] == BATCH and metrics["recipe"]["per_rank_batch"] == BATCH // 4
+    assert metrics["epochs_run"] == 2 and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    # The final validation covered the whole val split once, not rank 0's quarter of it.
+    assert metrics["final_val_images"] == VAL_IMAGES
     assert head.json("reports/train.json")["backend"] == "gloo"
     assert (head.root / "models" / "best.pt").is_file()
+    # Where the job ran is nowhere in what DVC records.
+    assert str(port) not in (head.root / "dvc.lock").read_text()
     # Nothing of the training landed in the other node's workspace.
     for rel in ("models", "metrics", "plots", "reports/train.json"):
         assert not (node.root / rel).exists(), rel
@@ -141,48 +140,135 @@ def test_two_nodes_train_as_one_and_only_the_head_writes(head: Workspace, tmp_pa
     assert not runs.exists() or not any(runs.rglob("*")), sorted(runs.rglob("*"))
 
 
-def test_a_node_with_other_params_is_refused(head: Workspace, tmp_path: Path):
+def test_when_train_is_cached_the_other_node_exits_0_within_seconds(head: Workspace, tmp_path: Path):
     _with_nodes(head)
-    node = _second_node(head, tmp_path, lr0=0.02)
-    node1 = _start_node1(node)
-    head_out = _finish(_start_head(head))
-    node_out = _finish(node1)
-    for out in (head_out, node_out):
-        assert "does not match the head" in out and "train.lr0: 0.02 vs 0.01 on the head" in out, out[-3000:]
-    assert node1.returncode != 0
-    assert "failed to reproduce 'train'" in head_out
+    assert (head.root / "models" / "best.pt").is_file(), "needs the trained run of the test before"
+    node = _second_node(head, tmp_path / "node1")
+    port = _free_port()
+    node1 = _job(node, 1, port)
+    head_job = _job(head, 0, port)
+    head_out = _finish(head_job, timeout_s=120)
+    decided = time.monotonic()
+    node_out = _finish(node1, timeout_s=60)
+    assert head_job.returncode == 0 and "Running stage 'train'" not in head_out, head_out[-3000:]
+    assert node1.returncode == 0, node_out[-3000:]
+    assert "the head says nothing-to-train" in node_out
+    assert time.monotonic() - decided < 30
 
 
-def test_a_node_that_never_joins_fails_the_head_within_the_timeout(head: Workspace):
-    _with_nodes(head, timeout_s=5)
-    started = time.monotonic()
-    out = _finish(_start_head(head), timeout_s=300)
-    took = time.monotonic() - started
-    endpoint = head.params()["train"]["distributed"]["rdzv_endpoint"]
-    assert f"the rendezvous at {endpoint}" in out and "1 of 2 nodes joined" in out, out[-3000:]
-    assert "failed to reproduce 'train'" in out
-    assert took < 5 + 60, f"took {took:.0f} s"
-
-
-def test_killed_nodes_resume_to_exactly_the_configured_epochs(head: Workspace, tmp_path: Path):
-    _fresh(head)
+def test_an_upstream_failure_reaches_the_other_node_with_the_heads_reason(head: Workspace, tmp_path: Path):
     _with_nodes(head)
-    head.edit("train", epochs=3)
-    node = _second_node(head, tmp_path / "first")
-    procs = [_start_node1(node), _start_head(head)]
+    label = sorted((head.root / "data" / "dataset").rglob("*.txt"))[0]
+    before = label.read_bytes()
+    node = _second_node(head, tmp_path / "node1")
+    port = _free_port()
+    node1 = _job(node, 1, port)
     try:
-        head.wait_for_epochs(procs[1], 1)
+        label.write_text("not a label line\n")
+        head_job = _job(head, 0, port)
+        head_out = _finish(head_job, timeout_s=300)
+        decided = time.monotonic()
+        node_out = _finish(node1, timeout_s=60)
     finally:
-        for proc in procs:  # as a lost machine would: no clean-up
+        label.write_bytes(before)
+    assert head_job.returncode != 0 and "Running stage 'train'" not in head_out, head_out[-3000:]
+    assert node1.returncode != 0
+    assert time.monotonic() - decided < 30
+    failed = re.search(r"failed to reproduce '(\w+)'", head_out)
+    assert failed, head_out[-3000:]
+    assert "error: the head's command exited" in node_out and failed.group(0) in node_out, node_out[-3000:]
+
+
+def test_a_node_with_other_code_or_packages_is_refused_before_training(head: Workspace, tmp_path: Path):
+    _with_nodes(head)
+    node = _second_node(head, tmp_path / "node1", lr0=0.02)
+    with (node.root / "stages" / "training" / "recipe.py").open("a") as fh:
+        fh.write("# a local change on one node\n")
+    # Another Ultralytics on that node: its metadata comes first on the node's path.
+    fake = tmp_path / "fake-site"
+    (fake / "ultralytics-9.9.9.dist-info").mkdir(parents=True)
+    (fake / "ultralytics-9.9.9.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ultralytics\n"
+                                                                     "Version: 9.9.9\n")  # fmt: skip
+    port = _free_port()
+    node1 = _job(node, 1, port, {"PYTHONPATH": f"{fake}{os.pathsep}{node.env['PYTHONPATH']}"})
+    started = time.monotonic()
+    head_out = _finish(_job(head, 0, port), timeout_s=300)
+    node_out = _finish(node1, timeout_s=60)
+    for out in (head_out, node_out):
+        assert "node 1" in out and "does not match the head" in out, out[-3000:]
+        assert "pipeline code (stages/, flows/)" in out
+        assert "ultralytics 9.9.9 vs" in out
+        assert "train.lr0: 0.02 vs 0.01 on the head" in out
+    assert node1.returncode != 0 and "failed to reproduce 'train'" in head_out
+    assert "rank 0 of 4" not in head_out, "refused before any process joined"
+    assert time.monotonic() - started < 120
+
+
+def test_a_node_that_never_comes_fails_the_head_within_the_join_timeout(head: Workspace):
+    _with_nodes(head, join_timeout_s=5)
+    _fresh(head)
+    started = time.monotonic()
+    port = _free_port()
+    out = _finish(_job(head, 0, port), timeout_s=300)
+    took = time.monotonic() - started
+    assert "1 of 2 nodes joined within train.distributed.join_timeout_s=5" in out, out[-3000:]
+    assert f"127.0.0.1:{port}" in out and "failed to reproduce 'train'" in out
+    assert took < 5 + 90, f"took {took:.0f} s"
+
+
+def _workers(ws: Workspace) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "stages.training.worker"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_worker_killed_mid_run_restarts_and_resumes_each_epoch_once(head: Workspace):
+    _fresh(head)
+    _with_nodes(head, nnodes=1, nproc=2, max_restarts=1)
+    head.edit("train", epochs=3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "train"],
+        cwd=head.root,
+        env=head.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        head.wait_for_epochs(proc, 1)
+        victims = _workers(head)
+        assert len(victims) == 2, victims
+        os.kill(max(victims), signal.SIGKILL)  # one worker, as an OOM kill would
+        out = _finish(proc)
+    finally:
+        head.edit("train", epochs=2)
+    assert proc.returncode == 0, out[-4000:]
+    metrics = head.json("metrics/train.json")
+    assert metrics["resumed_after_epoch"] >= 1 and metrics["starts"] == 2, out[-3000:]
+    assert _epochs(head.root / "models" / "train" / "results.csv") == [1, 2, 3]
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+
+
+def test_a_cut_short_checkpoint_trains_on_from_the_previous_one(head: Workspace):
+    _fresh(head)
+    _with_nodes(head, nnodes=1, nproc=1)
+    head.edit("train", epochs=4)
+    try:
+        proc = head.start_training()
+        try:
+            results = head.wait_for_epochs(proc, 2)
+            while not (results.parent / "weights" / "last.prev.pt").is_file():
+                time.sleep(0.05)
+        finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-
-    node = _second_node(head, tmp_path / "again")
-    node1 = _start_node1(node)
-    head_out = _finish(_start_head(head))
-    node_out = _finish(node1)
-    assert node1.returncode == 0, node_out[-3000:]
+            proc.wait()
+        last = results.parent / "weights" / "last.pt"
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # as a kill or full disk mid-save leaves it
+        again, _ = head.repro("train")
+    finally:
+        head.edit("train", epochs=2)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     metrics = head.json("metrics/train.json")
-    assert metrics["resumed_after_epoch"] >= 1, head_out[-3000:]
-    assert metrics["epochs_run"] == 3
+    assert metrics["resumed_after_epoch"] >= 1
+    assert _epochs(head.root / "models" / "train" / "results.csv") == [1, 2, 3, 4]

@@ -10,7 +10,8 @@ from stages import build_engine
 from stages.config import parse_params
 from stages.errors import ConfigError, EngineUnavailable
 from stages.report import data_version
-from stages.train import read_results_csv, resolve_model
+from stages.train import read_results_csv
+from stages.training.spec import resolve_model
 from tests.conftest import cuda_available
 
 

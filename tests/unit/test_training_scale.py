@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import pickle
-import shlex
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from stages.config import ConfigError, normalize_device, parse_params
-from stages.training import handshake, launch, recipe, sync_bn
+from stages.training import handshake, launch, recipe, spec, sync_bn
+from stages.training.site import job_site
 
 
 @pytest.mark.parametrize(
@@ -137,38 +138,31 @@ def test_sync_bn_converts_and_reverts_to_plain_batch_norm_with_the_same_state():
     assert torch.allclose(reverted(x), model(x))
 
 
-def test_every_node_gets_one_launch_line_and_only_the_head_runs_the_stage():
-    hyper = parse_params(
-        {
-            "train": {
-                "batch": 16,
-                "distributed": {
-                    "nnodes": 4,
-                    "nproc_per_node": 2,
-                    "rdzv_endpoint": "head:29500",
-                    "rdzv_id": "run7",
-                    "timeout_s": 120,
-                },
-            }
-        }
-    ).train
+def test_every_node_runs_the_same_job_command_and_nothing_of_where_is_a_param():
+    hyper = parse_params({"train": {"batch": 16, "distributed": {"nnodes": 4, "nproc_per_node": 2}}}).train
     lines = launch.launch_lines(hyper, "params.yaml")
     assert [line.split(": ", 1)[0] for line in lines] == ["node 0", "node 1", "node 2", "node 3"]
-    assert lines[0] == "node 0: python -m stages.train --params params.yaml"
-    worker = shlex.split(lines[1].split(": ", 1)[1])
-    assert worker[:3] == ["python", "-m", "torch.distributed.run"]
+    commands = {line.split(": ", 1)[1] for line in lines}
+    assert commands == {"python -m stages.training.job --params params.yaml"}
+    one = parse_params({"train": {}}).train
+    assert launch.launch_lines(one, "params.yaml") == ["node 0: dvc repro train"]
+
+
+def test_a_job_attempt_joins_the_jobs_store_without_hosting_it():
+    hyper = parse_params({"train": {"batch": 16, "distributed": {"nnodes": 2, "join_timeout_s": 120}}}).train
+    site = job_site({"MASTER_ADDR": "head", "MASTER_PORT": "29500", "SLURM_NODEID": "1"}, {}, nnodes=2)
+    cmd = launch.node_command(hyper.distributed, site, 3, Path("/tmp/spec.json"), Path("/ws"), head=False)
     for flag, value in [
-        ("--nnodes", "4"),
-        ("--nproc-per-node", "2"),
+        ("--nnodes", "2"),
         ("--rdzv-backend", "c10d"),
         ("--rdzv-endpoint", "head:29500"),
-        ("--rdzv-id", "run7"),
-        ("--rdzv-conf", "join_timeout=120"),
+        ("--rdzv-id", "yolo-train-attempt3"),
+        ("--rdzv-conf", "join_timeout=120,is_host=false"),
     ]:
-        assert worker[worker.index(flag) + 1] == value
-    assert worker[-4:] == ["-m", "stages.training.worker", "--params", "params.yaml"]
-    commands = {line.split(": ", 1)[1] for line in lines[1:]}
-    assert "--head" not in worker and len(commands) == 1, "every other node runs the same command"
+        assert cmd[cmd.index(flag) + 1] == value
+    assert cmd[-6:] == ["-m", "stages.training.worker", "--spec", "/tmp/spec.json", "--workspace", "/ws"]
+    single = launch.node_command(hyper.distributed, None, 1, Path("s"), Path("w"), head=True)
+    assert "--standalone" in single and "--rdzv-endpoint" not in single and single[-1] == "--head"
 
 
 def test_print_launch_cli(tmp_path, capsys):
@@ -177,37 +171,39 @@ def test_print_launch_cli(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text("train:\n  batch: 8\n  distributed: {nnodes: 2}\n")
     assert train.main(["--print-launch", "--params", str(tmp_path / "params.yaml")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2 and out[1].startswith("node 1: python -m torch.distributed.run")
+    assert len(out) == 2 and out[1].startswith("node 1: python -m stages.training.job")
 
 
 def test_backend_auto_is_gloo_on_cpu_and_nccl_is_refused_there():
     cpu = parse_params({"train": {"batch": 8, "distributed": {"nnodes": 2}}}).train
-    assert launch.backend(cpu) == "gloo"
+    assert spec.backend(cpu) == "gloo"
     gpu = parse_params({"train": {"device": "0", "batch": 8, "distributed": {"nnodes": 2}}}).train
-    assert launch.backend(gpu) == "nccl"
+    assert spec.backend(gpu) == "nccl"
     with pytest.raises(ConfigError, match="nccl needs CUDA"):
-        launch.backend(parse_params({"train": {"distributed": {"backend": "nccl"}}}).train)
+        spec.backend(parse_params({"train": {"distributed": {"backend": "nccl"}}}).train)
 
 
-def _record(head: bool, lr0: float = 0.01, data: str = "abc", nnodes: int = 2) -> handshake.NodeRecord:
-    identity = parse_params({"train": {"lr0": lr0, "batch": 8, "distributed": {"nnodes": nnodes}}}).train
-    return handshake.NodeRecord(head=head, host="h", identity=identity.training_identity(), data=data, resume=False)
+def test_params_that_differ_from_the_head_are_named():
+    def identity(lr0: float) -> dict:
+        return parse_params({"train": {"lr0": lr0, "batch": 8, "distributed": {"nnodes": 2}}}).train.training_identity()
 
-
-def test_nodes_that_differ_from_the_head_are_refused_naming_the_difference():
-    assert handshake.check_nodes([_record(False), _record(True)]) == 1
-    with pytest.raises(ConfigError, match=r"train\.lr0: 0\.02 vs 0\.01 on the head"):
-        handshake.check_nodes([_record(True), _record(False, lr0=0.02)])
-    with pytest.raises(ConfigError, match="prepared data"):
-        handshake.check_nodes([_record(True), _record(False, data="other")])
+    assert handshake.identity_differences(identity(0.01), identity(0.01)) == []
+    assert handshake.identity_differences(identity(0.02), identity(0.01)) == ["train.lr0: 0.02 vs 0.01 on the head"]
+    assert handshake.head_index([False, True]) == 1
     with pytest.raises(ConfigError, match="2 nodes claim to be the head"):
-        handshake.check_nodes([_record(True), _record(True)])
+        handshake.head_index([True, True])
 
 
-def test_where_the_nodes_meet_is_not_part_of_what_is_trained():
-    a = parse_params({"train": {"distributed": {"rdzv_endpoint": "a:1", "timeout_s": 5}}}).train
-    b = parse_params({"train": {"distributed": {"rdzv_endpoint": "b:2", "max_restarts": 3}}}).train
+def test_how_long_nodes_wait_is_not_part_of_what_is_trained():
+    a = parse_params({"train": {"distributed": {"join_timeout_s": 5, "collective_timeout_s": 7}}}).train
+    b = parse_params({"train": {"distributed": {"max_restarts": 3}}}).train
     assert a.training_identity() == b.training_identity()
+
+
+@pytest.mark.parametrize("key", ["rdzv_endpoint", "rdzv_id", "timeout_s"])
+def test_where_the_job_runs_is_refused_as_a_param_with_where_it_comes_from(key):
+    with pytest.raises(ConfigError, match=f"'{key}' is no longer a param"):
+        parse_params({"train": {"distributed": {key: "x"}}})
 
 
 @pytest.mark.parametrize(
