@@ -61,12 +61,14 @@ def _second_node(ws: Workspace, root: Path, **train: object) -> Workspace:
     return node
 
 
-def _job(ws: Workspace, node_rank: int, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def _job(
+    ws: Workspace, node_rank: int, port: int, env: dict[str, str] | None = None, command: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
     """``python -m stages.training.job`` as the README's Slurm recipe starts it on each node."""
     slurm = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "SLURM_NODEID": str(node_rank),
              "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": f"job{port}"}  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "stages.training.job", "--params", "params.yaml", "--same-host"],
+        [sys.executable, "-m", "stages.training.job", "--params", "params.yaml", "--same-host", *command],
         cwd=ws.root,
         env={**ws.env, **slurm, **(env or {})},
         stdout=subprocess.PIPE,
@@ -217,31 +219,41 @@ def test_a_node_that_never_comes_fails_the_head_within_the_join_timeout(head: Wo
 
 
 def _workers(ws: Workspace) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", "stages.training.worker"], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
+    """The launched training processes of ``ws`` (not the launcher, whose arguments name the worker too)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"stages.training.worker" in args and b"torch.distributed.run" not in args and str(ws.root).encode() in args:
+            found.append(int(proc.name))
+    return found
 
 
-def test_a_worker_killed_mid_run_restarts_and_resumes_each_epoch_once(head: Workspace):
+def test_a_worker_killed_mid_run_restarts_and_resumes_each_epoch_once(head: Workspace, tmp_path: Path):
     _fresh(head)
     _with_nodes(head, nnodes=1, nproc=2, max_restarts=1)
     head.edit("train", epochs=3)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "train"],
-        cwd=head.root,
-        env=head.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    log = tmp_path / "repro.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro", "train"],
+            cwd=head.root,
+            env=head.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         head.wait_for_epochs(proc, 1)
         victims = _workers(head)
         assert len(victims) == 2, victims
         os.kill(max(victims), signal.SIGKILL)  # one worker, as an OOM kill would
-        out = _finish(proc)
+        proc.wait(timeout=600)
     finally:
         head.edit("train", epochs=2)
+    out = log.read_text()
     assert proc.returncode == 0, out[-4000:]
     metrics = head.json("metrics/train.json")
     assert metrics["resumed_after_epoch"] >= 1 and metrics["starts"] == 2, out[-3000:]
@@ -272,3 +284,36 @@ def test_a_cut_short_checkpoint_trains_on_from_the_previous_one(head: Workspace)
     metrics = head.json("metrics/train.json")
     assert metrics["resumed_after_epoch"] >= 1
     assert _epochs(head.root / "models" / "train" / "results.csv") == [1, 2, 3, 4]
+
+
+def test_a_retry_of_the_stage_resumes_on_every_node(head: Workspace, tmp_path: Path):
+    """A worker of the other node dies; the head's stage fails, and its retry (as a flow retries) is
+    joined by the other node again, which had waited for it: training resumes there too."""
+    _fresh(head)
+    _with_nodes(head)
+    head.edit("train", epochs=3)
+    try:
+        node = _second_node(head, tmp_path / "node1")
+        port = _free_port()
+        twice = ("--", "bash", "-c", f"{sys.executable} -m dvc repro train; {sys.executable} -m dvc repro train")
+        node1 = _job(node, 1, port)
+        head_job = _job(head, 0, port, command=twice)
+        runs = head.root / ".cache" / "train-runs"
+        deadline = time.monotonic() + 300
+        while not any(len(r.read_text().splitlines()) > 1 for r in runs.glob("*/results.csv")):
+            assert time.monotonic() < deadline and head_job.poll() is None, "no epoch logged"
+            time.sleep(0.1)
+        victims = _workers(node)
+        assert len(victims) == 2, victims
+        os.kill(victims[0], signal.SIGKILL)
+        head_out = _finish(head_job)
+        node_out = _finish(node1, timeout_s=60)
+    finally:
+        head.edit("train", epochs=2)
+    assert head_out.count("Running stage 'train'") == 2, head_out[-4000:]
+    assert head_job.returncode == 0 and node1.returncode == 0, node_out[-3000:]
+    assert "attempt 1 ended on this node" in node_out and "attempt2" in node_out
+    assert "rank 2 of 4 (node 1" in node_out.split("attempt 1 ended on this node")[1], "node 1 trained the retry"
+    metrics = head.json("metrics/train.json")
+    assert metrics["resumed_after_epoch"] >= 1
+    assert _epochs(head.root / "models" / "train" / "results.csv") == [1, 2, 3]
