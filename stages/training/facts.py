@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stages.common import file_sha256, write_text
+from stages.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,14 @@ def data_hash(folder: Path, workspace: Path) -> str:
     """SHA-256 over every file under ``folder`` (relative path and content), links followed.
 
     Raises:
-        FileNotFoundError: When ``folder`` does not exist.
+        DatasetError: When ``folder`` does not exist.
     """
     if not folder.is_dir():
-        raise FileNotFoundError(folder)
+        raise DatasetError(
+            "no prepared dataset on this node: run 'dvc pull' and 'dvc repro prepare' here first "
+            "(or share the workspace)",
+            path=folder,
+        )
     cache_file = workspace / _HASH_CACHE
     try:
         cache: dict[str, list[Any]] = json.loads(cache_file.read_text(encoding="utf-8"))

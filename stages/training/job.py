@@ -274,10 +274,13 @@ def run_node(site: JobSite, workspace: Path, params_file: Path, join_timeout_s: 
                 return 1
             return 0
         spec = LaunchSpec.model_validate_json(value)
-        if facts is None:
-            paths = load_params(params_file).paths
-            facts = node_facts.node_facts(workspace, paths.resolve("prepared", workspace), spec.model)
-        refusal = _refusal(site, spec, workspace, params_file, facts)
+        try:
+            if facts is None:
+                paths = load_params(params_file).paths
+                facts = node_facts.node_facts(workspace, paths.resolve("prepared", workspace), spec.model)
+            refusal = _refusal(site, spec, workspace, params_file, facts)
+        except PipelineError as exc:  # this node cannot even say what it has (no data, broken params)
+            refusal = f"[stage 'train'] node {site.node_rank} ({workspace}): {exc}"
         if refusal is not None:
             print(f"error: {refusal}", file=sys.stderr, flush=True)
             channel.refuse(attempt, site.node_rank, refusal)

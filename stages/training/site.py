@@ -16,7 +16,6 @@ and wrote host names into ``dvc.lock``). It comes, first found wins, from:
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Mapping
 
 from pydantic import BaseModel
@@ -58,16 +57,17 @@ def _integer(source: tuple[str, str], minimum: int) -> int:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() == "localhost":
+    """Whether ``host`` is written as this machine only: ``localhost``, 127.0.0.0/8 or ``::1``.
+
+    Names are not resolved: Debian maps a machine's own host name to 127.0.1.1 in ``/etc/hosts``, so
+    the head's name would look like loopback on the head itself while other nodes reach it fine.
+    """
+    if host.lower() in {"localhost", "localhost.localdomain"}:
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        try:
-            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-        except OSError:
-            return False
+        return False
 
 
 def job_site(

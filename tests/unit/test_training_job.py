@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from pathlib import Path
 
 import pytest
 
-from stages.config import parse_params
 from stages.errors import ConfigError
 from stages.training import facts
 from stages.training.site import job_site
@@ -45,6 +43,12 @@ def test_a_loopback_endpoint_with_several_nodes_is_refused_naming_the_variable(h
     assert err.value.key == "MASTER_ADDR"
     assert job_site({"MASTER_ADDR": host, "NODE_RANK": "0"}, {}, nnodes=2, same_host=True).host == host
     assert job_site({"MASTER_ADDR": host, "NODE_RANK": "0"}, {}, nnodes=1).host == host
+
+
+def test_a_host_name_is_not_resolved_to_judge_loopback():
+    # Debian maps the machine's own name to 127.0.1.1: the head's name must pass on the head itself.
+    site = job_site({"MASTER_ADDR": socket.gethostname(), "SLURM_NODEID": "0"}, {}, nnodes=2)
+    assert site.host == socket.gethostname()
 
 
 def test_an_allocation_of_another_size_than_the_params_is_refused():
@@ -86,6 +90,13 @@ def test_node_facts_compare_the_data_on_disk_code_and_versions(tmp_path):
     found = facts.differences(other, head)
     assert any(line.startswith("pipeline code (stages/, flows/)") for line in found)
     assert f"ultralytics 9.9.9 vs {head.versions['ultralytics']} on the head" in found
+
+
+def test_a_node_without_prepared_data_says_what_to_run(tmp_path):
+    from stages.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="dvc repro prepare"):
+        facts.node_facts(tmp_path, tmp_path / "data" / "prepared", "yolo11n.yaml")
 
 
 def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
@@ -132,8 +143,3 @@ def test_the_channel_carries_attempts_refusals_and_the_outcome():
     with pytest.raises(JobLost, match="lost the head's job store"):
         for _ in range(50):
             node.poll(3)
-
-
-def test_params_of_a_node_are_compared_with_the_spec(tmp_path):
-    train = parse_params({"train": {"lr0": 0.02}}).train
-    assert json.loads(train.model_dump_json())["lr0"] == 0.02
