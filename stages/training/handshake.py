@@ -80,19 +80,17 @@ def head_first_rank(
     return node_rank * local_world + local_rank, node_rank
 
 
-def agree(*, head: bool, timeout_s: float) -> Placement:
-    """Publish whether this node is the head, and place this process with the head's node first.
+def worker_store(timeout_s: float) -> tuple[Any, str]:
+    """A client of the store the launcher gives its workers, and this start's key prefix.
 
-    Args:
-        head: This process runs on the head node.
-        timeout_s: Longest wait for the other nodes' claims.
+    The prefix names the launcher's run and restart: torchrun keeps one store for its workers across
+    restarts (the rendezvous' shared store), so keys a killed worker wrote (its gloo address, its place)
+    would otherwise be read by the restarted ones; seen here as "Gloo connectFullMesh failed ...
+    Connection refused" after a worker was killed.
     """
     from torch.distributed import TCPStore
 
     env = os.environ
-    local_rank, group_rank = int(env["LOCAL_RANK"]), int(env["GROUP_RANK"])
-    local_world, world = int(env["LOCAL_WORLD_SIZE"]), int(env["WORLD_SIZE"])
-    nnodes = world // local_world
     store = TCPStore(
         env["MASTER_ADDR"],
         int(env["MASTER_PORT"]),
@@ -100,8 +98,23 @@ def agree(*, head: bool, timeout_s: float) -> Placement:
         timeout=timedelta(seconds=timeout_s),
         wait_for_workers=False,
     )
-    # One namespace per launch attempt: a restart after a failure publishes afresh.
     prefix = f"yolo-pipeline/{env.get('TORCHELASTIC_RUN_ID', '')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return store, prefix
+
+
+def agree(*, head: bool, store: Any, prefix: str, timeout_s: float) -> Placement:
+    """Publish whether this node is the head, and place this process with the head's node first.
+
+    Args:
+        head: This process runs on the head node.
+        store: The launcher's store for its workers (:func:`worker_store`).
+        prefix: This start's key prefix (:func:`worker_store`).
+        timeout_s: Longest wait for the other nodes' claims.
+    """
+    env = os.environ
+    local_rank, group_rank = int(env["LOCAL_RANK"]), int(env["GROUP_RANK"])
+    local_world, world = int(env["LOCAL_WORLD_SIZE"]), int(env["WORLD_SIZE"])
+    nnodes = world // local_world
     if local_rank == 0:
         store.set(f"{prefix}/node/{group_rank}", json.dumps({"head": head, "host": socket.gethostname()}))
     keys = [f"{prefix}/node/{i}" for i in range(nnodes)]

@@ -63,7 +63,8 @@ def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
     from stages.training import handshake
     from stages.training import spec as specs
 
-    placement = handshake.agree(head=head, timeout_s=spec.hyper.distributed.join_timeout_s)
+    store, prefix = handshake.worker_store(spec.hyper.distributed.join_timeout_s)
+    placement = handshake.agree(head=head, store=store, prefix=prefix, timeout_s=spec.hyper.distributed.join_timeout_s)
     os.environ["RANK"] = str(placement.rank)
     os.environ["GROUP_RANK"] = str(placement.node_rank)
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -85,9 +86,10 @@ def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
         ultralytics = import_ultralytics(workspace)
         device = _device(spec, placement.local_rank)
         # The process group is created here, before the trainer's, so the resume checkpoint can travel
-        # over it; the trainer's _setup_ddp then uses this group.
+        # over it; the trainer's _setup_ddp then uses this group. Its keys are this start's own.
         dist.init_process_group(
             backend=spec.settings.backend,
+            store=dist.PrefixStore(f"{prefix}/process-group", store),
             timeout=timedelta(seconds=spec.settings.collective_timeout_s),
             rank=placement.rank,
             world_size=placement.world_size,

@@ -183,6 +183,7 @@ def test_an_upstream_failure_reaches_the_other_node_with_the_heads_reason(head: 
 
 def test_a_node_with_other_code_or_packages_is_refused_before_training(head: Workspace, tmp_path: Path):
     _with_nodes(head)
+    head.edit("train", seed=7)  # params no run has trained: DVC must run the stage, not restore it
     node = _second_node(head, tmp_path / "node1", lr0=0.02)
     with (node.root / "stages" / "training" / "recipe.py").open("a") as fh:
         fh.write("# a local change on one node\n")
@@ -194,8 +195,12 @@ def test_a_node_with_other_code_or_packages_is_refused_before_training(head: Wor
     port = _free_port()
     node1 = _job(node, 1, port, {"PYTHONPATH": f"{fake}{os.pathsep}{node.env['PYTHONPATH']}"})
     started = time.monotonic()
-    head_out = _finish(_job(head, 0, port), timeout_s=300)
-    node_out = _finish(node1, timeout_s=60)
+    try:
+        head_out = _finish(_job(head, 0, port), timeout_s=300)
+        node_out = _finish(node1, timeout_s=60)
+    finally:
+        head.edit("train", seed=0)
+    assert "Running stage 'train'" in head_out, head_out[-3000:]
     for out in (head_out, node_out):
         assert "node 1" in out and "does not match the head" in out, out[-3000:]
         assert "pipeline code (stages/, flows/)" in out
