@@ -298,7 +298,8 @@ class TrainParams(_Section):
                 f"(distributed.nnodes x distributed.nproc_per_node)"
             )
         devices = self.device.split(",") if self.device not in {"cpu", "mps"} else []
-        if len(devices) > 1 and len(devices) != self.distributed.nproc_per_node:
+        # One process per listed GPU; NCCL refuses two ranks on one GPU, so one id for two processes is refused too.
+        if devices and (len(devices) > 1 or world > 1) and len(devices) != self.distributed.nproc_per_node:
             raise ValueError(
                 f"device lists {len(devices)} GPUs but distributed.nproc_per_node is "
                 f"{self.distributed.nproc_per_node}: one process trains on each listed GPU"
@@ -356,10 +357,16 @@ class ExportParams(_Section):
 
 
 class Int8Params(_Section):
-    """CPU INT8 (ONNX Runtime static Q/DQ quantization, ``stages/deploy/int8.py``)."""
+    """CPU INT8: ONNX Runtime static Q/DQ and OpenVINO NNCF quantization (``stages/deploy/int8.py``)."""
 
     calibration_images: int = Field(64, ge=1, description="train images (never val) the activation ranges come from")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    target_cpu: Literal["auto", "vnni", "no-vnni"] = Field(
+        "auto",
+        description="the CPU the INT8 artifacts run on: vnni (x86 VNNI/AMX, ARM dot product: 8-bit weights), "
+        "no-vnni (x86 AVX2/AVX-512 without VNNI, whose 16-bit pair sums saturate: 7-bit weights); "
+        "auto: this machine's CPU flags",
+    )
 
 
 class MaxDropParams(_Section):

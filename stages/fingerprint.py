@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -87,17 +88,26 @@ def cpu_model() -> str:
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
-def cpu_int8_extensions() -> list[str]:
-    """Which of :data:`INT8_FLAGS` this CPU has (Linux; empty where unknown)."""
+def cpu_flags() -> list[str]:
+    """This CPU's flags as ``/proc/cpuinfo`` names them (x86 ``flags``, ARM ``Features``); empty where unknown."""
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
         return []
-    flags: set[str] = set()
     for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.lower().startswith(("flags", "features")):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return [flag for flag in INT8_FLAGS if flag in flags]
+            return line.split(":", 1)[1].split()
+    return []
+
+
+def int8_extensions(flags: Iterable[str]) -> list[str]:
+    """Which of :data:`INT8_FLAGS` are among ``flags``, in that order."""
+    present = set(flags)
+    return [flag for flag in INT8_FLAGS if flag in present]
+
+
+def cpu_int8_extensions() -> list[str]:
+    """Which of :data:`INT8_FLAGS` this CPU has (Linux; empty where unknown)."""
+    return int8_extensions(cpu_flags())
 
 
 def list_gpus() -> list[Gpu]:

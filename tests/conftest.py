@@ -54,3 +54,19 @@ def venv_env() -> dict[str, str]:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def tiny_training_workspace(root: Path) -> tuple[Path, Path]:
+    """``root`` with Ultralytics set up offline and a tiny detection dataset (8 train, 4 val images at 64 px).
+
+    Returns:
+        The workspace root and the dataset's ``data.yaml``.
+    """
+    from stages.runtime import import_ultralytics
+    from stages.sample_data import SampleSpec, generate
+
+    import_ultralytics(root)
+    generate(SampleSpec(out=root / "data", train=8, val=4, size=64, seed=0))
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(f"path: {root / 'data'}\ntrain: images/train\nval: images/val\nnames: {{0: a, 1: b, 2: c}}\n")
+    return root, data_yaml

@@ -2,9 +2,10 @@
 
 OpenVINO runs a model in bf16 by default on CPUs that support it, which changes accuracy without a
 word; the FP32 target pins ``INFERENCE_PRECISION_HINT`` to f32, and every runner records the
-precision the compiled model reports, not the one asked for. The INT8 model comes from NNCF on the
-same calibration images as ONNX Runtime's, with the same head tail kept in float. ``openvino`` and
-``nncf`` are optional (the ``openvino`` extra) and imported only here.
+precision the compiled model reports, not the one asked for. The INT8 model is built by
+``stages.deploy.int8.quantize_openvino`` (NNCF, on the same calibration images as ONNX Runtime's,
+with the same head tail kept in float). ``openvino`` is optional (the ``openvino`` extra) and
+imported only when a runner or a conversion asks for it.
 """
 
 from __future__ import annotations
@@ -32,32 +33,6 @@ def convert(onnx_path: Path, out: Path) -> Path:
     ov = _openvino()
     out.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov.convert_model(str(onnx_path)), str(out), compress_to_fp16=False)
-    return out
-
-
-def quantize_int8(onnx_path: Path, out: Path, images: np.ndarray, ignored: list[str]) -> Path:
-    """INT8 IR through NNCF post-training quantization, calibrated on ``images``, ``ignored`` nodes in float.
-
-    Raises:
-        BackendUnavailable: When NNCF is not installed.
-    """
-    ov = _openvino()
-    try:
-        import nncf
-    except ImportError as exc:
-        raise BackendUnavailable(f"NNCF is not installed ({exc}); install the project's 'openvino' extra") from None
-    model = ov.convert_model(str(onnx_path))
-    batch = model.inputs[0].get_partial_shape()[0]
-    size = batch.get_length() if batch.is_static else 1
-    chunks = [images[i : i + size] for i in range(0, len(images) - size + 1, size)]
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(chunks),
-        subset_size=len(chunks),
-        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
 
 

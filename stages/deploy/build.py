@@ -19,9 +19,10 @@ from stages.backends.base import predict_all
 from stages.common import write_json
 from stages.config import DeployParams
 from stages.deploy.accuracy import Accuracy, LabelledImages, calibration_inputs, detection_map, labelled_split
-from stages.deploy.int8 import check_scores, head_tail_nodes, quantize
+from stages.deploy.int8 import Int8Cpu, check_scores, int8_cpu, quantize, quantize_openvino
 from stages.deploy.targets import TARGETS, Target
 from stages.errors import PipelineError
+from stages.fingerprint import cpu_flags, cpu_model
 from stages.inference import load_inputs, onnx_input_batch
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class ArtifactFacts(BaseModel):
     precision: str
     provider: str | None = None
     scheme: str | None = None
+    int8_cpu: Int8Cpu | None = None  # INT8: the CPU it was built for, how that was chosen, this machine's flags
     deployable: bool
     reason: str
 
@@ -86,6 +88,7 @@ class DeployResult(BaseModel):
 class _Built(BaseModel):
     scheme: str | None = None
     integer_conv_share: float | None = None
+    int8_cpu: Int8Cpu | None = None
 
 
 class _Builder:
@@ -93,13 +96,15 @@ class _Builder:
 
     The calibration images, and the FP32 model's outputs that INT8 scores are checked against, are
     computed once for all INT8 targets; the score probe is the first images of the val split
-    already read for the mAP.
+    already read for the mAP. ``int8_cpu`` is the CPU every INT8 target is built for
+    (``deploy.int8.target_cpu``; ``auto``: this machine's flags).
     """
 
-    def __init__(self, cfg: DeployInputs, val: LabelledImages) -> None:
+    def __init__(self, cfg: DeployInputs, val: LabelledImages, int8: Int8Cpu) -> None:
         self.cfg = cfg
         self.onnx = cfg.deploy_dir / TARGETS["onnx-fp32"].file
         self.val = val
+        self.int8_cpu = int8
         self._calibration: np.ndarray | None = None
         self._probe: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -127,10 +132,11 @@ class _Builder:
         if target.name == "onnx-fp32":
             return _Built()
         if target.name == "onnx-int8":
-            build = quantize(self.onnx, path, self.calibration(), method)
+            build = quantize(self.onnx, path, self.calibration(), method, reduce_range=self.int8_cpu.reduce_range)
             self.check_scores("onnxruntime", path)
             log.info(
-                "INT8 (%s, %s calibration on %d train images): %d of %d convolutions run as integer ops",
+                "INT8 for %s CPUs (%s, %s calibration on %d train images): %d of %d convolutions run as integer ops",
+                self.int8_cpu.target,
                 build.scheme,
                 build.method,
                 build.calibration_images,
@@ -138,7 +144,9 @@ class _Builder:
                 build.convs,
             )
             return _Built(
-                scheme=f"{build.scheme}, {build.method} calibration", integer_conv_share=build.integer_conv_share
+                scheme=f"{build.scheme}, {build.method} calibration",
+                integer_conv_share=build.integer_conv_share,
+                int8_cpu=self.int8_cpu,
             )
         if target.name == "openvino-fp32":
             from stages.backends.openvino_rt import convert
@@ -146,13 +154,9 @@ class _Builder:
             convert(self.onnx, path)
             return _Built(scheme="OpenVINO IR, FP32 weights, inference precision pinned to f32")
         if target.name == "openvino-int8":
-            import onnx
-
-            from stages.backends.openvino_rt import quantize_int8
-
-            quantize_int8(self.onnx, path, self.calibration(), head_tail_nodes(onnx.load(str(self.onnx))))
+            scheme = quantize_openvino(self.onnx, path, self.calibration(), self.int8_cpu.overflow_fix)
             self.check_scores("openvino", path)
-            return _Built(scheme="NNCF post-training quantization, head tail in float")
+            return _Built(scheme=scheme, int8_cpu=self.int8_cpu)
         if target.name == "torchscript-fp32":
             import torch
 
@@ -164,6 +168,19 @@ class _Builder:
             trace(module, torch.zeros(batch, 3, cfg.imgsz, cfg.imgsz), path)
             return _Built(scheme="torch.jit.trace of the fused model")
         raise PipelineError(f"no builder for deploy target {target.name!r}", key="deploy.targets")
+
+
+def judge(reference: float, measured: float, limit: float, precision: str) -> tuple[float, bool, str]:
+    """The gate of one artifact: its mAP50-95 drop against the reference, whether that is within
+    ``limit`` (``deploy.max_drop`` for its ``precision``), and the reason as ``reports/deploy.json`` says it.
+    """
+    drop = round(reference - measured, 6)
+    deployable = drop <= limit
+    reason = (
+        f"mAP50-95 {measured:.4f} against PyTorch's {reference:.4f}: a drop of {drop * 100:.2f} points, "
+        f"{'within' if deployable else 'beyond'} the {precision} limit of {limit * 100:.2f}"
+    )
+    return drop, deployable, reason
 
 
 def build_and_gate(cfg: DeployInputs) -> DeployResult:
@@ -184,7 +201,16 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
     )
     metrics: dict[str, ArtifactMetrics] = {}
     facts: dict[str, ArtifactFacts] = {}
-    builder = _Builder(cfg, data)
+    flags = cpu_flags()
+    int8 = int8_cpu(cfg.options.int8.target_cpu, flags, cpu_model())
+    if any(TARGETS[name].precision == "int8" for name in cfg.options.targets):
+        log.info(
+            "INT8 built for %s CPUs (%s; this machine's INT8 flags: %s)",
+            int8.target,
+            int8.chosen_by,
+            ", ".join(int8.machine_int8_flags) or "none",
+        )
+    builder = _Builder(cfg, data, int8)
     for name in cfg.options.targets:
         target = TARGETS[name]
         limit = getattr(cfg.options.max_drop, target.precision)
@@ -201,16 +227,15 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
             log.error("%s is not deployable: %s", name, exc)
             metrics[name] = ArtifactMetrics(deployable=0, max_drop=limit)
             facts[name] = ArtifactFacts(
-                file=None, backend=target.backend, precision=target.precision, deployable=False, reason=str(exc)
+                file=None,
+                backend=target.backend,
+                precision=target.precision,
+                int8_cpu=int8 if target.precision == "int8" else None,
+                deployable=False,
+                reason=str(exc),
             )
             continue
-        drop = round(reference.map50_95 - accuracy.map50_95, 6)
-        deployable = drop <= limit
-        reason = (
-            f"mAP50-95 {accuracy.map50_95:.4f} against PyTorch's {reference.map50_95:.4f}: a drop of "
-            f"{drop * 100:.2f} points, {'within' if deployable else 'beyond'} the {target.precision} limit of "
-            f"{limit * 100:.2f}"
-        )
+        drop, deployable, reason = judge(reference.map50_95, accuracy.map50_95, limit, target.precision)
         metrics[name] = ArtifactMetrics(
             deployable=int(deployable),
             map50=accuracy.map50,
@@ -227,6 +252,7 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
             precision=runner.info.precision,
             provider=runner.info.provider,
             scheme=built.scheme,
+            int8_cpu=built.int8_cpu,
             deployable=deployable,
             reason=reason,
         )

@@ -6,6 +6,22 @@ What runs fast (see the README's "Deploying" for the numbers) is Q/DQ with activ
 weights QInt8 per output channel, and the detection head's tail kept in float: the DFL, the box
 decode, the final Concat and Sigmoid. Quantizing that final Concat (boxes in pixels next to scores in [0, 1], on one
 scale) rounds every score to zero, so :func:`check_scores` refuses a model whose scores collapse.
+
+**The CPU it is built for** (:func:`int8_cpu`). An x86 CPU without VNNI multiplies U8 activations by
+S8 weights with ``vpmaddubsw``, which adds each pair of products into a signed 16-bit lane and
+saturates: 255 x 127 x 2 = 64,770 does not fit in 32,767. ONNX Runtime's MLAS U8S8 kernels for
+AVX2 and AVX-512 (without VNNI) use it; VNNI's ``vpdpbusd`` (and AMX) accumulate in 32 bits and do
+not saturate, nor do ARM's dot-product kernels. ONNX Runtime's answer is ``reduce_range``
+(``quantize_static(reduce_range=True)``): in ``onnxruntime/quantization/qdq_quantizer.py`` it
+applies to initializers only (the weights: ``get_qmin_qmax_for_qType`` takes INT8's reduced range
+-64..64 from ``ONNX_INT_TYPE_REDUCED_RANGE``, with per-channel weights always symmetric), while
+activations keep 0..255 unless a tensor override asks otherwise; 255 x 64 x 2 = 32,640 fits. It is
+a build-time choice written into the weights, so it is made for the CPU the artifact will run on.
+NNCF's equivalent for OpenVINO is ``AdvancedQuantizationParameters(overflow_fix=...)``
+(``nncf/quantization/advanced_parameters.py``, applied in ``min_max/algorithm.py`` as
+``half_range`` on weight quantizers only): ``ENABLE`` halves the weight range of every
+convolution and MatMul, ``FIRST_LAYER`` (NNCF's default) only of the first convolution after each
+input, ``DISABLE`` none.
 """
 
 from __future__ import annotations
@@ -13,22 +29,71 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from stages.errors import ExportError
+from stages.errors import BackendUnavailable, ExportError
+from stages.fingerprint import int8_extensions
 from stages.inference import onnx_input_batch
 
 Method = Literal["minmax", "entropy", "percentile"]
+TargetCpu = Literal["vnni", "no-vnni"]
 INTEGER_CONVS = {"QLinearConv", "ConvInteger"}
 FLOAT_CONVS = {"Conv", "FusedConv"}
 # A branch of the detection head that holds its convolutions (quantized); the rest of the head is its tail.
 _HEAD_CONV_BRANCH = re.compile(r"^(one2one_)?cv\d+(\.\d+)?$")  # cv2, cv3.1, one2one_cv2.0
 _MODULE = re.compile(r"^/model\.(\d+)/")
+
+
+class Int8Cpu(BaseModel):
+    """The CPU the INT8 artifacts are built for, how that was decided, and what it changes in each build.
+
+    Recorded with every INT8 artifact in ``reports/deploy.json``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    target: TargetCpu
+    chosen_by: Literal["deploy.int8.target_cpu", "this machine's CPU flags"]
+    machine: str  # the CPU model of the machine that built the artifacts
+    machine_int8_flags: list[str]  # its flags among fingerprint.INT8_FLAGS
+    reduce_range: bool  # ONNX Runtime: weights in 7 bits (-64..64)
+    overflow_fix: Literal["enable", "disable"]  # NNCF: every convolution's weights in half the range, or none
+
+
+def detect_target_cpu(flags: Iterable[str]) -> TargetCpu:
+    """``vnni`` when ``flags`` (as ``/proc/cpuinfo`` names them) hold an INT8 dot product that accumulates in
+    32 bits (x86 ``avx512_vnni``, ``avx_vnni``, ``amx_int8``; ARM ``asimddp``, ``i8mm``), else ``no-vnni``.
+
+    No flags at all (a system without ``/proc/cpuinfo``) is ``no-vnni``: the 7-bit weights run
+    everywhere, at a cost measured at a fraction of a point, while 8-bit ones lose several points
+    where products saturate.
+    """
+    return "vnni" if int8_extensions(flags) else "no-vnni"
+
+
+def int8_cpu(setting: Literal["auto", "vnni", "no-vnni"], flags: Iterable[str], machine: str) -> Int8Cpu:
+    """What the INT8 builds do for ``deploy.int8.target_cpu``: ``auto`` takes this machine's ``flags``.
+
+    ``no-vnni`` builds weights that cannot saturate a 16-bit pair sum (ONNX Runtime ``reduce_range``,
+    NNCF ``OverflowFix.ENABLE``); ``vnni`` keeps the full 8 bits (NNCF ``OverflowFix.DISABLE``, rather
+    than its default ``FIRST_LAYER``, which would still halve the first convolution's range).
+    """
+    flags = list(flags)
+    target = detect_target_cpu(flags) if setting == "auto" else setting
+    saturates = target == "no-vnni"
+    return Int8Cpu(
+        target=target,
+        chosen_by="this machine's CPU flags" if setting == "auto" else "deploy.int8.target_cpu",
+        machine=machine,
+        machine_int8_flags=int8_extensions(flags),
+        reduce_range=saturates,
+        overflow_fix="enable" if saturates else "disable",
+    )
 
 
 class Int8Build(BaseModel):
@@ -87,6 +152,7 @@ def quantize(
     exclude: list[str] | None = None,
     *,
     symmetric: bool = False,
+    reduce_range: bool = False,
 ) -> Int8Build:
     """Build the INT8 Q/DQ model of ``source`` (U8S8, weights per channel, head tail in float).
 
@@ -98,6 +164,7 @@ def quantize(
         exclude: Node names to keep in float; ``None``: the head tail (:func:`head_tail_nodes`).
         symmetric: Signed, symmetric INT8 for activations and weights (S8S8, zero points 0): what
             TensorRT's strongly typed networks take. Slow on ONNX Runtime CPU; never the CPU target.
+        reduce_range: Weights in 7 bits (-64..64), for x86 CPUs without VNNI (see the module's doc).
 
     Raises:
         ExportError: When there are fewer calibration images than one batch of the model.
@@ -130,6 +197,7 @@ def quantize(
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            reduce_range=reduce_range,
             nodes_to_exclude=excluded,
             calibrate_method=calibrate,
             extra_options={
@@ -144,6 +212,7 @@ def quantize(
     convs, integer = count_convs(out)
     return Int8Build(
         scheme=f"QDQ {'S8S8 symmetric' if symmetric else 'U8S8'} per-channel"
+        + (", 7-bit weights (reduce_range)" if reduce_range else "")
         + (", head tail in float" if exclude is None else ""),
         method=method,
         calibration_images=len(images) // batch * batch,
@@ -151,6 +220,75 @@ def quantize(
         convs=convs,
         integer_convs=integer,
     )
+
+
+def openvino_head_tail(ov_model: Any, onnx_model: Any) -> list[str]:
+    """The OpenVINO ops of ``ov_model`` (converted from ``onnx_model``) that compute the head tail.
+
+    The ONNX front end keeps most node names as op names, but not all: the final Concat, whose
+    output is the model's, becomes an op named after that output (``output0``), and a Conv with a
+    bias becomes a Convolution (``.../WithoutBiases``) and an Add. So ops are matched by the ONNX
+    tensors they produce, which OpenVINO keeps as output names, as well as by name.
+
+    Raises:
+        ExportError: When the op that writes the model's output is not among them.
+    """
+    tail = set(head_tail_nodes(onnx_model))
+    tensors = {out for node in onnx_model.graph.node if node.name in tail for out in node.output}
+    names = []
+    for op in ov_model.get_ordered_ops():
+        produced = {name for output in op.outputs() for name in output.get_names()}
+        if op.get_type_name() not in ("Constant", "Result", "Parameter") and (
+            op.get_friendly_name() in tail or produced & tensors
+        ):
+            names.append(op.get_friendly_name())
+    final = {out.get_node().input_value(0).get_node().get_friendly_name() for out in ov_model.outputs}
+    if not final <= set(names):
+        raise ExportError(f"the OpenVINO model's output op {sorted(final)} is not in the head tail {sorted(names)}")
+    return names
+
+
+def quantize_openvino(source: Path, out: Path, images: np.ndarray, overflow_fix: Literal["enable", "disable"]) -> str:
+    """The INT8 OpenVINO IR of ``source`` through NNCF post-training quantization; returns its scheme.
+
+    Calibrated on ``images``; the head tail (:func:`openvino_head_tail`) stays in float through
+    ``nncf.IgnoredScope(names=..., validate=True)``: NNCF raises when a name matches no node (with
+    ``validate=False`` a name that does not match is skipped without a word, which is how the final
+    Concat, named ``output0`` by OpenVINO, used to be quantized). ``overflow_fix`` is NNCF's
+    ``OverflowFix``: ``enable`` for CPUs without VNNI (every convolution's weights in half the
+    range), ``disable`` for VNNI (see the module's doc).
+
+    Raises:
+        BackendUnavailable: When OpenVINO or NNCF is not installed.
+        ExportError: When the head tail cannot be found in the converted model.
+    """
+    import onnx
+
+    try:
+        import nncf
+        import openvino as ov
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"OpenVINO or NNCF is not installed ({exc}); install the project's 'openvino' extra"
+        ) from None
+    model = ov.convert_model(str(source))
+    ignored = openvino_head_tail(model, onnx.load(str(source)))
+    batch = model.inputs[0].get_partial_shape()[0]
+    size = batch.get_length() if batch.is_static else 1
+    chunks = [images[i : i + size] for i in range(0, len(images) - size + 1, size)]
+    fix = {"enable": OverflowFix.ENABLE, "disable": OverflowFix.DISABLE}[overflow_fix]
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(chunks),
+        subset_size=len(chunks),
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=True),
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    half = "every convolution's weights in half the range" if overflow_fix == "enable" else "8-bit weights"
+    return f"NNCF post-training quantization, overflow fix {overflow_fix} ({half}), head tail in float"
 
 
 class _DropMessage(logging.Filter):

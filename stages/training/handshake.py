@@ -83,9 +83,9 @@ def head_first_rank(
 def worker_store(timeout_s: float) -> tuple[Any, str]:
     """A client of the store the launcher gives its workers, and this start's key prefix.
 
-    The prefix names the launcher's run and restart: torchrun keeps one store for its workers across
-    restarts (the rendezvous' shared store), so keys a killed worker wrote (its gloo address, its place)
-    would otherwise be read by the restarted ones; seen here as "Gloo connectFullMesh failed ...
+    The prefix names the launcher's run and rendezvous round: torchrun keeps one store for its workers
+    across restarts (the rendezvous' shared store), so keys a killed worker wrote (its gloo address, its
+    place) would otherwise be read by the restarted ones; seen here as "Gloo connectFullMesh failed ...
     Connection refused" after a worker was killed.
     """
     from torch.distributed import TCPStore
@@ -98,8 +98,14 @@ def worker_store(timeout_s: float) -> tuple[Any, str]:
         timeout=timedelta(seconds=timeout_s),
         wait_for_workers=False,
     )
-    prefix = f"yolo-pipeline/{env.get('TORCHELASTIC_RUN_ID', '')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    return store, prefix
+    base = f"yolo-pipeline/{env.get('TORCHELASTIC_RUN_ID', '')}"
+    # Not TORCHELASTIC_RESTART_COUNT: each node's launcher counts only its own failures (a node whose
+    # workers were healthy restarts them for a new round without counting), so nodes would disagree on the
+    # prefix. Every launcher starts each local rank exactly once per rendezvous round, so how often this
+    # slot (host, launcher process, local rank) has started is the round, the same on every node.
+    slot = f"{base}/starts/{socket.gethostname()}/{os.getppid()}/{env['LOCAL_RANK']}"
+    round_ = int(store.add(slot, 1))
+    return store, f"{base}/round{round_}"
 
 
 def agree(*, head: bool, store: Any, prefix: str, timeout_s: float) -> Placement:

@@ -45,7 +45,7 @@ log = logging.getLogger("stages.training.job")
 JOB_ENV = "YOLO_PIPELINE_JOB"  # set by the head's job for the command it runs: where the job's store is
 NOTHING, FINISHED, FAILED = "nothing-to-train", "finished", "failed"
 _POLL_S = 0.25
-_ACK_GRACE_S = 15.0  # how long the head keeps its store up for the nodes to read the outcome
+_ACK_GRACE_S = 15.0  # the least time the head keeps its store up for the nodes to read the outcome
 
 
 class JobLost(RuntimeError):
@@ -165,7 +165,7 @@ def _failure_reason(tail: deque[str], code: int) -> str:
     return f"the head's command exited {code}: " + " | ".join(line.strip() for line in shown)
 
 
-def run_head(site: JobSite, command: list[str], workspace: Path) -> int:
+def run_head(site: JobSite, command: list[str], workspace: Path, join_timeout_s: float) -> int:
     """Host the job's store, run ``command`` and tell every node how it ended. Returns the exit code."""
     channel = JobChannel(site, host=True, connect_timeout_s=60)
     env = {**os.environ, JOB_ENV: site.model_dump_json()}
@@ -213,7 +213,11 @@ def run_head(site: JobSite, command: list[str], workspace: Path) -> int:
         state, reason = FAILED, _failure_reason(tail, code)
     channel.finish(state, reason)
     log.info("job %s: %s: %s", site.run_id, state, reason)
-    deadline = time.monotonic() + _ACK_GRACE_S
+    # A node that starts late (a pod still pulling its image) must still read the outcome: the store stays
+    # up until every node has, for as long as a node may take to join.
+    deadline = time.monotonic() + max(join_timeout_s, _ACK_GRACE_S)
+    if channel.acknowledged() < site.nnodes - 1:
+        log.info("job %s: waiting up to %.0f s for every node to read the outcome", site.run_id, join_timeout_s)
     while channel.acknowledged() < site.nnodes - 1 and time.monotonic() < deadline:
         time.sleep(_POLL_S)
     return code if code != 0 else (1 if stopped else 0)
@@ -260,9 +264,10 @@ def run_node(site: JobSite, workspace: Path, params_file: Path, join_timeout_s: 
     from stages.training import launch
     from stages.training.spec import LaunchSpec
 
+    # A stop (scancel, a pod deletion) becomes an exception, so the launcher and its workers go too.
+    signal.signal(signal.SIGTERM, _raise_on_signal)
     channel = _connect(site, join_timeout_s)
     log.info("job %s: node %d of %d, following the head at %s", site.run_id, site.node_rank, site.nnodes, site.endpoint)
-    facts = None
     attempt = 1
     while True:
         kind, value = channel.next_event(attempt)
@@ -275,9 +280,10 @@ def run_node(site: JobSite, workspace: Path, params_file: Path, join_timeout_s: 
             return 0
         spec = LaunchSpec.model_validate_json(value)
         try:
-            if facts is None:
-                paths = load_params(params_file).paths
-                facts = node_facts.node_facts(workspace, paths.resolve("prepared", workspace), spec.model)
+            # Every attempt: a node fixed between attempts (data pulled, code updated) may join the next one.
+            # Unchanged files' hashes are cached, so this reads only what changed.
+            paths = load_params(params_file).paths
+            facts = node_facts.node_facts(workspace, paths.resolve("prepared", workspace), spec.model)
             refusal = _refusal(site, spec, workspace, params_file, facts)
         except PipelineError as exc:  # this node cannot even say what it has (no data, broken params)
             refusal = f"[stage 'train'] node {site.node_rank} ({workspace}): {exc}"
@@ -292,6 +298,10 @@ def run_node(site: JobSite, workspace: Path, params_file: Path, join_timeout_s: 
             code = launch.follow(cmd, workspace, lambda a=attempt: _moved_on(channel, a))
         log.info("job %s: attempt %d ended on this node (launcher exit %d)", site.run_id, attempt, code)
         attempt += 1
+
+
+def _raise_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _moved_on(channel: JobChannel, attempt: int) -> bool:
@@ -335,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = {"endpoint": args.endpoint, "node_rank": args.node_rank, "nnodes": args.nnodes, "run_id": args.run_id}
         site = job_site(os.environ, flags, nnodes=dist.nnodes, same_host=args.same_host)
         if site.node_rank == 0:
-            return run_head(site, command, params_file.parent)
+            return run_head(site, command, params_file.parent, dist.join_timeout_s)
         return run_node(site, params_file.parent, params_file, dist.join_timeout_s)
     except PipelineError as exc:
         if exc.stage is None:

@@ -106,6 +106,9 @@ def python_path_env(env: dict[str, str]) -> dict[str, str]:
     out = dict(env)
     out["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     out.setdefault("PYTHONUNBUFFERED", "1")
+    # Workers reach the launcher's shared store at MASTER_ADDR/PORT before any process group exists
+    # (handshake.worker_store); with sharing turned off nobody serves that address yet.
+    out.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
     return out
 
 

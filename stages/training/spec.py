@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from stages.common import write_json
+from stages.common import write_json, write_text
 from stages.config import TrainParams
 from stages.data_version import dvc_lock_stage
 from stages.errors import ConfigError
@@ -157,6 +157,9 @@ def read_spec(path: Path) -> LaunchSpec:
 def checkpoint_epochs(path: Path) -> int | None:
     """Epochs an Ultralytics checkpoint has completed, or ``None`` when the file cannot be read whole.
 
+    Loaded with ``weights_only=False`` as Ultralytics loads it: the run folder is this node's own,
+    written by its own training.
+
     Its ``epoch`` is 0-based, and -1 once the run finished (the optimizer stripped).
     """
     import torch
@@ -179,7 +182,8 @@ def resume_point(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, in
     the epoch statistics) hold beyond the checkpoint are dropped, since those epochs run again.
 
     Returns:
-        ``(checkpoint, completed epochs)``, or ``None`` for a fresh start.
+        ``(checkpoint, completed epochs)``, or ``None`` for a fresh start. A checkpoint that cannot be read
+    is removed.
     """
     marker = run_dir / FINGERPRINT
     results = run_dir / "results.csv"
@@ -192,6 +196,8 @@ def resume_point(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, in
             continue
         done = checkpoint_epochs(candidate)
         if done is None:
+            # Gone, so that the next save does not keep this one as the previous checkpoint.
+            candidate.unlink()
             continue
         if not 0 < done < epochs:
             return None
@@ -200,10 +206,23 @@ def resume_point(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, in
     return None
 
 
+def clear_checkpoints(run_dir: Path) -> None:
+    """Remove a run folder's checkpoints and per-epoch record before it trains from the start.
+
+    What a fresh start leaves of an earlier attempt would otherwise become ``last.prev.pt`` at the first
+    save, and a later fall-back could resume another attempt's weights.
+    """
+    import shutil
+
+    shutil.rmtree(run_dir / "weights", ignore_errors=True)
+    for name in ("results.csv", "epoch_stats.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def _drop_rows_after(csv_file: Path, done: int) -> None:
     lines = csv_file.read_text(encoding="utf-8").splitlines()
     kept = [lines[0]] + [line for line in lines[1:] if int(float(line.split(",")[0])) <= done]
-    csv_file.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    write_text(csv_file, "\n".join(kept) + "\n")
 
 
 def start_run_dir(run_dir: Path, fingerprint: str) -> None:

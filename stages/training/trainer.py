@@ -141,6 +141,17 @@ def _checkpoint_error(error: OSError, target: Path) -> OSError:
     return OSError(error.errno, message)
 
 
+def cuda_index(device: str, local_rank: int) -> int:
+    """The torch CUDA index of the GPU a launched process trains on: its local rank's entry of ``device``.
+
+    Through Ultralytics' ``parse_device``, which turns physical ids under an external
+    ``CUDA_VISIBLE_DEVICES`` (``device: 2,3`` with ``CUDA_VISIBLE_DEVICES=2,3``) into torch's indices.
+    """
+    from ultralytics.utils.torch_utils import parse_device
+
+    return int(parse_device(device).split(",")[local_rank])
+
+
 class _CpuDDP(DistributedDataParallel):
     """DDP for a CPU module: Ultralytics passes ``device_ids=[device.index]``, which is ``[None]`` on CPU."""
 
@@ -238,7 +249,7 @@ class PipelineTrainer(DetectionTrainer):
 
     def _setup_ddp(self) -> None:
         if self.device.type != "cpu":
-            index = int(self.args.device.split(",")[LOCAL_RANK])
+            index = cuda_index(self.args.device, LOCAL_RANK)
             torch.cuda.set_device(index)
             self.device = torch.device("cuda", index)
         # No TORCH_NCCL_BLOCKING_WAIT (Ultralytics sets it): NCCL's watchdog already enforces the timeout

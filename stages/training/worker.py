@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 from datetime import timedelta
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", action="store_true", help="this node runs the stage (set by the stage only)")
     args = parser.parse_args(argv)
     configure_logging()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         _work(read_spec(args.spec), args.workspace.resolve(), head=args.head)
     except PipelineError as exc:
@@ -49,11 +51,18 @@ def main(argv: list[str] | None = None) -> int:
 def _device(spec: LaunchSpec, local_rank: int) -> object:
     import torch
 
+    from stages.training.trainer import cuda_index
+
     if spec.settings.backend != "nccl":
         return torch.device("cpu")
-    index = int(spec.hyper.device.split(",")[local_rank])
+    index = cuda_index(spec.hyper.device, local_rank)
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    # torchrun stops workers with SIGTERM: exit through the clean-up (temporary run folder, checkpoint copy).
+    raise SystemExit(128 + signum)
 
 
 def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
@@ -99,6 +108,8 @@ def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
         if placement.rank == 0:
             found = specs.resume_point(run_dir, spec.fingerprint, spec.hyper.epochs)
             decision["checkpoint"] = str(found[0]) if found else None
+            if found is None:
+                specs.clear_checkpoints(run_dir)
             specs.record_start(run_dir, restart, found[1] if found else None)
             if found:
                 log.info("resuming from %s (%d epochs done)", found[0], found[1])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stages.training import recipe
+from tests.conftest import tiny_training_workspace
 
 # Images one optimizer step learns from, worked out by hand from Ultralytics' accumulation
 # (``round(nbs / batch)`` forward passes, at least one; Python rounds halves to even).
@@ -80,15 +81,7 @@ def test_linear_sgd_is_what_ultralytics_does_already():
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny detection dataset and the workspace whose Ultralytics settings it trains under."""
-    from stages.runtime import import_ultralytics
-    from stages.sample_data import SampleSpec, generate
-
-    root = tmp_path_factory.mktemp("lr_rule")
-    import_ultralytics(root)
-    generate(SampleSpec(out=root / "data", train=8, val=4, size=64, seed=0))
-    data_yaml = root / "data.yaml"
-    data_yaml.write_text(f"path: {root / 'data'}\ntrain: images/train\nval: images/val\nnames: {{0: a, 1: b, 2: c}}\n")
-    return root, data_yaml
+    return tiny_training_workspace(tmp_path_factory.mktemp("lr_rule"))
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,8 @@ def test_a_cut_short_last_checkpoint_falls_back_to_the_one_before(interrupted_ru
     found = resume_point(interrupted_run, "same-params-same-data", epochs=5)
     assert found == (interrupted_run / "weights" / PREVIOUS, 1)
     assert (interrupted_run / "results.csv").read_text() == "epoch,loss\n1,0.9\n"
+    # Removed: the next save must not keep the unreadable one as the previous checkpoint.
+    assert not last.exists()
 
 
 def test_no_readable_checkpoint_starts_afresh(interrupted_run: Path):

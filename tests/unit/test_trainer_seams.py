@@ -13,20 +13,13 @@ import pytest
 import torch
 
 from stages.config import parse_params
+from tests.conftest import tiny_training_workspace
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> tuple[Path, Path]:
     """A workspace with Ultralytics set up offline and a tiny dataset (8 train, 4 val images)."""
-    from stages.runtime import import_ultralytics
-    from stages.sample_data import SampleSpec, generate
-
-    root = tmp_path_factory.mktemp("seams")
-    import_ultralytics(root)
-    generate(SampleSpec(out=root / "data", train=8, val=4, size=64, seed=0))
-    data_yaml = root / "data.yaml"
-    data_yaml.write_text(f"path: {root / 'data'}\ntrain: images/train\nval: images/val\nnames: {{0: a, 1: b, 2: c}}\n")
-    return root, data_yaml
+    return tiny_training_workspace(tmp_path_factory.mktemp("seams"))
 
 
 def make_trainer(workspace: tuple[Path, Path], run_dir: Path, **train: Any):

@@ -45,6 +45,8 @@ def test_batch_must_split_over_the_processes():
 def test_listed_gpus_must_match_the_processes_per_node():
     with pytest.raises(ConfigError, match="one process trains on each listed GPU"):
         parse_params({"train": {"device": [0, 1], "distributed": {"nproc_per_node": 1}}})
+    with pytest.raises(ConfigError, match="one process trains on each listed GPU"):
+        parse_params({"train": {"device": 0, "distributed": {"nproc_per_node": 2}}})
 
 
 @pytest.mark.parametrize(
