@@ -1,13 +1,20 @@
-"""Training at scale: the launch path, the rendezvous checks, the large-batch recipe and the trainer.
+"""Training at scale: the run's description, the job, the node checks, the large-batch recipe and the trainer.
 
-``stages/train.py`` is the stage's thin entry. What it needs lives here, one concern per module:
+``stages/train.py`` is the stage's thin entry (publish, restore, metrics). What it needs lives here,
+one concern per module; none of them imports a stage entry:
 
-- ``recipe``: the learning-rate rule for a global batch, per optimizer family (pure arithmetic).
-- ``launch``: one process in the stage itself, or ``torch.distributed.run`` for anything larger;
-  the command every node runs (``python -m stages.train --print-launch``).
-- ``handshake``: what the nodes check of each other once the launcher's rendezvous completes, and
-  the rank order that makes the head node's first process global rank 0.
+- ``spec``: the run's description the head resolves once (run folder, fingerprint, model, trainer
+  settings, the head's node facts) and launched processes read; the resume point.
+- ``site``: where a multi-node job runs (endpoint, node rank, node count), from the launcher's
+  environment or flags, never from params.
+- ``job``: ``python -m stages.training.job`` on every node; the head runs ``dvc repro train`` and tells
+  the other nodes what happened through its store.
+- ``facts``: what a node really has (code, package versions, data on disk), compared with the head's.
+- ``launch``: ``torch.distributed.run`` for one attempt: standalone on one node, the job's store for several.
+- ``handshake``: the rank order that makes the head node's first process global rank 0; the resume
+  checkpoint's broadcast.
+- ``recipe``: the learning-rate rule for images per optimizer step, per optimizer family (pure arithmetic).
 - ``trainer``: the one subclass of Ultralytics' detection trainer (the seam where DDP set-up, SyncBN,
-  the learning-rate rule and per-epoch throughput are added).
+  the learning-rate rule, whole checkpoints, the final validation and per-epoch throughput are added).
 - ``worker``: the program ``torch.distributed.run`` starts in every training process.
 """
