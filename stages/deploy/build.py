@@ -154,7 +154,7 @@ class _Builder:
             convert(self.onnx, path)
             return _Built(scheme="OpenVINO IR, FP32 weights, inference precision pinned to f32")
         if target.name == "openvino-int8":
-            scheme = quantize_openvino(self.onnx, path, self.calibration(), self.int8_cpu.overflow_fix)
+            scheme = quantize_openvino(self.onnx, path, self.calibration(), method, self.int8_cpu.overflow_fix)
             self.check_scores("openvino", path)
             return _Built(scheme=scheme, int8_cpu=self.int8_cpu)
         if target.name == "torchscript-fp32":

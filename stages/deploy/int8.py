@@ -248,15 +248,27 @@ def openvino_head_tail(ov_model: Any, onnx_model: Any) -> list[str]:
     return names
 
 
-def quantize_openvino(source: Path, out: Path, images: np.ndarray, overflow_fix: Literal["enable", "disable"]) -> str:
+def quantize_openvino(
+    source: Path, out: Path, images: np.ndarray, method: Method, overflow_fix: Literal["enable", "disable"]
+) -> str:
     """The INT8 OpenVINO IR of ``source`` through NNCF post-training quantization; returns its scheme.
 
-    Calibrated on ``images``; the head tail (:func:`openvino_head_tail`) stays in float through
-    ``nncf.IgnoredScope(names=..., validate=True)``: NNCF raises when a name matches no node (with
-    ``validate=False`` a name that does not match is skipped without a word, which is how the final
-    Concat, named ``output0`` by OpenVINO, used to be quantized). ``overflow_fix`` is NNCF's
-    ``OverflowFix``: ``enable`` for CPUs without VNNI (every convolution's weights in half the
-    range), ``disable`` for VNNI (see the module's doc).
+    Three of NNCF's defaults are set, each for a reason measured on the demo model
+    (``benchmarks/results/int8_cpu.md``):
+
+    - Activation ranges follow ``deploy.int8.calibration_method`` as ONNX Runtime's do. NNCF's default
+      for per-tensor activations is ``MEAN_MINMAX`` (``min_max/algorithm.py``,
+      ``_get_range_estimator_parameters``): the mean over calibration batches of each batch's min and
+      max, which clips every activation larger than the average batch's extreme; with it the demo
+      model lost about 3 points even where nothing saturates. ``minmax`` is NNCF's ``MINMAX`` (the
+      smallest min and largest max over all images, ONNX Runtime's MinMax statistic); ``percentile``
+      its ``MEAN_QUANTILE`` and ``entropy`` its ``HISTOGRAM``, NNCF's nearest estimators.
+    - ``overflow_fix`` is NNCF's ``OverflowFix``: ``enable`` for CPUs without VNNI (every
+      convolution's weights in half the range), ``disable`` for VNNI (see the module's doc).
+    - The head tail (:func:`openvino_head_tail`) stays in float through
+      ``nncf.IgnoredScope(names=..., validate=True)``: NNCF raises when a name matches no node. With
+      ``validate=False`` a name that matches nothing was skipped without a word, and the ONNX name
+      of the final Concat never matched (OpenVINO names that op ``output0``).
 
     Raises:
         BackendUnavailable: When OpenVINO or NNCF is not installed.
@@ -268,6 +280,7 @@ def quantize_openvino(source: Path, out: Path, images: np.ndarray, overflow_fix:
         import nncf
         import openvino as ov
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
     except ImportError as exc:
         raise BackendUnavailable(
             f"OpenVINO or NNCF is not installed ({exc}); install the project's 'openvino' extra"
@@ -277,18 +290,26 @@ def quantize_openvino(source: Path, out: Path, images: np.ndarray, overflow_fix:
     batch = model.inputs[0].get_partial_shape()[0]
     size = batch.get_length() if batch.is_static else 1
     chunks = [images[i : i + size] for i in range(0, len(images) - size + 1, size)]
+    ranges = {
+        "minmax": RangeEstimatorParametersSet.MINMAX,
+        "entropy": RangeEstimatorParametersSet.HISTOGRAM,
+        "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+    }[method]
     fix = {"enable": OverflowFix.ENABLE, "disable": OverflowFix.DISABLE}[overflow_fix]
     quantized = nncf.quantize(
         model,
         nncf.Dataset(chunks),
         subset_size=len(chunks),
         ignored_scope=nncf.IgnoredScope(names=ignored, validate=True),
-        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix),
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix, activations_range_estimator_params=ranges),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     half = "every convolution's weights in half the range" if overflow_fix == "enable" else "8-bit weights"
-    return f"NNCF post-training quantization, overflow fix {overflow_fix} ({half}), head tail in float"
+    return (
+        f"NNCF post-training quantization, overflow fix {overflow_fix} ({half}), {method} activation ranges, "
+        "head tail in float"
+    )
 
 
 class _DropMessage(logging.Filter):

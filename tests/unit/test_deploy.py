@@ -368,9 +368,8 @@ def _openvino_missing() -> str | None:
 
 @pytest.mark.skipif(_openvino_missing() is not None, reason=_openvino_missing() or "")
 def test_openvino_fp32_runs_in_f32_and_int8_keeps_scores(tiny, tmp_path):
-    import onnx
-
-    from stages.backends.openvino_rt import convert, quantize_int8
+    from stages.backends.openvino_rt import convert
+    from stages.deploy.int8 import quantize_openvino
 
     xml = convert(tiny["onnx"], tmp_path / "fp32" / "model.xml")
     fp32 = open_runner("openvino", xml, workspace=tiny["root"], threads=1)
@@ -379,8 +378,8 @@ def test_openvino_fp32_runs_in_f32_and_int8_keeps_scores(tiny, tmp_path):
     reference = predict_all(open_runner("onnxruntime", tiny["onnx"], workspace=tiny["root"]), x)
     np.testing.assert_allclose(predict_all(fp32, x), reference, atol=2e-3)  # f32, not a silent bf16
 
-    tail = head_tail_nodes(onnx.load(str(tiny["onnx"])))
-    int8_xml = quantize_int8(tiny["onnx"], tmp_path / "int8" / "model.xml", _images(8), tail)
+    int8_xml = tmp_path / "int8" / "model.xml"
+    quantize_openvino(tiny["onnx"], int8_xml, _images(8), "minmax", "disable")
     int8 = open_runner("openvino", int8_xml, workspace=tiny["root"], precision="int8")
     assert int8.info.precision == "int8"
     assert check_scores(reference, predict_all(int8, x)).max_score_int8 > 0
