@@ -1,4 +1,4 @@
-"""CPU INT8 with ONNX Runtime's own quantization tools: the scheme that is faster, not the default one.
+"""CPU INT8 with ONNX Runtime's own quantization tools (and NNCF's for OpenVINO): the faster scheme, not the default.
 
 ONNX Runtime's default static quantization (S8S8, also what Ultralytics' ``int8=True`` makes) leaves
 most convolutions in float on our build machines' CPUs (AMD Zen 4) and runs slower than FP32.
@@ -10,8 +10,12 @@ scale) rounds every score to zero, so :func:`check_scores` refuses a model whose
 **The CPU it is built for** (:func:`int8_cpu`). An x86 CPU without VNNI multiplies U8 activations by
 S8 weights with ``vpmaddubsw``, which adds each pair of products into a signed 16-bit lane and
 saturates: 255 x 127 x 2 = 64,770 does not fit in 32,767. ONNX Runtime's MLAS U8S8 kernels for
-AVX2 and AVX-512 (without VNNI) use it; VNNI's ``vpdpbusd`` (and AMX) accumulate in 32 bits and do
-not saturate, nor do ARM's dot-product kernels. ONNX Runtime's answer is ``reduce_range``
+AVX2 and AVX-512 (without VNNI) use it (MLAS even carries a debug check for ``VPMADDUBSW``
+saturation, ``saturation_check_avx2.cpp``); VNNI's ``vpdpbusd`` (and AMX) accumulate in 32 bits and
+do not saturate, nor do ARM's dot-product kernels. Measured on the demo model
+(``benchmarks/results/int8_cpu.md``, an AVX2 CPU emulated by qemu): 8-bit weights lose 11.6 points of
+mAP50-95 there and 0.5 on a VNNI CPU. ONNX Runtime's answer, documented in ``quantize_static``'s
+docstring for x86 without VNNI, is ``reduce_range``
 (``quantize_static(reduce_range=True)``): in ``onnxruntime/quantization/qdq_quantizer.py`` it
 applies to initializers only (the weights: ``get_qmin_qmax_for_qType`` takes INT8's reduced range
 -64..64 from ``ONNX_INT_TYPE_REDUCED_RANGE``, with per-channel weights always symmetric), while
@@ -69,9 +73,9 @@ def detect_target_cpu(flags: Iterable[str]) -> TargetCpu:
     """``vnni`` when ``flags`` (as ``/proc/cpuinfo`` names them) hold an INT8 dot product that accumulates in
     32 bits (x86 ``avx512_vnni``, ``avx_vnni``, ``amx_int8``; ARM ``asimddp``, ``i8mm``), else ``no-vnni``.
 
-    No flags at all (a system without ``/proc/cpuinfo``) is ``no-vnni``: the 7-bit weights run
-    everywhere, at a cost measured at a fraction of a point, while 8-bit ones lose several points
-    where products saturate.
+    No flags at all (a system without ``/proc/cpuinfo``) is ``no-vnni``, and so is an ARM CPU without
+    the dot product (whose kernels were not measured): 7-bit weights run correctly everywhere, at a
+    cost measured at under half a point, while 8-bit ones lost 11.6 points where products saturate.
     """
     return "vnni" if int8_extensions(flags) else "no-vnni"
 

@@ -35,16 +35,17 @@ GRAVITON3 = GRAVITON2 + " sve i8mm bf16"
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (HASWELL, "no-vnni"),
-        (SKYLAKE_X, "no-vnni"),
-        (ZEN3, "no-vnni"),
-        (CASCADE_LAKE, "vnni"),
-        (ALDER_LAKE, "vnni"),
-        (SAPPHIRE_RAPIDS, "vnni"),
-        (CORTEX_A72, "no-vnni"),
-        (GRAVITON2, "vnni"),
-        (GRAVITON3, "vnni"),
-        ("", "no-vnni"),  # flags unknown (no /proc/cpuinfo): the build that runs everywhere
+        pytest.param(HASWELL, "no-vnni", id="haswell-avx2"),
+        pytest.param(SKYLAKE_X, "no-vnni", id="skylake-x-avx512-no-vnni"),
+        pytest.param(ZEN3, "no-vnni", id="zen3"),
+        pytest.param(CASCADE_LAKE, "vnni", id="cascade-lake-avx512-vnni"),
+        pytest.param(ALDER_LAKE, "vnni", id="alder-lake-avx-vnni"),
+        pytest.param(SAPPHIRE_RAPIDS, "vnni", id="sapphire-rapids-amx"),
+        pytest.param(CORTEX_A72, "no-vnni", id="cortex-a72-no-dot-product"),
+        pytest.param(GRAVITON2, "vnni", id="graviton2-asimddp"),
+        pytest.param(GRAVITON3, "vnni", id="graviton3-i8mm"),
+        # Flags unknown (no /proc/cpuinfo): the build that runs correctly everywhere.
+        pytest.param("", "no-vnni", id="unknown"),
     ],
 )
 def test_target_cpu_is_detected_from_the_cpu_flags(flags, expected):
