@@ -49,7 +49,8 @@ _ACK_GRACE_S = 15.0  # the least time the head keeps its store up for the nodes 
 
 
 class JobLost(RuntimeError):
-    """The head's store went away before it said how the job ended (the head machine or job died)."""
+    """The job's store cannot be reached: gone before it said how the job ended (the head machine or job
+    died), never answering, or not hostable on the head (the port taken)."""
 
 
 class JobChannel:
@@ -167,7 +168,13 @@ def _failure_reason(tail: deque[str], code: int) -> str:
 
 def run_head(site: JobSite, command: list[str], workspace: Path, join_timeout_s: float) -> int:
     """Host the job's store, run ``command`` and tell every node how it ended. Returns the exit code."""
-    channel = JobChannel(site, host=True, connect_timeout_s=60)
+    try:
+        channel = JobChannel(site, host=True, connect_timeout_s=60)
+    except (RuntimeError, OSError) as exc:  # torch's DistNetworkError: the port is taken, the address not ours
+        raise JobLost(
+            f"the head cannot host the job's store at {site.endpoint} ({site.sources['endpoint']}): "
+            f"{str(exc).splitlines()[0]}; is the port free on this node and the address this node's?"
+        ) from None
     env = {**os.environ, JOB_ENV: site.model_dump_json()}
     log.info("job %s: head of %d nodes, store at %s; running: %s", site.run_id, site.nnodes, site.endpoint, command)
     tail: deque[str] = deque(maxlen=60)

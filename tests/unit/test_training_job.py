@@ -143,3 +143,14 @@ def test_the_channel_carries_attempts_refusals_and_the_outcome():
     with pytest.raises(JobLost, match="lost the head's job store"):
         for _ in range(50):
             node.poll(3)
+
+
+def test_a_head_that_cannot_host_the_store_says_where_and_why(tmp_path):
+    from stages.training.job import JobChannel, JobLost, run_head
+
+    site = job_site({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "NODE_RANK": "0"}, {},
+                    nnodes=2, same_host=True)  # fmt: skip
+    taken = JobChannel(site, host=True, connect_timeout_s=10)
+    with pytest.raises(JobLost, match=rf"cannot host the job's store at {site.endpoint} \(MASTER_ADDR\)"):
+        run_head(site, ["true"], tmp_path, join_timeout_s=1)
+    del taken
