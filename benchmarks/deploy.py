@@ -39,6 +39,8 @@ RESULTS = REPO / "benchmarks" / "results" / "deploy.md"
 COCO128 = REPO.parent / "shared" / "datasets" / "coco128"
 sys.path.insert(0, str(REPO))
 
+from results_file import publish  # noqa: E402 - beside this script
+
 from stages.fingerprint import cpu_int8_extensions, cpu_model  # noqa: E402
 from tests.e2e.workspace import Workspace  # noqa: E402 - the workspace builder the e2e tests use
 
@@ -215,11 +217,7 @@ def main() -> int:
                     print(lines[-1], file=sys.stderr, flush=True)
             env = json.loads((ws.root / "reports" / "environment.json").read_text())
     lines += ["", f"Packages: {', '.join(f'{k} {v}' for k, v in env['packages'].items() if v)}.", ""]
-    table = "\n".join(lines)
-    print(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as out:
-        out.write(table + "\n")
+    publish("\n".join(lines), RESULTS)
     return 0
 
 

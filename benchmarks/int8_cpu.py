@@ -51,6 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "int8_cpu.md"
 sys.path.insert(0, str(REPO))
 
+from results_file import publish  # noqa: E402 - beside this script
+
 from stages.backends import open_runner  # noqa: E402
 from stages.backends.base import predict_all  # noqa: E402
 from stages.config import load_params  # noqa: E402
@@ -346,11 +348,7 @@ def main() -> int:
         f"Packages: {', '.join(f'{name} {v}' for name in PACKAGES if (v := package_version(name)))}.",
         "",
     ]
-    table = "\n".join(lines)
-    print(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as out:
-        out.write(table + "\n")
+    publish("\n".join(lines), RESULTS)
     return 0
 
 

@@ -41,6 +41,8 @@ RESULTS = REPO / "benchmarks" / "results" / "train_overhead.md"
 COCO128 = REPO.parent / "shared" / "datasets" / "coco128"
 sys.path.insert(0, str(REPO))
 
+from results_file import publish  # noqa: E402 - beside this script
+
 from stages.config import load_params  # noqa: E402
 from stages.fingerprint import cpu_model  # noqa: E402
 from stages.runtime import offline_environment  # noqa: E402
@@ -151,11 +153,7 @@ def main() -> int:
         f"Two processes / stage with one: {statistics.median(times['stage2']) / stage_s:.3f}.",
         "",
     ]
-    table = "\n".join(lines)
-    print(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as out:
-        out.write(table + "\n")
+    publish("\n".join(lines), RESULTS)
     return 0
 
 

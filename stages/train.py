@@ -232,7 +232,6 @@ def _train(cfg: TrainConfig, model_source: str, run_dir: Path, fingerprint: str)
         fingerprint=fingerprint,
         run_dir=run_dir.relative_to(cfg.workspace).as_posix(),
         data_yaml=cfg.data_yaml.relative_to(cfg.workspace).as_posix(),
-        prepared=prepared.relative_to(cfg.workspace).as_posix(),
         model=hyper.model,
         hyper=hyper,
         settings=spec.trainer_settings(hyper),

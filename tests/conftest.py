@@ -70,3 +70,26 @@ def tiny_training_workspace(root: Path) -> tuple[Path, Path]:
     data_yaml = root / "data.yaml"
     data_yaml.write_text(f"path: {root / 'data'}\ntrain: images/train\nval: images/val\nnames: {{0: a, 1: b, 2: c}}\n")
     return root, data_yaml
+
+
+def tiny_yolo_export(root: Path, imgsz: int) -> dict[str, Path]:
+    """An untrained YOLO11n checkpoint in ``root`` and its FP32 ONNX export at ``imgsz`` px (no training,
+    no download): ``{"root", "pt", "onnx"}``."""
+    from stages.runtime import import_ultralytics
+
+    ultralytics = import_ultralytics(root)
+    checkpoint = root / "model.pt"
+    ultralytics.YOLO("yolo11n.yaml", task="detect").save(str(checkpoint))
+    exported = ultralytics.YOLO(str(checkpoint), task="detect").export(
+        format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False, batch=1, device="cpu", verbose=False
+    )
+    return {"root": root, "pt": checkpoint, "onnx": Path(exported)}
+
+
+def smooth_images(count: int, imgsz: int, seed: int = 0):
+    """Letterbox-like inputs: smooth random images in [0, 1], ``(count, 3, imgsz, imgsz)`` float32."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((count, 3, imgsz // 8, imgsz // 8), dtype=np.float32)
+    return np.ascontiguousarray(coarse.repeat(8, axis=2).repeat(8, axis=3))

@@ -44,7 +44,6 @@ class LaunchSpec(BaseModel):
     fingerprint: str
     run_dir: str
     data_yaml: str
-    prepared: str
     model: str  # train.model as configured: each node resolves it in its own workspace
     hyper: TrainParams
     settings: TrainerSettings

@@ -12,8 +12,7 @@ import pytest
 
 from stages.backends import open_runner
 from stages.backends.base import predict_all
-from stages.runtime import import_ultralytics
-from tests.conftest import cuda_available
+from tests.conftest import cuda_available, tiny_yolo_export
 
 pytestmark = [
     pytest.mark.gpu,
@@ -32,14 +31,7 @@ def _tensorrt_missing() -> str | None:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("gpu-deploy")
-    ultralytics = import_ultralytics(root)
-    checkpoint = root / "model.pt"
-    ultralytics.YOLO("yolo11n.yaml", task="detect").save(str(checkpoint))
-    onnx = ultralytics.YOLO(str(checkpoint), task="detect").export(
-        format="onnx", imgsz=IMGSZ, opset=17, simplify=True, batch=1, device="cpu", verbose=False
-    )
-    return {"root": root, "pt": checkpoint, "onnx": Path(onnx)}
+    return tiny_yolo_export(tmp_path_factory.mktemp("gpu-deploy"), IMGSZ)
 
 
 def _inputs(count: int = 4) -> np.ndarray:

@@ -14,7 +14,7 @@ from stages.config import parse_params
 from stages.deploy.accuracy import LabelledImages, detection_map, letterboxed_xyxy, match
 from stages.deploy.int8 import check_scores, count_convs, head_tail_nodes, quantize
 from stages.errors import BackendUnavailable, ConfigError, EngineUnavailable, ExportError
-from stages.runtime import import_ultralytics
+from tests.conftest import smooth_images, tiny_yolo_export
 
 IMGSZ = 64
 
@@ -22,22 +22,11 @@ IMGSZ = 64
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An untrained YOLO11n checkpoint and its FP32 ONNX export at 64 px (no training, no download)."""
-    root = tmp_path_factory.mktemp("tiny-model")
-    ultralytics = import_ultralytics(root)
-    model = ultralytics.YOLO("yolo11n.yaml", task="detect")
-    checkpoint = root / "model.pt"
-    model.save(str(checkpoint))
-    exported = ultralytics.YOLO(str(checkpoint), task="detect").export(
-        format="onnx", imgsz=IMGSZ, opset=17, simplify=True, dynamic=False, batch=1, device="cpu", verbose=False
-    )
-    return {"root": root, "pt": checkpoint, "onnx": Path(exported)}
+    return tiny_yolo_export(tmp_path_factory.mktemp("tiny-model"), IMGSZ)
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:
-    """Letterbox-like inputs: smooth random images in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((count, 3, IMGSZ // 8, IMGSZ // 8), dtype=np.float32)
-    return np.ascontiguousarray(coarse.repeat(8, axis=2).repeat(8, axis=3))
+    return smooth_images(count, IMGSZ, seed)
 
 
 def test_head_tail_is_the_detect_head_outside_its_conv_branches(tiny):

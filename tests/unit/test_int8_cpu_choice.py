@@ -16,7 +16,7 @@ from stages.config import parse_params
 from stages.deploy.int8 import detect_target_cpu, int8_cpu, quantize
 from stages.errors import ConfigError
 from stages.fingerprint import int8_extensions
-from stages.runtime import import_ultralytics
+from tests.conftest import smooth_images, tiny_yolo_export
 
 IMGSZ = 64
 
@@ -84,20 +84,11 @@ def test_target_cpu_is_a_params_key_with_three_values():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An untrained YOLO11n checkpoint and its FP32 ONNX export at 64 px (no training, no download)."""
-    root = tmp_path_factory.mktemp("tiny-int8-cpu")
-    ultralytics = import_ultralytics(root)
-    checkpoint = root / "model.pt"
-    ultralytics.YOLO("yolo11n.yaml", task="detect").save(str(checkpoint))
-    exported = ultralytics.YOLO(str(checkpoint), task="detect").export(
-        format="onnx", imgsz=IMGSZ, opset=17, simplify=True, dynamic=False, batch=1, device="cpu", verbose=False
-    )
-    return {"root": root, "pt": checkpoint, "onnx": Path(exported)}
+    return tiny_yolo_export(tmp_path_factory.mktemp("tiny-int8-cpu"), IMGSZ)
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((count, 3, IMGSZ // 8, IMGSZ // 8), dtype=np.float32)
-    return np.ascontiguousarray(coarse.repeat(8, axis=2).repeat(8, axis=3))
+    return smooth_images(count, IMGSZ, seed)
 
 
 def _conv_weight_range(path: Path) -> int:
