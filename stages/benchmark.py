@@ -35,7 +35,7 @@ from stages.config import BenchmarkParams, Params
 from stages.datasets import read_prepared_yaml
 from stages.deploy.targets import TARGETS
 from stages.errors import BackendUnavailable, ConfigError, PipelineError
-from stages.inference import batches, letterbox, load_inputs, onnx_input_batch, validation_images
+from stages.inference import batches, detections, letterbox, load_inputs, onnx_input_batch, validation_images
 
 log = logging.getLogger(__name__)
 
@@ -262,13 +262,11 @@ class _Timed:
 
 def end_to_end(runner: Runner, image: Path, imgsz: int, classes: int) -> Any:
     """One image as an application runs it: decode the file, letterbox, forward, NMS."""
-    import torch
     from PIL import Image
-    from ultralytics.utils.nms import non_max_suppression
 
     with Image.open(image) as im:
         x = letterbox(np.asarray(im.convert("RGB")), imgsz)[None]
-    return non_max_suppression(torch.from_numpy(runner.predict(x)), 0.25, 0.7, nc=classes)
+    return detections(runner.predict(x), 0.25, 0.7, classes)
 
 
 class NotDeployable(BackendUnavailable):

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from stages.backends import open_runner
 from stages.backends.base import predict_all
+from stages.backends.compare import Tolerance, compare, failures
 from stages.common import read_json, stage_main, write_json, write_text
 from stages.config import DeployParams, ExportParams, Params
 from stages.deploy.build import DeployInputs, build_and_gate
@@ -146,22 +146,6 @@ class ExportResult(BaseModel):
         }
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float, float]:
-    """Compare raw detection outputs of shape (batch, 4 + classes, anchors).
-
-    Returns:
-        Max |diff| over box rows (pixels), max |diff| over score rows, mean |diff| over all, and the
-        fraction of images whose highest-scoring anchor and class agree.
-    """
-    if reference.shape != candidate.shape:
-        raise ExportError(f"output shapes differ: PyTorch {reference.shape}, ONNX {candidate.shape}", stage=STAGE)
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    boxes, scores = diff[:, :4], diff[:, 4:]
-    ref_top = reference[:, 4:].reshape(len(reference), -1).argmax(axis=1)
-    cand_top = candidate[:, 4:].reshape(len(candidate), -1).argmax(axis=1)
-    return float(boxes.max()), float(scores.max()), float(diff.mean()), float(np.mean(ref_top == cand_top))
-
-
 def run(cfg: ExportConfig) -> ExportResult:
     """Export to ONNX, check parity, and write ``cfg.onnx`` and ``cfg.metrics``.
 
@@ -214,8 +198,14 @@ def run(cfg: ExportConfig) -> ExportResult:
     torch_runner = open_runner("pytorch", cfg.model, workspace=cfg.workspace)
     inputs = load_inputs(validation_images(cfg.data_yaml, o.parity_images), cfg.imgsz)
     reference, candidate = predict_all(torch_runner, inputs), predict_all(onnx_runner, inputs)
-    box_diff, score_diff, mean_diff, agreement = compare_outputs(reference, candidate)
-    passed = box_diff <= o.max_box_diff_px and score_diff <= o.max_score_diff
+    try:
+        comparison = compare(reference, candidate)
+    except PipelineError as exc:
+        raise ExportError(f"ONNX against PyTorch: {exc.message}", stage=STAGE, path=cfg.onnx) from None
+    box_diff, score_diff = comparison.max_abs_diff_boxes_px, comparison.max_abs_diff_scores
+    mean_diff, agreement = comparison.mean_abs_diff, comparison.best_anchor_agreement
+    beyond = failures(comparison, Tolerance(max_boxes_px=o.max_box_diff_px, max_scores=o.max_score_diff))
+    passed = not beyond
     result = ExportResult(
         exported=1,
         onnx=str(cfg.onnx.relative_to(cfg.workspace) if cfg.onnx.is_relative_to(cfg.workspace) else cfg.onnx),
@@ -250,8 +240,7 @@ def run(cfg: ExportConfig) -> ExportResult:
     )
     if not passed:
         raise ExportError(
-            f"ONNX output differs from PyTorch: max |Δbox| {box_diff:.3g} px (allowed {o.max_box_diff_px}), "
-            f"max |Δscore| {score_diff:.3g} (allowed {o.max_score_diff})",
+            "ONNX output differs from PyTorch: " + "; ".join(beyond),
             stage=STAGE,
             path=cfg.metrics,
         )

@@ -34,6 +34,40 @@ def letterbox(image: np.ndarray, size: int, fill: int = 114) -> np.ndarray:
     return np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
+def detections(raw: np.ndarray, conf: float, iou: float, classes: int, max_det: int = 300) -> list[np.ndarray]:
+    """Per image, the kept detections of a batch of outputs: (k, 6) rows x1, y1, x2, y2, score, class.
+
+    The raw head's (N, 4 + classes, anchors) goes through Ultralytics' NMS (best class per box, class
+    aware) with no time limit: its default gives up after 2 + 0.05 x N seconds and leaves the rest
+    of the batch empty, which under load would silently drop detections. An NMS-free head's
+    (N, detections, 6) is only filtered by ``conf`` and ``max_det``, as Ultralytics does.
+
+    Raises:
+        PipelineError: When the output's layout does not match ``classes``.
+    """
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+
+    from stages.backends.compare import is_end_to_end
+
+    end_to_end = is_end_to_end(raw)
+    if not end_to_end and (raw.ndim != 3 or raw.shape[1] != 4 + classes):
+        raise PipelineError(
+            f"the model's output has shape {list(raw.shape)}: neither the raw head's (N, 4 + {classes}, anchors) "
+            "nor an NMS-free head's (N, detections, 6)"
+        )
+    kept = non_max_suppression(
+        torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)),
+        conf,
+        iou,
+        nc=classes,
+        max_det=max_det,
+        max_time_img=float("inf"),
+        end2end=end_to_end,
+    )
+    return [k.numpy() for k in kept]
+
+
 def validation_images(data_yaml: Path, limit: int) -> list[Path]:
     """The first ``limit`` validation images of the prepared dataset, in a stable order.
 

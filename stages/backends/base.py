@@ -36,24 +36,47 @@ class RunInfo(BaseModel):
     threads: int | None  # CPU threads the runtime uses (None on GPU)
 
 
+class TensorMeta(BaseModel):
+    """One named input or output of a loaded artifact, as its runtime reports it.
+
+    ``shape`` holds ``None`` (or the runtime's symbolic name) for a free axis; ``dtype`` is numpy's
+    name (``float32``, ``float16``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    shape: list[int | str | None]
+    dtype: str
+
+
 class Runner(Protocol):
     """A loaded artifact, ready to run letterboxed N x 3 x H x W float32 batches.
 
     ``place`` puts a batch where the runtime reads it (device memory, a bound input), ``forward``
     runs the model on a placed batch and returns once the result is complete (CUDA synchronised),
-    and ``predict`` does both and returns the raw predictions, (N, 4 + classes, anchors) float32,
-    the tensor the ONNX export produces. ``batch`` is the artifact's static batch size (``None``:
-    any); :func:`predict_all` cuts larger inputs to fit.
+    and ``predict`` does both and returns the first output as float32 on the host: the raw head,
+    (N, 4 + classes, anchors), or an NMS-free head's (N, detections, 6)
+    (``stages.backends.compare.is_end_to_end``). ``inputs`` and ``outputs`` name the artifact's
+    tensors with their shapes and types as loaded. ``batch`` is the artifact's static batch size
+    (``None``: it takes several); ``max_batch`` the largest it takes (its static batch, an engine
+    profile's maximum, ``None``: no limit): :func:`predict_all` never sends more. ``close`` frees
+    what the runner holds (sessions, device memory, captured graphs); a closed runner is not used again.
     """
 
     info: RunInfo
     batch: int | None
+    max_batch: int | None
+    inputs: list[TensorMeta]
+    outputs: list[TensorMeta]
 
     def place(self, x: np.ndarray) -> Any: ...
 
     def forward(self, placed: Any) -> Any: ...
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
 
 
 def open_runner(
@@ -86,17 +109,21 @@ def open_runner(
     return load(Path(artifact), device=device, precision=precision, threads=threads, workspace=Path(workspace))
 
 
-def predict_all(runner: Runner, x: np.ndarray) -> np.ndarray:
-    """Raw predictions for any number of images, in chunks of the runner's static batch.
+DEFAULT_CHUNK = 32  # images per call when the runner takes any batch size
 
-    A last chunk smaller than a static batch is padded with its own last image and the padding's
-    outputs are dropped.
+
+def predict_all(runner: Runner, x: np.ndarray) -> np.ndarray:
+    """Raw predictions for any number of images, in chunks the runner takes.
+
+    Chunks are the runner's static batch, else at most its ``max_batch`` (and at most
+    :data:`DEFAULT_CHUNK`). A last chunk smaller than a static batch is padded with its own last
+    image and the padding's outputs are dropped.
     """
-    size = runner.batch or len(x)
+    size = runner.batch or min(runner.max_batch or DEFAULT_CHUNK, DEFAULT_CHUNK)
     outputs = []
     for start in range(0, len(x), size):
         chunk = x[start : start + size]
-        short = size - len(chunk)
+        short = size - len(chunk) if runner.batch else 0
         if short:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
         outputs.append(runner.predict(chunk)[: size - short])

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.backends.base import Precision, RunInfo
+from stages.backends.base import Precision, RunInfo, TensorMeta
 from stages.errors import BackendUnavailable
 from stages.inference import cpu_threads
 
@@ -60,6 +60,9 @@ class OpenVINORunner:
         self.request = self.compiled.create_infer_request()
         shape = self.compiled.inputs[0].get_partial_shape()
         self.batch = shape[0].get_length() if shape[0].is_static else None
+        self.max_batch = self.batch
+        self.inputs = [_meta(port) for port in self.compiled.inputs]
+        self.outputs = [_meta(port) for port in self.compiled.outputs]
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type: "f32", "bf16", "f16"
         ran = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         self.info = RunInfo(
@@ -80,6 +83,18 @@ class OpenVINORunner:
     def predict(self, x: np.ndarray) -> np.ndarray:
         result = self.forward(self.place(x))
         return np.asarray(result[self.compiled.outputs[0]], dtype=np.float32)
+
+    def close(self) -> None:
+        del self.request, self.compiled
+
+
+def _meta(port: Any) -> TensorMeta:
+    """A compiled model's input or output port as :class:`TensorMeta`."""
+    shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+    dtype = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32"}.get(
+        port.get_element_type().get_type_name(), port.get_element_type().get_type_name()
+    )
+    return TensorMeta(name=port.get_any_name(), shape=shape, dtype=dtype)
 
 
 def load(path: Path, *, device: str, precision: Precision, threads: int, workspace: Path) -> OpenVINORunner:

@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from stages.backends.base import Precision, RunInfo
+from stages.backends.base import Precision, RunInfo, TensorMeta
 from stages.errors import BackendUnavailable
 from stages.inference import cpu_threads, onnx_session
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
 
 
@@ -39,7 +40,10 @@ class OrtRunner:
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.batch = first.shape[0] if isinstance(first.shape[0], int) else None
+        self.max_batch = self.batch
         self.half = first.type == "tensor(float16)"
+        self.inputs = [_meta(t) for t in self.session.get_inputs()]
+        self.outputs = [_meta(t) for t in self.session.get_outputs()]
         import onnxruntime
 
         self.info = RunInfo(
@@ -58,6 +62,15 @@ class OrtRunner:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.forward(self.place(x))[0], dtype=np.float32)
+
+    def close(self) -> None:
+        del self.session
+
+
+def _meta(arg: Any) -> TensorMeta:
+    """An ONNX Runtime ``NodeArg`` as :class:`TensorMeta` (free axes keep their symbolic name)."""
+    shape = [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None) for d in arg.shape]
+    return TensorMeta(name=arg.name, shape=shape, dtype=_DTYPES.get(arg.type, arg.type))
 
 
 def load(path: Path, *, device: str, precision: Precision, threads: int, workspace: Path) -> OrtRunner:

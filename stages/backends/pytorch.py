@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.backends.base import Precision, RunInfo
+from stages.backends.base import Precision, RunInfo, TensorMeta
 from stages.errors import BackendUnavailable
 from stages.inference import cpu_threads, torch_model
 
@@ -46,7 +46,12 @@ class TorchRunner:
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.batch: int | None = None
+        self.max_batch: int | None = None
         self.info = info
+        dtype = "float16" if precision == "fp16" else "float32"
+        # A torch module declares no shapes: the batch and image size are whatever it is given.
+        self.inputs = [TensorMeta(name="images", shape=[None, 3, None, None], dtype=dtype)]
+        self.outputs = [TensorMeta(name="output0", shape=[None, None, None], dtype=dtype)]
 
     def place(self, x: np.ndarray) -> Any:
         import torch
@@ -68,6 +73,9 @@ class TorchRunner:
         if isinstance(out, dict):
             out = next(iter(out.values()))
         return out.float().cpu().numpy()
+
+    def close(self) -> None:
+        del self.module
 
 
 def set_cpu_threads(device: Any, threads: int) -> int | None:

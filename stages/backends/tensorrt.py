@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from stages.backends.base import Precision, RunInfo
+from stages.backends.base import Precision, RunInfo, TensorMeta
 from stages.common import file_sha256
 from stages.errors import BackendUnavailable, EngineUnavailable
 
@@ -252,6 +252,11 @@ class TensorRTRunner:
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         shapes = sidecar.shapes
         self.batch = shapes["min"][0] if shapes["min"][0] == shapes["max"][0] else None
+        self.max_batch = shapes["max"][0]
+        self.inputs = [TensorMeta(name=self.input, shape=list(shapes["max"]), dtype="float32")]
+        self.outputs = [
+            TensorMeta(name=self.output, shape=list(self.engine.get_tensor_shape(self.output)), dtype="float32")
+        ]
         self.info = RunInfo(
             backend="tensorrt",
             provider=f"TensorRT {trt.__version__}",
@@ -280,6 +285,10 @@ class TensorRTRunner:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.forward(self.place(x)).cpu().numpy()
+
+    def close(self) -> None:
+        self._out.clear()
+        del self.context, self.engine
 
 
 def load(path: Path, *, device: str, precision: Precision, threads: int, workspace: Path) -> TensorRTRunner:

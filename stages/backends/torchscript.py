@@ -49,5 +49,5 @@ def load(path: Path, *, device: str, precision: Precision, threads: int, workspa
     if precision == "fp16":
         module = module.half()
     runner = TorchRunner(module, dev, precision, describe("torchscript", dev, precision, used))
-    runner.batch = int(extra[BATCH_FILE]) if extra[BATCH_FILE] else None
+    runner.batch = runner.max_batch = int(extra[BATCH_FILE]) if extra[BATCH_FILE] else None
     return runner

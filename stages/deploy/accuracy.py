@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from stages.backends.base import Runner, predict_all
 from stages.datasets import iter_images, label_path_for, read_prepared_yaml, split_dirs
 from stages.errors import PipelineError
-from stages.inference import load_inputs
+from stages.inference import detections, load_inputs
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 CHUNK = 32  # images decoded and run at a time
@@ -113,18 +113,16 @@ def detection_map(runner: Runner, data: LabelledImages, imgsz: int, conf: float,
     import torch
     from PIL import Image
     from ultralytics.utils.metrics import ap_per_class, box_iou
-    from ultralytics.utils.nms import non_max_suppression
 
     stats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     targets: list[np.ndarray] = []
     for start in range(0, len(data.paths), CHUNK):
         paths = data.paths[start : start + CHUNK]
         raw = predict_all(runner, load_inputs(paths, imgsz))
-        kept = non_max_suppression(torch.from_numpy(raw), conf, iou, nc=len(data.names), max_det=300)
+        kept = detections(raw, conf, iou, len(data.names))
         for offset, (path, det) in enumerate(zip(paths, kept, strict=True)):
             i = start + offset
             true_classes = np.asarray(data.classes[i], dtype=np.int64)
-            det = det.numpy()
             if len(true_classes):
                 with Image.open(path) as im:
                     width, height = im.size

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from stages.backends.compare import Comparison, compare
 from stages.errors import BackendUnavailable, ExportError
 from stages.fingerprint import int8_extensions
 from stages.inference import onnx_input_batch
@@ -349,46 +350,24 @@ def count_convs(path: Path) -> tuple[int, int]:
     return integer + sum(op in FLOAT_CONVS for op in ops), integer
 
 
-class ScoreCheck(BaseModel):
-    """How the INT8 model's class scores compare with FP32's on the same images."""
-
-    max_score_fp32: float
-    max_score_int8: float
-    confident_boxes: int  # anchors FP32 scores at least ``confident`` for some class
-    top_class_agreement: float  # on those anchors (1.0 when there are too few to judge)
-
-
-MIN_CONFIDENT_BOXES = 20  # fewer, and top-class agreement is a coin toss, not evidence; the mAP gate still judges
-
-
-def check_scores(reference: np.ndarray, candidate: np.ndarray, confident: float = 0.25) -> ScoreCheck:
-    """Compare raw (N, 4 + classes, anchors) outputs of FP32 and INT8 on the same images.
+def check_scores(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
+    """Compare raw outputs of FP32 and INT8 on the same images (``stages.backends.compare``).
 
     Raises:
         ExportError: When the INT8 scores collapsed: all zero where FP32's are not, or the top class
-            disagreeing with FP32 on most of the anchors FP32 is confident about (when there are at
-            least :data:`MIN_CONFIDENT_BOXES` of them).
+            disagreeing with FP32 on most of the anchors FP32 is confident about (when there are
+            enough of them to judge by; else the mAP gate alone decides).
     """
-    ref, cand = reference[:, 4:], candidate[:, 4:]
-    ref_max = ref.max(axis=1)  # (N, anchors)
-    sure = ref_max >= confident
-    agreement = 1.0
-    if sure.sum() >= MIN_CONFIDENT_BOXES:
-        agreement = float(np.mean(ref.argmax(axis=1)[sure] == cand.argmax(axis=1)[sure]))
-    check = ScoreCheck(
-        max_score_fp32=float(ref.max()),
-        max_score_int8=float(cand.max()),
-        confident_boxes=int(sure.sum()),
-        top_class_agreement=agreement,
-    )
-    if check.max_score_int8 <= 0.0 < check.max_score_fp32:
+    check = compare(reference, candidate)
+    if check.max_score_candidate <= 0.0 < check.max_score_reference:
         raise ExportError(
             "the INT8 model's scores collapsed: every class score is 0 "
-            f"(FP32's highest is {check.max_score_fp32:.3g}); the head's final Concat must stay in float"
+            f"(FP32's highest is {check.max_score_reference:.3g}); the head's final Concat must stay in float"
         )
-    if agreement < 0.5:
+    if check.top_class_agreement < 0.5:
         raise ExportError(
-            f"the INT8 model's top class agrees with FP32 on only {agreement:.0%} of {check.confident_boxes} "
-            "confident boxes; try deploy.int8.calibration_method or more deploy.int8.calibration_images"
+            f"the INT8 model's top class agrees with FP32 on only {check.top_class_agreement:.0%} of "
+            f"{check.confident_anchors} confident boxes; try deploy.int8.calibration_method or more "
+            "deploy.int8.calibration_images"
         )
     return check

@@ -54,7 +54,7 @@ def test_int8_runs_nearly_every_convolution_as_integer_and_keeps_scores(tiny, tm
     int8_runner = open_runner("onnxruntime", out, workspace=tiny["root"], precision="int8")
     assert int8_runner.info.precision == "int8" and int8_runner.info.threads
     check = check_scores(fp32, predict_all(int8_runner, probe))
-    assert check.max_score_int8 > 0
+    assert check.max_score_candidate > 0
 
 
 def test_quantizing_the_final_concat_collapses_the_scores_and_is_refused(tiny, tmp_path):
@@ -83,7 +83,7 @@ def test_check_scores_refuses_a_disagreeing_top_class():
     assert check_scores(ref, ref).top_class_agreement == 1.0
     # Three confident boxes are too few to judge by (an undertrained model): the mAP gate decides.
     few = check_scores(ref[:, :, :3], cand[:, :, :3])
-    assert few.confident_boxes == 3 and few.top_class_agreement == 1.0
+    assert few.confident_anchors == 3 and few.top_class_agreement == 1.0
 
 
 def test_runner_precision_must_match_the_artifact(tiny):
@@ -371,6 +371,6 @@ def test_openvino_fp32_runs_in_f32_and_int8_keeps_scores(tiny, tmp_path):
     quantize_openvino(tiny["onnx"], int8_xml, _images(8), "minmax", "disable")
     int8 = open_runner("openvino", int8_xml, workspace=tiny["root"], precision="int8")
     assert int8.info.precision == "int8"
-    assert check_scores(reference, predict_all(int8, x)).max_score_int8 > 0
+    assert check_scores(reference, predict_all(int8, x)).max_score_candidate > 0
     with pytest.raises(BackendUnavailable, match="holds a int8 model, not fp32"):
         open_runner("openvino", int8_xml, workspace=tiny["root"])

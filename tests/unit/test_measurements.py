@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from stages.backends.compare import compare
 from stages.benchmark import stability, summarise, time_calls
-from stages.errors import ExportError
-from stages.export import compare_outputs
+from stages.errors import PipelineError
 from stages.inference import batches, letterbox
 
 
@@ -39,16 +39,16 @@ def test_compare_outputs_splits_boxes_and_scores():
     cand = ref.copy()
     cand[0, 1, 0] += 0.5  # a box coordinate
     cand[1, 5, 2] += 0.01  # a score
-    box, score, mean, agree = compare_outputs(ref, cand)
-    assert box == pytest.approx(0.5)
-    assert score == pytest.approx(0.01)
-    assert mean > 0
-    assert agree == 1.0
+    c = compare(ref, cand)
+    assert c.max_abs_diff_boxes_px == pytest.approx(0.5)
+    assert c.max_abs_diff_scores == pytest.approx(0.01)
+    assert c.mean_abs_diff > 0
+    assert c.best_anchor_agreement == 1.0
 
 
 def test_compare_outputs_rejects_shape_mismatch():
-    with pytest.raises(ExportError, match="shapes differ"):
-        compare_outputs(np.zeros((1, 7, 10)), np.zeros((1, 8, 10)))
+    with pytest.raises(PipelineError, match="shapes differ"):
+        compare(np.zeros((1, 7, 10)), np.zeros((1, 8, 10)))
 
 
 def test_letterbox_keeps_aspect_and_pads():
