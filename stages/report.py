@@ -176,17 +176,39 @@ def latency_table(benchmark: dict[str, Any]) -> list[str]:
 
 
 def int8_note(env: dict[str, Any], facts: dict[str, Any]) -> list[str]:
-    """Where an INT8 artifact was built, whether this CPU has what makes INT8 convolutions fast."""
-    if not any(f["precision"] == "int8" for f in facts.values()):
+    """The CPU each INT8 artifact was built for and how that was chosen, and whether this CPU is one.
+
+    An artifact built for VNNI CPUs (8-bit weights) loses accuracy on a CPU without VNNI, whose 16-bit
+    pair sums saturate: the card says so when the machine it is written on is such a CPU.
+    """
+    built = {name: f for name, f in facts.items() if f["precision"] == "int8"}
+    if not built:
         return []
     found = env.get("cpu_int8") or []
+    lines = []
+    for name, f in built.items():
+        cpu = f.get("int8_cpu")
+        if not cpu:
+            continue
+        weights = "7-bit weights, which cannot saturate" if cpu["reduce_range"] else "full 8-bit weights"
+        flags = ", ".join(cpu["machine_int8_flags"]) or "none"
+        lines.append(
+            f"{name} is built for **{cpu['target']}** CPUs ({weights}; chosen by {cpu['chosen_by']}; "
+            f"built on {cpu['machine']}, INT8 flags: {flags})."
+        )
+        if cpu["target"] == "vnni" and not found:
+            lines.append(
+                f"**This CPU has no VNNI:** {name}'s 8-bit products can saturate here and lose accuracy; "
+                "build it with deploy.int8.target_cpu: no-vnni for such CPUs."
+            )
     if found:
-        return [f"This CPU has {', '.join(found)}: INT8 convolutions run on integer dot-product instructions.", ""]
-    return [
-        "This CPU reports no integer dot-product extension (VNNI, AMX, dot-product): INT8 is not expected "
-        "to be faster here; the latency table says what it measured.",
-        "",
-    ]
+        lines.append(f"This CPU has {', '.join(found)}: INT8 convolutions run on integer dot-product instructions.")
+    else:
+        lines.append(
+            "This CPU reports no integer dot-product extension (VNNI, AMX, dot-product): INT8 is not expected "
+            "to be faster here; the latency table says what it measured."
+        )
+    return [*(f"{line}\n" for line in lines[:-1]), lines[-1], ""]
 
 
 def deploy_table(metrics: dict[str, Any], facts: dict[str, Any]) -> list[str]:

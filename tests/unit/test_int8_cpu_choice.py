@@ -237,3 +237,21 @@ def test_nncf_overflow_fix_halves_every_convolution_weight_range_only_without_vn
     tail = openvino_head_tail(model, onnx.load(str(tiny["onnx"])))
     assert "output0" in tail and "/model.23/Sigmoid" in tail and "/model.23/dfl/conv/Conv" in tail
     assert not any("/cv2." in name or "/cv3." in name for name in tail)
+
+
+def test_the_model_card_says_which_cpu_int8_was_built_for_and_warns_on_a_cpu_without_vnni():
+    from stages.report import int8_note
+
+    built = int8_cpu("auto", ["avx2", "avx512_vnni"], "Xeon (test)").model_dump()
+    facts = {"onnx-fp32": {"precision": "fp32"}, "onnx-int8": {"precision": "int8", "int8_cpu": built}}
+    on_vnni = "\n".join(int8_note({"cpu_int8": ["avx512_vnni"]}, facts))
+    assert "onnx-int8 is built for **vnni** CPUs (full 8-bit weights" in on_vnni
+    assert "built on Xeon (test), INT8 flags: avx512_vnni" in on_vnni
+    assert "This CPU has no VNNI" not in on_vnni
+    elsewhere = "\n".join(int8_note({"cpu_int8": []}, facts))
+    assert "**This CPU has no VNNI:** onnx-int8's 8-bit products can saturate here" in elsewhere
+    seven = int8_cpu("no-vnni", ["avx512_vnni"], "Xeon (test)").model_dump()
+    safe = "\n".join(int8_note({"cpu_int8": []}, {"onnx-int8": {"precision": "int8", "int8_cpu": seven}}))
+    assert "7-bit weights, which cannot saturate; chosen by deploy.int8.target_cpu" in safe
+    assert "This CPU has no VNNI" not in safe
+    assert int8_note({"cpu_int8": []}, {"onnx-fp32": {"precision": "fp32"}}) == []
