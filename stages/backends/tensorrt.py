@@ -239,6 +239,10 @@ class TensorRTRunner:
 
     def forward(self, placed: Any) -> Any:
         """Run the engine on a placed batch; returns the first output on the GPU once it is complete."""
+        with self.torch.cuda.device(self.device):  # TensorRT enqueues on the current device: the engine's
+            return self._forward(placed)
+
+    def _forward(self, placed: Any) -> Any:
         torch = self.torch
         shape = tuple(int(d) for d in placed.shape)
         check_batch(shape, self.sidecar.shapes)
