@@ -545,3 +545,18 @@ def test_the_stub_repair_makes_only_invalid_signatures_valid():
         assert fixed.split("(")[0] == line.split("(")[0] and fixed.endswith("\n")
     assert "in_: list[PluginTensorDesc]" in repair(keyword)
     assert repair(fine) == fine and repair("in: int = 3\n") == "in: int = 3\n"
+
+
+def test_no_backend_imports_the_deploy_package():
+    """The design rule: engine preparation lives on the stage side (stages/deploy/engine.py)."""
+    import ast
+
+    backends = Path(__file__).resolve().parents[2] / "stages" / "backends"
+    found = []
+    for module in sorted(backends.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            found += [f"{module.name}: {n}" for n in names if n == "stages.deploy" or n.startswith("stages.deploy.")]
+    assert found == []
