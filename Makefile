@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1  # TensorRT's API for the lint's mypy; no deps: those need NVIDIA's libraries
 	$(BIN)/python -m stages.charts  # the offline page template .dvc/config names, from the bundle just installed
 	touch $@
 
@@ -92,6 +93,7 @@ test-e2e: install
 lint: install
 	$(BIN)/ruff check stages flows tests
 	$(BIN)/ruff format --check stages flows tests
+	$(BIN)/python -m stages.backends.tensorrt_typecheck  # mypy: the TensorRT backend against TensorRT's API
 
 clean:
 	rm -rf data/prepared models metrics reports plots .cache

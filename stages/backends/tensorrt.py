@@ -1,22 +1,33 @@
-"""TensorRT through its own Python API: build an engine from the checked ONNX model, and run it.
+"""TensorRT runtime: run an engine built by ``stages/backends/tensorrt_build.py``, after checking it may run.
 
-TensorRT 10.12+ and 11 build *strongly typed* networks: the precision comes from the ONNX model
-itself, not from builder flags. So the ONNX model is prepared per precision first, with no TensorRT
-needed (and tested where TensorRT is absent): FP32 as exported, FP16 converted by ONNX Runtime's
-float16 tool (inputs and outputs kept float32), INT8 as a Q/DQ model with signed, symmetric scales
-(TensorRT takes no zero points). The build uses an optimization profile that covers the requested
-batch sizes (when the ONNX batch axis is dynamic) and a persistent timing cache, so rebuilds are fast.
+Every engine has a sidecar JSON (``<engine>.json``, :class:`Sidecar`): the TensorRT version, the GPU
+and its compute capability, the precision, the optimization profile, and the ONNX model it was built
+from (its path relative to the engine's folder, and its sha256). :func:`load` refuses an engine
+whose sidecar does not match this GPU and TensorRT, naming each difference, and one whose ONNX
+model has changed since (a stale engine of a retrained model), instead of failing obscurely or
+running the wrong model.
 
-Every engine gets a sidecar JSON (``<engine>.json``): the TensorRT version, the GPU and its compute
-capability, the precision, the input shapes, and the hash of the ONNX file it was built from. An
-engine only runs on the GPU and TensorRT it was built for, so :func:`load` refuses one whose sidecar
-does not match, naming each difference, instead of failing obscurely or running a stale engine.
+**Which ONNX model an engine is checked against** (:func:`expected_onnx`): a file of the recorded
+name beside the engine when there is one (a deployment folder such as ``models/production`` holds
+``model.onnx`` next to ``model.engine``), else the recorded path relative to the engine's folder (in
+the workspace ``models/engine/model.engine`` derives from ``../deploy/model.onnx``). Neither present:
+the engine's origin cannot be checked, and it is refused.
+
+The runner works on the CUDA device it is opened for (``cuda`` is the current device, ``cuda:N``
+the N-th), on a CUDA stream of its own: input copies and the engine's work are queued there and
+only that stream is waited on, never the whole device. A batch larger than the optimization
+profile's maximum is refused (``max_batch`` tells :func:`~stages.backends.base.predict_all` to send
+less), and so is any shape TensorRT does not accept (``set_input_shape`` returns false). Outputs are
+allocated in the type the engine declares (``get_tensor_dtype``) and converted to float32 on the host.
+
+TensorRT itself is imported lazily, after :func:`require_tensorrt`, which also refuses the empty ``tensorrt``
+namespace the type stubs alone leave behind (``tensorrt-stubs`` ships ``tensorrt/__init__.pyi``
+only, and Python imports that folder as a namespace package).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +36,7 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.backends.base import Precision, RunInfo, TensorMeta
 from stages.common import file_sha256
-from stages.errors import BackendUnavailable, EngineUnavailable
+from stages.errors import BackendUnavailable
 
 
 class Sidecar(BaseModel):
@@ -39,12 +50,61 @@ class Sidecar(BaseModel):
     precision: Precision
     input_name: str
     shapes: dict[str, list[int]]  # the optimization profile: min, opt, max
+    onnx: str  # the ONNX model it derives from, relative to the engine's folder ("../deploy/model.onnx")
     onnx_sha256: str
+
+
+def tensorrt_missing() -> str | None:
+    """Why TensorRT's Python bindings cannot be used here, or ``None`` when they can.
+
+    ``import tensorrt`` alone proves nothing: with only ``tensorrt-stubs`` installed (the type
+    stubs ``make lint`` checks against) it imports an empty namespace package. The bindings are
+    there when the module has a version and a ``Builder``.
+    """
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        return f"TensorRT is not installed ({exc}); install the project's 'gpu' extra"
+    if not isinstance(getattr(trt, "__version__", None), str) or not hasattr(trt, "Builder"):
+        where = ", ".join(getattr(trt, "__path__", [])) or "?"
+        return (
+            f"'tensorrt' at {where} holds no TensorRT bindings (only type stubs, e.g. tensorrt-stubs); "
+            "install the project's 'gpu' extra"
+        )
+    return None
+
+
+def require_tensorrt() -> None:
+    """Check TensorRT's bindings are here before ``import tensorrt`` (which the type checker then follows).
+
+    Raises:
+        BackendUnavailable: When it is not installed, or only its type stubs are (:func:`tensorrt_missing`).
+    """
+    reason = tensorrt_missing()
+    if reason is not None:
+        raise BackendUnavailable(reason)
+
+
+def cuda_index(device: str) -> int | None:
+    """The CUDA device index of ``device``: ``cuda`` is ``None`` (the current device), ``cuda:N`` is N.
+
+    Raises:
+        BackendUnavailable: For anything else (a TensorRT engine runs on a CUDA GPU only).
+    """
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise BackendUnavailable(f"a TensorRT engine runs on a CUDA GPU ('cuda' or 'cuda:N'), not {device!r}")
+    return int(index) if index else None
 
 
 def sidecar_path(engine: Path) -> Path:
     """Where the sidecar of ``engine`` lives."""
     return engine.with_name(engine.name + ".json")
+
+
+def recorded_onnx(engine: Path, source_onnx: Path) -> str:
+    """How the sidecar names ``source_onnx``: relative to the folder of ``engine`` (POSIX separators)."""
+    return Path(os.path.relpath(source_onnx.resolve(), engine.resolve().parent)).as_posix()
 
 
 def sidecar_mismatch(recorded: Sidecar, tensorrt: str, gpu: str, capability: str) -> list[str]:
@@ -57,168 +117,6 @@ def sidecar_mismatch(recorded: Sidecar, tensorrt: str, gpu: str, capability: str
     if recorded.gpu != gpu:
         found.append(f"built on {recorded.gpu}, this GPU is {gpu}")
     return found
-
-
-def profile_shapes(onnx_path: Path, batch_sizes: list[int]) -> tuple[str, dict[str, list[int]]]:
-    """The input name and the optimization profile (min, opt, max) that covers ``batch_sizes``.
-
-    A static batch axis allows only its own size; a dynamic one spans the smallest to the largest
-    requested size, tuned for the first.
-
-    Raises:
-        EngineUnavailable: When a static batch cannot serve the requested sizes.
-    """
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    first = graph.input[0]
-    dims = [
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in first.type.tensor_type.shape.dim
-    ]
-    if any(d < 0 for d in dims[1:]):
-        raise EngineUnavailable(f"the ONNX input {first.name} has a dynamic image size {dims}; export a fixed imgsz")
-    rest = dims[1:]
-    if dims[0] > 0:
-        if any(b != dims[0] for b in batch_sizes):
-            raise EngineUnavailable(
-                f"the ONNX model has a static batch of {dims[0]} but batch sizes {batch_sizes} were asked for "
-                "(set export.dynamic: true, or matching batch sizes)"
-            )
-        fixed = [dims[0], *rest]
-        return first.name, {"min": fixed, "opt": fixed, "max": fixed}
-    return first.name, {
-        "min": [min(batch_sizes), *rest],
-        "opt": [batch_sizes[0], *rest],
-        "max": [max(batch_sizes), *rest],
-    }
-
-
-def fp16_onnx(source: Path, out: Path) -> Path:
-    """An FP16 copy of ``source`` (initializers and compute in half; inputs and outputs stay float32)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    _sort_nodes(model.graph)
-    onnx.checker.check_model(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out))
-    return out
-
-
-def _sort_nodes(graph: Any) -> None:
-    """Put ``graph``'s nodes in topological order, as ONNX requires.
-
-    The float16 tool appends the float32-to-float16 Casts of the inputs at the end of the node list.
-    """
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(name in available for name in n.input)]
-        if not ready:
-            raise EngineUnavailable(f"the FP16 model has a cycle or a dangling input at {pending[0].name}")
-        for node in ready:
-            available.update(node.output)
-        ordered += ready
-        done = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in done]
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
-def engine_onnx(source: Path, precision: Precision, out: Path, calibration: np.ndarray | None = None) -> Path:
-    """The ONNX model a strongly typed TensorRT network is built from, for ``precision``.
-
-    Args:
-        source: The FP32 ONNX model that passed the parity check.
-        precision: ``fp32`` (a copy), ``fp16`` (converted) or ``int8`` (signed symmetric Q/DQ).
-        out: Where to write it.
-        calibration: Letterboxed train images for INT8.
-
-    Raises:
-        EngineUnavailable: INT8 without calibration images.
-    """
-    if precision == "fp32":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, out)
-        return out
-    if precision == "fp16":
-        return fp16_onnx(source, out)
-    if calibration is None or not len(calibration):
-        raise EngineUnavailable("an INT8 engine needs calibration images (deploy.int8.calibration_images)")
-    from stages.deploy.int8 import quantize
-
-    quantize(source, out, calibration, "minmax", symmetric=True)
-    return out
-
-
-def build(
-    onnx_path: Path,
-    engine: Path,
-    *,
-    precision: Precision,
-    batch_sizes: list[int],
-    workspace_gib: float,
-    timing_cache: Path,
-    source_onnx: Path,
-) -> Sidecar:
-    """Build ``engine`` from the prepared ``onnx_path`` with TensorRT's builder; write its sidecar.
-
-    Args:
-        onnx_path: The ONNX model prepared by :func:`engine_onnx`.
-        engine: Where to write the serialized engine.
-        precision: What ``onnx_path`` holds (recorded in the sidecar).
-        batch_sizes: The batch sizes the engine must serve.
-        workspace_gib: The builder's workspace memory limit.
-        timing_cache: A persistent timing cache: read when present, written back after the build.
-        source_onnx: The checked FP32 model the engine derives from (its hash goes in the sidecar).
-
-    Raises:
-        EngineUnavailable: When TensorRT is missing, or cannot parse or build the network.
-    """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise EngineUnavailable(f"TensorRT is not installed ({exc}); install the project's 'gpu' extra") from None
-    import torch
-
-    input_name, shapes = profile_shapes(onnx_path, batch_sizes)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineUnavailable(f"TensorRT cannot parse {onnx_path.name}: {errors}", path=onnx_path)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineUnavailable("TensorRT's builder returned no engine (see its log above)", path=onnx_path)
-    engine.parent.mkdir(parents=True, exist_ok=True)
-    engine.write_bytes(bytes(serialized))
-    timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    major, minor = torch.cuda.get_device_capability(0)
-    sidecar = Sidecar(
-        tensorrt=trt.__version__,
-        gpu=torch.cuda.get_device_name(0),
-        compute_capability=f"{major}.{minor}",
-        precision=precision,
-        input_name=input_name,
-        shapes=shapes,
-        onnx_sha256=file_sha256(source_onnx),
-    )
-    sidecar_path(engine).write_text(json.dumps(sidecar.model_dump(), indent=2) + "\n", encoding="utf-8")
-    return sidecar
 
 
 def read_sidecar(engine: Path) -> Sidecar:
@@ -234,84 +132,187 @@ def read_sidecar(engine: Path) -> Sidecar:
         raise BackendUnavailable(f"engine sidecar {path} is missing or invalid ({exc}); rebuild the engine") from None
 
 
-class TensorRTRunner:
-    """A deserialized engine with its execution context; inputs and outputs live in CUDA memory."""
+def expected_onnx(engine: Path, sidecar: Sidecar) -> Path | None:
+    """The ONNX model ``engine`` must derive from: the recorded name beside it, else the recorded path.
 
-    def __init__(self, engine_path: Path, sidecar: Sidecar) -> None:
+    ``None`` when neither exists.
+    """
+    beside = engine.parent / Path(sidecar.onnx).name
+    if beside.is_file():
+        return beside
+    recorded = Path(os.path.normpath(engine.parent / sidecar.onnx))
+    return recorded if recorded.is_file() else None
+
+
+def check_origin(engine: Path, sidecar: Sidecar) -> Path:
+    """The ONNX model ``engine`` derives from, after checking it is the one the engine was built from.
+
+    Raises:
+        BackendUnavailable: When that model is missing, or has changed since the build (a stale engine).
+    """
+    onnx = expected_onnx(engine, sidecar)
+    if onnx is None:
+        raise BackendUnavailable(
+            f"refusing to run {engine}: the ONNX model it was built from ({sidecar.onnx}, relative to its folder) "
+            "is not there to check it against"
+        )
+    found = file_sha256(onnx)
+    if found != sidecar.onnx_sha256:
+        raise BackendUnavailable(
+            f"refusing to run {engine}: it was built from an ONNX model with sha256 {sidecar.onnx_sha256[:12]}…, "
+            f"but {onnx} has {found[:12]}… (a stale engine of another model); rebuild it"
+        )
+    return onnx
+
+
+def check_batch(shape: tuple[int, ...], shapes: dict[str, list[int]]) -> None:
+    """Refuse an input ``shape`` outside the engine's optimization profile (``shapes``: min, opt, max).
+
+    Raises:
+        BackendUnavailable: Naming the shape and the profile's range.
+    """
+    low, high = shapes["min"], shapes["max"]
+    if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high, strict=True)):
+        raise BackendUnavailable(f"input shape {list(shape)} is outside the engine's profile {low} .. {high}")
+
+
+def set_input_shape(context: Any, name: str, shape: tuple[int, ...]) -> None:
+    """``context.set_input_shape`` with its result checked (TensorRT returns ``False``, it does not raise).
+
+    Raises:
+        BackendUnavailable: When TensorRT refuses the shape.
+    """
+    if not context.set_input_shape(name, shape):
+        raise BackendUnavailable(f"TensorRT refused the input shape {list(shape)} for {name}")
+
+
+class TensorRTRunner:
+    """A deserialized engine with its execution context and CUDA stream; tensors live on its GPU."""
+
+    def __init__(self, engine_path: Path, sidecar: Sidecar, index: int) -> None:
+        require_tensorrt()
         import tensorrt as trt
         import torch
 
-        self.torch, self.trt = torch, trt
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
-        if self.engine is None:
-            raise BackendUnavailable(f"TensorRT could not deserialize {engine_path}")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.torch, self.trt, self.sidecar = torch, trt, sidecar
+        self.device = torch.device("cuda", index)
+        with torch.cuda.device(self.device):
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+            if engine is None:
+                raise BackendUnavailable(f"TensorRT could not deserialize {engine_path}")
+            self.engine = engine
+            self.context = engine.create_execution_context()
+            # Its own stream: copies and the engine's kernels queue there, and only it is waited on.
+            self.stream = torch.cuda.Stream(device=self.device)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or not self.output_names:
+            raise BackendUnavailable(
+                f"{engine_path} has inputs {inputs} and outputs {self.output_names}: expected one image input"
+            )
+        self.input = inputs[0]
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         shapes = sidecar.shapes
         self.batch = shapes["min"][0] if shapes["min"][0] == shapes["max"][0] else None
         self.max_batch = shapes["max"][0]
-        self.inputs = [TensorMeta(name=self.input, shape=list(shapes["max"]), dtype="float32")]
-        self.outputs = [
-            TensorMeta(name=self.output, shape=list(self.engine.get_tensor_shape(self.output)), dtype="float32")
-        ]
+        self.inputs = [_meta(engine, self.input, self.dtypes)]
+        self.outputs = [_meta(engine, n, self.dtypes) for n in self.output_names]
+        major, minor = torch.cuda.get_device_capability(self.device)
         self.info = RunInfo(
             backend="tensorrt",
             provider=f"TensorRT {trt.__version__}",
-            device=f"cuda:0 {torch.cuda.get_device_name(0)}",
+            device=f"{self.device} {torch.cuda.get_device_name(self.device)} (sm {major}.{minor})",
             precision=sidecar.precision,
             threads=None,
         )
-        self._out: dict[tuple[int, ...], Any] = {}
+        self._out: dict[tuple[str, tuple[int, ...]], Any] = {}
 
     def place(self, x: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to("cuda:0")
+        """The batch on the runner's GPU, in the engine's input type, copied on the runner's stream."""
+        torch = self.torch
+        check_batch(tuple(x.shape), self.sidecar.shapes)
+        host = torch.from_numpy(np.ascontiguousarray(x, dtype=self.dtypes[self.input]))
+        with torch.cuda.stream(self.stream):
+            return host.to(self.device, non_blocking=False)
 
     def forward(self, placed: Any) -> Any:
+        """Run the engine on a placed batch; returns the first output on the GPU once it is complete."""
+        with self.torch.cuda.device(self.device):  # TensorRT enqueues on the current device: the engine's
+            return self._forward(placed)
+
+    def _forward(self, placed: Any) -> Any:
         torch = self.torch
-        self.context.set_input_shape(self.input, tuple(placed.shape))
-        shape = tuple(self.context.get_tensor_shape(self.output))
-        if shape not in self._out:
-            self._out[shape] = torch.empty(shape, dtype=torch.float32, device="cuda:0")
-        out = self._out[shape]
-        self.context.set_tensor_address(self.input, placed.data_ptr())
-        self.context.set_tensor_address(self.output, out.data_ptr())
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        shape = tuple(int(d) for d in placed.shape)
+        check_batch(shape, self.sidecar.shapes)
+        set_input_shape(self.context, self.input, shape)
+        if not self.context.set_tensor_address(self.input, placed.data_ptr()):
+            raise BackendUnavailable(f"TensorRT refused the address of input {self.input}")
+        results = []
+        for name in self.output_names:
+            out_shape = dims(self.context.get_tensor_shape(name))
+            key = (name, out_shape)
+            if key not in self._out:
+                dtype = torch.from_numpy(np.empty(0, dtype=self.dtypes[name])).dtype
+                self._out[key] = torch.empty(out_shape, dtype=dtype, device=self.device)
+            if not self.context.set_tensor_address(name, self._out[key].data_ptr()):
+                raise BackendUnavailable(f"TensorRT refused the address of output {name}")
+            results.append(self._out[key])
+        # The input was copied on this stream; the engine runs after it there, and only this stream is waited on.
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise BackendUnavailable("TensorRT failed to enqueue the engine")
-        torch.cuda.synchronize()
-        return out
+        self.stream.synchronize()
+        return results[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(self.place(x)).cpu().numpy()
+        """The first output as float32 on the host, whatever type the engine writes."""
+        out = self.forward(self.place(x))
+        return np.asarray(out.cpu().numpy(), dtype=np.float32)
 
     def close(self) -> None:
+        """Free the output buffers, the execution context and the engine."""
         self._out.clear()
         del self.context, self.engine
 
 
+def dims(shape: Any) -> tuple[int, ...]:
+    """A TensorRT ``Dims`` as a tuple (it indexes like one; -1 marks a dynamic axis)."""
+    return tuple(int(shape[i]) for i in range(len(shape)))
+
+
+def _meta(engine: Any, name: str, dtypes: dict[str, np.dtype[Any]]) -> TensorMeta:
+    """One of the engine's tensors as :class:`TensorMeta` (a dynamic axis, -1 in TensorRT, is ``None``)."""
+    shape: list[int | str | None] = [d if d >= 0 else None for d in dims(engine.get_tensor_shape(name))]
+    return TensorMeta(name=name, shape=shape, dtype=dtypes[name].name)
+
+
 def load(path: Path, *, device: str, precision: Precision, threads: int, workspace: Path) -> TensorRTRunner:
-    """The engine at ``path`` on CUDA, after checking its sidecar against this GPU and TensorRT.
+    """The engine at ``path`` on the CUDA device ``device``, after checking its sidecar and its origin.
+
+    Checked in this order, each refusal naming what differs: the sidecar's precision; the ONNX model
+    the engine derives from (:func:`check_origin`); TensorRT and CUDA being here; the GPU, its
+    compute capability and the TensorRT version being the ones it was built for.
 
     Raises:
-        BackendUnavailable: Without CUDA or TensorRT, or when the sidecar does not match (each difference named).
+        BackendUnavailable: Without CUDA or TensorRT, or when a check fails.
     """
     sidecar = read_sidecar(path)
     if sidecar.precision != precision:
         raise BackendUnavailable(f"{path} is a {sidecar.precision} engine, not {precision}")
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailable(f"TensorRT is not installed ({exc}); install the project's 'gpu' extra") from None
+    check_origin(path, sidecar)
+    index = cuda_index(device)
+    require_tensorrt()
+    import tensorrt as trt
     import torch
 
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        raise BackendUnavailable(
-            f"a TensorRT engine runs on a CUDA GPU (asked for {device}; CUDA visible: {torch.cuda.is_available()})"
-        )
-    major, minor = torch.cuda.get_device_capability(0)
-    differences = sidecar_mismatch(sidecar, trt.__version__, torch.cuda.get_device_name(0), f"{major}.{minor}")
+    if not torch.cuda.is_available():
+        raise BackendUnavailable(f"a TensorRT engine runs on a CUDA GPU; none is visible (asked for {device})")
+    index = torch.cuda.current_device() if index is None else index
+    if index >= torch.cuda.device_count():
+        raise BackendUnavailable(f"{device} does not exist here ({torch.cuda.device_count()} CUDA devices)")
+    major, minor = torch.cuda.get_device_capability(index)
+    differences = sidecar_mismatch(sidecar, trt.__version__, torch.cuda.get_device_name(index), f"{major}.{minor}")
     if differences:
         raise BackendUnavailable(f"refusing to run {path}: " + "; ".join(differences) + "; rebuild it here")
-    return TensorRTRunner(path, sidecar)
+    return TensorRTRunner(path, sidecar, index)

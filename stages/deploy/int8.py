@@ -158,6 +158,7 @@ def quantize(
     *,
     symmetric: bool = False,
     reduce_range: bool = False,
+    quantize_bias: bool = True,
 ) -> Int8Build:
     """Build the INT8 Q/DQ model of ``source`` (U8S8, weights per channel, head tail in float).
 
@@ -170,6 +171,9 @@ def quantize(
         symmetric: Signed, symmetric INT8 for activations and weights (S8S8, zero points 0): what
             TensorRT's strongly typed networks take. Slow on ONNX Runtime CPU; never the CPU target.
         reduce_range: Weights in 7 bits (-64..64), for x86 CPUs without VNNI (see the module's doc).
+        quantize_bias: ONNX Runtime's ``QuantizeBias``: biases as INT32 behind a DequantizeLinear node
+            (its default, what ONNX Runtime runs). ``False`` keeps them float, as TensorRT requires
+            (``stages.backends.tensorrt_lint``).
 
     Raises:
         ExportError: When there are fewer calibration images than one batch of the model.
@@ -209,6 +213,7 @@ def quantize(
                 "ActivationSymmetric": symmetric,
                 "WeightSymmetric": True,
                 "CalibTensorRangeSymmetric": symmetric,
+                "QuantizeBias": quantize_bias,
             },
             calibration_providers=["CPUExecutionProvider"],
         )
@@ -218,6 +223,7 @@ def quantize(
     return Int8Build(
         scheme=f"QDQ {'S8S8 symmetric' if symmetric else 'U8S8'} per-channel"
         + (", 7-bit weights (reduce_range)" if reduce_range else "")
+        + ("" if quantize_bias else ", float biases")
         + (", head tail in float" if exclude is None else ""),
         method=method,
         calibration_images=len(images) // batch * batch,

@@ -13,7 +13,7 @@ from stages.backends.ort import artifact_precision
 from stages.config import parse_params
 from stages.deploy.accuracy import LabelledImages, detection_map, letterboxed_xyxy, match
 from stages.deploy.int8 import check_scores, count_convs, head_tail_nodes, quantize
-from stages.errors import BackendUnavailable, ConfigError, EngineUnavailable, ExportError
+from stages.errors import BackendUnavailable, ConfigError, ExportError
 from tests.conftest import smooth_images, tiny_yolo_export
 
 IMGSZ = 64
@@ -246,104 +246,6 @@ def test_gating_marks_an_artifact_over_its_limit_not_deployable_and_removes_it(t
     assert "a drop of 2.00 points, beyond the int8 limit of 1.00" in facts["onnx-int8"]["reason"]
     assert not (deploy_dir / "model.int8.onnx").exists(), "an artifact that is not deployable is not shipped"
     assert (deploy_dir / "model.onnx").is_file()
-
-
-def test_fp16_engine_onnx_halves_the_weights_and_keeps_float32_io(tiny, tmp_path):
-    import onnx
-
-    from stages.backends.tensorrt import engine_onnx
-
-    out = engine_onnx(tiny["onnx"], "fp16", tmp_path / "model.fp16.onnx")
-    model = onnx.load(str(out))
-    onnx.checker.check_model(model)
-    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
-    conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
-    weights = [t for t in model.graph.initializer if t.name in conv_weights]
-    assert weights and all(t.data_type == f16 for t in weights)
-    assert model.graph.input[0].type.tensor_type.elem_type == f32
-    assert model.graph.output[0].type.tensor_type.elem_type == f32
-    assert out.stat().st_size < tiny["onnx"].stat().st_size * 0.6
-
-
-def test_int8_engine_onnx_is_signed_and_symmetric_for_tensorrt(tiny, tmp_path):
-    import onnx
-    from onnx import numpy_helper
-
-    from stages.backends.tensorrt import engine_onnx
-
-    out = engine_onnx(tiny["onnx"], "int8", tmp_path / "model.int8.onnx", _images(4))
-    model = onnx.load(str(out))
-    init = {t.name: t for t in model.graph.initializer}
-    zero_points = [init[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
-    assert zero_points, "a Q/DQ model"
-    assert all(z.data_type == onnx.TensorProto.INT8 for z in zero_points)  # signed: TensorRT takes no uint8
-    assert all(not numpy_helper.to_array(z).any() for z in zero_points)  # symmetric: every zero point is 0
-    with pytest.raises(EngineUnavailable, match="calibration images"):
-        engine_onnx(tiny["onnx"], "int8", tmp_path / "none.onnx", None)
-
-
-def test_profile_covers_the_batch_sizes_a_static_batch_allows(tiny, tmp_path):
-    import onnx
-
-    from stages.backends.tensorrt import profile_shapes
-
-    name, shapes = profile_shapes(tiny["onnx"], [1])
-    assert name == "images" and shapes == {k: [1, 3, IMGSZ, IMGSZ] for k in ("min", "opt", "max")}
-    with pytest.raises(EngineUnavailable, match="static batch of 1"):
-        profile_shapes(tiny["onnx"], [1, 8])
-    model = onnx.load(str(tiny["onnx"]))
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
-    dynamic = tmp_path / "dynamic.onnx"
-    onnx.save(model, str(dynamic))
-    _, shapes = profile_shapes(dynamic, [1, 8])
-    assert shapes["min"][0] == 1 and shapes["opt"][0] == 1 and shapes["max"][0] == 8
-
-
-def test_an_engine_is_refused_where_its_sidecar_does_not_match(tmp_path):
-    from stages.backends.tensorrt import Sidecar, load, sidecar_mismatch, sidecar_path
-
-    sidecar = Sidecar(
-        tensorrt="11.4.0",
-        gpu="NVIDIA H100 80GB HBM3",
-        compute_capability="9.0",
-        precision="fp16",
-        input_name="images",
-        shapes={"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [1, 3, 64, 64]},
-        onnx_sha256="0" * 64,
-    )
-    assert sidecar_mismatch(sidecar, "11.4.0", "NVIDIA H100 80GB HBM3", "9.0") == []
-    found = sidecar_mismatch(sidecar, "10.12.0", "NVIDIA L4", "8.9")
-    assert len(found) == 3
-    assert "TensorRT 11.4.0, this is TensorRT 10.12.0" in found[0] and "8.9" in found[1] and "NVIDIA L4" in found[2]
-
-    engine = tmp_path / "model.engine"
-    engine.write_bytes(b"not an engine")
-    with pytest.raises(BackendUnavailable, match=r"sidecar .* is missing"):
-        load(engine, device="cuda", precision="fp16", threads=0, workspace=tmp_path)
-    sidecar_path(engine).write_text(sidecar.model_dump_json())
-    with pytest.raises(BackendUnavailable, match="is a fp16 engine, not int8"):
-        load(engine, device="cuda", precision="int8", threads=0, workspace=tmp_path)
-
-
-def test_building_without_tensorrt_says_what_to_install(tiny, tmp_path):
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("TensorRT is installed here: the GPU tier builds a real engine")
-    from stages.backends.tensorrt import build
-
-    with pytest.raises(EngineUnavailable, match=r"TensorRT is not installed.*'gpu' extra"):
-        build(
-            tiny["onnx"],
-            tmp_path / "model.engine",
-            precision="fp32",
-            batch_sizes=[1],
-            workspace_gib=1.0,
-            timing_cache=tmp_path / "timing.cache",
-            source_onnx=tiny["onnx"],
-        )
 
 
 def _openvino_missing() -> str | None:
