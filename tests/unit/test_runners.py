@@ -71,3 +71,19 @@ def test_pytorch_declares_free_batch_and_size_and_closes(model):
     assert runner.predict(smooth_images(2, IMGSZ)).shape == (2, 84, ANCHORS)
     runner.close()
     assert runner.module is None
+
+
+def test_torchscript_declares_the_shape_it_was_traced_on(model, tmp_path):
+    import torch
+
+    from stages.backends.torchscript import trace
+    from stages.inference import torch_model
+
+    module = torch_model(model["pt"], model["root"]).fuse(verbose=False)
+    path = trace(module, torch.zeros(1, 3, IMGSZ, IMGSZ), tmp_path / "model.torchscript")
+    runner = open_runner("torchscript", path, workspace=model["root"], threads=1)
+    assert runner.inputs == [TensorMeta(name="images", shape=[1, 3, IMGSZ, IMGSZ], dtype="float32")]
+    assert runner.outputs[0].shape == [1, None, None] and runner.batch == runner.max_batch == 1
+    assert runner.predict(smooth_images(1, IMGSZ)).shape == (1, 84, ANCHORS)
+    runner.close()
+    assert runner.module is None
