@@ -79,6 +79,30 @@ def test_tensorrt_engine_builds_runs_and_checks_its_sidecar(model, tmp_path, pre
         open_runner("tensorrt", engine, workspace=model["root"], device="cuda", precision=precision)
 
 
+def _ort_cuda_missing() -> str | None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "ONNX Runtime has no CUDAExecutionProvider here (the 'gpu' extra brings onnxruntime-gpu)"
+    return None
+
+
+@pytest.mark.skipif(_ort_cuda_missing() is not None, reason=_ort_cuda_missing() or "")
+def test_onnxruntime_cuda_binds_on_the_device_and_matches_the_cpu(model):
+    cuda = open_runner("onnxruntime", model["onnx"], workspace=model["root"], device="cuda")
+    cpu = open_runner("onnxruntime", model["onnx"], workspace=model["root"])
+    x = _inputs(1)
+    placed = cuda.place(x)
+    # model_ms's boundary: the input is on the GPU before forward, the outputs stay there (TF32 convolutions
+    # on the GPU: tolerances of rounding, far below what a misbound tensor would give).
+    assert placed.value.device_name() == "cuda"
+    cuda.forward(placed)
+    assert [o.device_name() for o in placed.binding.get_outputs()] == ["cuda"]
+    found = failures(compare(cpu.predict(x), cuda.predict(x)), Tolerance(max_boxes_px=0.5, max_scores=1e-2))
+    assert found == []
+    cuda.close()
+
+
 # Graph replay runs the eager module's own kernels: boxes within a pixel's fraction, scores within rounding.
 GRAPH_TOLERANCE = {
     "fp32": Tolerance(max_boxes_px=1e-2, max_scores=1e-4),
