@@ -86,7 +86,7 @@ class TorchRunner:
 
 
 def set_cpu_threads(device: Any, threads: int) -> int | None:
-    """Pin PyTorch's CPU threads (0: one per core this process may use); ``None`` on GPU."""
+    """Set PyTorch's CPU thread count (0: one per core this process may use); ``None`` on GPU."""
     import torch
 
     if device.type != "cpu":

@@ -114,3 +114,89 @@ def test_pinned_cpus_pins_every_thread_and_restores():
     finally:
         release.set()
         started.join()
+
+
+class _FakeRunner:
+    """A runner that records whether it was closed, and refuses work after."""
+
+    def __init__(self, name: str, fail: bool = False) -> None:
+        from stages.backends.base import RunInfo
+
+        self.batch = self.max_batch = None
+        self.inputs, self.outputs = [], []
+        self.info = RunInfo(backend=name, provider="fake", device="cpu", precision="fp32", threads=1)
+        self.fail = fail
+        self.closed = False
+
+    def place(self, x):
+        return x
+
+    def forward(self, placed):
+        assert not self.closed, "a closed runner was used"
+        if self.fail:
+            raise RuntimeError("the runtime broke")
+        return placed
+
+    def predict(self, x):
+        return self.forward(x)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _stage(tmp_path, monkeypatch: pytest.MonkeyPatch, runners: dict[str, _FakeRunner]):
+    """``benchmark.run`` with its files faked and ``runners`` opened for the configured backends."""
+    from pathlib import Path
+
+    from stages.config import parse_params
+
+    params = parse_params(
+        {
+            "benchmark": {
+                "iterations": 3,
+                "warmup": 1,
+                "rounds": 2,
+                "sweep_iterations": 5,
+                "batch_sizes": [1, 2],
+                "threads": 1,
+                "backends": list(runners),
+                "auto_gpu": False,
+            }
+        }
+    )
+    cfg = benchmark.BenchmarkConfig.from_params(params, tmp_path)
+    for path in (cfg.model, cfg.onnx):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    written = {}
+    monkeypatch.setattr(benchmark, "read_json", lambda path, **kw: {"exported": True})
+    monkeypatch.setattr(benchmark, "onnx_input_batch", lambda path: None)
+    monkeypatch.setattr(benchmark, "validation_images", lambda data, count: [Path(f"{i}.jpg") for i in range(count)])
+    monkeypatch.setattr(benchmark, "load_inputs", lambda images, imgsz: np.zeros((len(images), 3, 8, 8), np.float32))
+    monkeypatch.setattr(benchmark, "read_prepared_yaml", lambda path: {"names": {0: "a"}})
+    monkeypatch.setattr(benchmark, "end_to_end", lambda runner, image, imgsz, classes: runner.predict(image))
+    monkeypatch.setattr(benchmark, "_open", lambda backend, cfg, deploy: runners[backend])
+    monkeypatch.setattr(benchmark, "write_outputs", lambda cfg, result: written.update(result=result))
+    return cfg, written
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux API")
+def test_the_stage_closes_every_runner_after_measuring_and_records_the_pinned_cpus(tmp_path, monkeypatch):
+    runners = {"onnxruntime-cpu": _FakeRunner("onnxruntime"), "pytorch-cpu": _FakeRunner("pytorch")}
+    cfg, written = _stage(tmp_path, monkeypatch, runners)
+    before = os.sched_getaffinity(0)
+    result = benchmark.run(cfg)
+    assert all(r.closed for r in runners.values())
+    assert os.sched_getaffinity(0) == before
+    for row in result.backends.values():
+        assert row.cpus == [min(before)] and row.sweep_iterations == 5
+        assert set(row.throughput_ips_by_batch) == {"1", "2"}
+    assert written["result"] is result
+
+
+def test_the_stage_closes_the_runners_it_opened_when_measuring_fails(tmp_path, monkeypatch):
+    runners = {"onnxruntime-cpu": _FakeRunner("onnxruntime"), "pytorch-cpu": _FakeRunner("pytorch", fail=True)}
+    cfg, _ = _stage(tmp_path, monkeypatch, runners)
+    with pytest.raises(RuntimeError, match="the runtime broke"):
+        benchmark.run(cfg)
+    assert all(r.closed for r in runners.values())
