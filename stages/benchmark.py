@@ -1,25 +1,35 @@
 """Stage ``benchmark``: latency percentiles and throughput of the model on every backend measured here.
 
 Every backend is opened through ``stages.backends`` and gets the same letterboxed validation images.
-Two figures per backend: ``model_ms``, one forward pass of one batch with the input already in the
-backend's memory where the backend allows (PyTorch and TensorRT on CUDA; ONNX Runtime copies from
-and to the host inside ``run``, which is included), and ``end_to_end_ms``, one image as an
-application runs it (decode, letterbox, forward, NMS). CUDA work is synchronised before the clock
-stops. What ran (provider, device, precision, pinned threads) is read back from the runtime.
+Two figures per backend: ``model_ms``, one forward pass of one batch, and ``end_to_end_ms``, one
+image as an application runs it (decode, letterbox, forward, NMS, without NMS's time limit).
+
+``model_ms`` has one boundary for every backend (:data:`MODEL_MS_BOUNDARY`): the batch is already in
+the runtime's memory before the clock starts (a CUDA tensor for PyTorch, an ``OrtValue`` bound
+through ONNX Runtime's ``IOBinding`` on the session's device, TensorRT's device buffer; host memory
+on the CPU), the outputs stay where the runtime wrote them, and CUDA work is synchronised before the
+clock stops: no host-device copy is timed. What ran (provider, device, precision, threads) is read
+back from the runtime; the process is pinned to the CPUs it records (:func:`pinned_cpus`).
 
 The measurement states its noise: ``benchmark.rounds`` rounds, the backends interleaved within
-each, so drift on the machine hits them all alike. A row's p50 is the median of its round p50s,
-``cv`` their spread; ``stable: 0`` (and a warning) when ``cv`` exceeds 0.10 or the p50 is more
-than 3 times the fastest call. Deploy artifacts that were not built or are not deployable are
-skipped with the reason.
+each, so drift on the machine hits them all alike. Every round, every timed step (the forward pass,
+end to end, each batch size of the throughput sweep) first runs ``benchmark.warmup`` untimed calls;
+then the forward pass and end to end are timed ``benchmark.iterations`` times, each batch size
+``benchmark.sweep_iterations`` times. Every percentile (p10, p50, p90, p99) is taken over every
+timed call of every round, pooled (:func:`summarise`); ``cv`` is the spread of the round medians.
+``stable: 0`` (and a warning) when ``cv`` exceeds 0.10 or the p50 is more than 3 times the fastest
+call; ``metrics/deployment.json`` flags such a row beside its number (``stages.summary``). Deploy
+artifacts that were not built or are not deployable are skipped with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,11 +45,25 @@ from stages.config import BenchmarkParams, Params
 from stages.datasets import read_prepared_yaml
 from stages.deploy.targets import TARGETS
 from stages.errors import BackendUnavailable, ConfigError, PipelineError
-from stages.inference import batches, detections, letterbox, load_inputs, onnx_input_batch, validation_images
+from stages.inference import (
+    batches,
+    cpu_threads,
+    detections,
+    letterbox,
+    load_inputs,
+    onnx_input_batch,
+    validation_images,
+)
 
 log = logging.getLogger(__name__)
 
 STAGE = "benchmark"
+MODEL_MS_BOUNDARY = (
+    "one forward pass of one batch already in the runtime's memory (CUDA rows: a device tensor, "
+    "ONNX Runtime's IOBinding on the device, TensorRT's device buffer), outputs left there, "
+    "CUDA synchronised before the clock stops; no host-device copy is timed"
+)
+PERCENTILES = "every percentile over every timed call of every round, pooled (numpy's linear interpolation)"
 GPU_BACKENDS = ("onnxruntime-cuda", "pytorch-cuda", "pytorch-cuda-graph", "pytorch-cuda-graph-fp32", "tensorrt")
 
 
@@ -94,10 +118,8 @@ class BenchmarkConfig(BaseModel):
 
 
 class Latency(BaseModel):
-    """Latency of one batch forward pass, in milliseconds.
-
-    ``p50`` is the median of the rounds' p50s; the other statistics are over every timed call.
-    """
+    """Latency of one batch forward pass, in milliseconds: every statistic over every timed call of every
+    round, pooled (:data:`PERCENTILES`)."""
 
     p50: float
     p10: float
@@ -120,16 +142,18 @@ class BenchmarkRow(BaseModel):
     imgsz: int
     threads: int | None
     iterations: int  # timed calls per round
-    warmup: int
+    warmup: int  # untimed calls before each timed step, every round
     rounds: int
+    sweep_iterations: int  # timed calls per batch size per round in the throughput sweep
     latency_ms: Latency
     model_ms: float  # the forward pass alone, input already in place: latency_ms.p50
     end_to_end_ms: float | None  # one image: decode, letterbox, forward, NMS (p50); None for a batch > 1 artifact
     round_p50_ms: list[float]
+    cpus: list[int] | None  # the CPUs the measuring process was pinned to (None: no affinity API here)
     cv: float  # spread of the round p50s: standard deviation / mean
     stable: int
     throughput_ips: float  # at benchmark.batch
-    throughput_ips_by_batch: dict[str, float]  # images/s per batch size the artifact takes (benchmark.batch_sizes)
+    throughput_ips_by_batch: dict[str, float]  # images/s per batch size the artifact takes: b / pooled p50 of its calls
 
 
 class BenchmarkResult(BaseModel):
@@ -143,26 +167,37 @@ class BenchmarkResult(BaseModel):
     backends: dict[str, BenchmarkRow]
     skipped: dict[str, str]
 
-    TEXT: ClassVar[set[str]] = {"backend", "provider", "device", "precision", "round_p50_ms"}
+    TEXT: ClassVar[set[str]] = {"backend", "provider", "device", "precision", "round_p50_ms", "cpus"}
 
     def metrics_record(self) -> dict[str, Any]:
         return {"backends": {k: r.model_dump(exclude=self.TEXT, exclude_none=True) for k, r in self.backends.items()}}
 
     def report_record(self) -> dict[str, Any]:
         rows = {k: r.model_dump(include=self.TEXT - {"backend"}) for k, r in self.backends.items()}
-        return {"backends": rows, "skipped": self.skipped}
+        return {
+            "backends": rows,
+            "skipped": self.skipped,
+            "unstable": sorted(k for k, r in self.backends.items() if not r.stable),
+            "model_ms": MODEL_MS_BOUNDARY,
+            "percentiles": PERCENTILES,
+        }
 
 
 MAX_CV = 0.10  # rounds whose p50s spread more than this are noise, not a measurement
 MAX_P50_OVER_MIN = 3.0  # a p50 this far above the fastest call: the machine was busy
 
 
-def summarise(samples_ms: list[float], round_p50s: list[float]) -> Latency:
-    """Percentiles, mean and spread of latency samples; ``p50`` is the median of the round p50s."""
+def summarise(samples_ms: list[float]) -> Latency:
+    """Percentiles, mean and spread of latency samples.
+
+    Every percentile has one definition: over ``samples_ms``, every timed call of every round pooled,
+    with numpy's linear interpolation. (A median of round medians for p50 beside pooled tails would
+    set p50 and p90 on different populations; the rounds' spread is :func:`stability`'s business.)
+    """
     a = np.asarray(samples_ms, dtype=np.float64)
-    p10, p90, p99 = np.percentile(a, [10, 90, 99])
+    p10, p50, p90, p99 = np.percentile(a, [10, 50, 90, 99])
     return Latency(
-        p50=round(float(np.median(round_p50s)), 4),
+        p50=round(float(p50), 4),
         p10=round(float(p10), 4),
         p90=round(float(p90), 4),
         p99=round(float(p99), 4),
@@ -236,6 +271,53 @@ def summary_latency(backends: dict[str, Any]) -> dict[str, float]:
         for row, numbers in backends.items()
         if row != REFERENCE_ROW and "model_ms" in numbers
     }
+
+
+def summary_unstable(backends: dict[str, Any]) -> list[str]:
+    """The rows of :func:`summary_latency` whose measurement was flagged ``stable: 0``, by summary name."""
+    return sorted(
+        summary_name(row)
+        for row, numbers in backends.items()
+        if row != REFERENCE_ROW and "model_ms" in numbers and numbers.get("stable") == 0
+    )
+
+
+def _tasks() -> list[int]:
+    """The ids of this process's threads (Linux)."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+@contextlib.contextmanager
+def pinned_cpus(threads: int) -> Iterator[list[int] | None]:
+    """Pin every thread of this process to ``threads`` of the CPUs it may use (0: all of them), then restore.
+
+    The lowest-numbered allowed CPUs are taken, so a rerun lands on the same cores. Threads that
+    exist now are pinned one by one (an affinity is per thread on Linux); threads started inside
+    (runtime thread pools created as runners open) inherit it. On leaving, every thread gets the
+    process's former CPUs back.
+
+    Yields:
+        The CPU ids pinned to (recorded in each row), or ``None`` where the OS offers no affinity
+        API (not Linux): then nothing is pinned and nothing is claimed.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    before = os.sched_getaffinity(0)
+    allowed = sorted(before)
+    cpus = allowed[: min(cpu_threads(threads), len(allowed))]
+    for tid in _tasks():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, cpus)
+    try:
+        yield cpus
+    finally:
+        for tid in _tasks():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, before)
 
 
 class _Timed:
@@ -334,24 +416,28 @@ class _Samples(BaseModel):
     calls: list[float] = []  # every model-step call, ms
     round_p50s: list[float] = []
     end_to_end: list[float] = []
-    batch_round_p50s: dict[int, list[float]] = {}  # other batch sizes: each round's p50 of one batch
+    batch_calls: dict[int, list[float]] = {}  # other batch sizes: every timed call of one batch, ms
 
 
 def _measure(timed: dict[str, _Timed], o: BenchmarkParams) -> dict[str, _Samples]:
-    """Time every backend, round by round, interleaved, so drift on the machine hits them all alike."""
+    """Time every backend, round by round, interleaved, so drift on the machine hits them all alike.
+
+    Every round, each step (forward pass, end to end, each batch size) runs ``o.warmup`` untimed
+    calls first: the backends before it in the round have evicted its caches, and a batch size's
+    first calls allocate. The forward pass and end to end are then timed ``o.iterations`` times,
+    each batch size ``o.sweep_iterations`` times.
+    """
     samples = {name: _Samples() for name in timed}
-    for round_index in range(o.rounds):
-        warmup = o.warmup if round_index == 0 else min(o.warmup, 2)
+    for _ in range(o.rounds):
         for name, t in timed.items():
             s = samples[name]
-            calls = time_calls(t.step, o.iterations, warmup)
+            calls = time_calls(t.step, o.iterations, o.warmup)
             s.calls.extend(calls)
             s.round_p50s.append(float(np.percentile(calls, 50)))
             if t.end_to_end is not None:
-                s.end_to_end.extend(time_calls(t.end_to_end, o.iterations, 1 if round_index == 0 else 0))
+                s.end_to_end.extend(time_calls(t.end_to_end, o.iterations, o.warmup))
             for b, step in t.batch_steps.items():
-                batch_calls = time_calls(step, max(3, o.iterations // b), 1 if round_index == 0 else 0)
-                s.batch_round_p50s.setdefault(b, []).append(float(np.percentile(batch_calls, 50)))
+                s.batch_calls.setdefault(b, []).extend(time_calls(step, o.sweep_iterations, o.warmup))
     return samples
 
 
@@ -402,22 +488,29 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
                 skipped[backend] = "not available on this machine"
 
     timed: dict[str, _Timed] = {}
-    for backend in wanted:
-        try:
-            runner = _open(backend, cfg, deploy)
-        except NotDeployable as exc:
-            skipped[backend] = str(exc)
-            log.warning("%s not measured: %s", backend, exc)
-            continue
-        timed[backend] = _Timed(runner, pool, images, cfg.imgsz, classes, o)
+    # Pinned before the runners open, so their thread pools start on the recorded CPUs; every runner is
+    # closed when measuring ends (sessions, device memory, CUDA graphs), also when it fails.
+    with pinned_cpus(o.threads) as cpus, contextlib.ExitStack() as opened:
+        for backend in wanted:
+            try:
+                runner = _open(backend, cfg, deploy)
+            except NotDeployable as exc:
+                skipped[backend] = str(exc)
+                log.warning("%s not measured: %s", backend, exc)
+                continue
+            opened.callback(runner.close)
+            timed[backend] = _Timed(runner, pool, images, cfg.imgsz, classes, o)
+        measured = _measure(timed, o)
+        infos = {backend: t.info for backend, t in timed.items()}
+        timed.clear()  # the placed batches (device memory) go before their runners close
 
     rows = []
-    for backend, s in _measure(timed, o).items():
-        info = timed[backend].info
-        latency = summarise(s.calls, s.round_p50s)
+    for backend, s in measured.items():
+        info = infos[backend]
+        latency = summarise(s.calls)
         cv, stable = stability(s.round_p50s, latency.p50, latency.min)
         by_batch = {o.batch: o.batch * 1e3 / latency.p50}
-        by_batch |= {b: b * 1e3 / float(np.median(p50s)) for b, p50s in s.batch_round_p50s.items()}
+        by_batch |= {b: b * 1e3 / float(np.percentile(calls, 50)) for b, calls in s.batch_calls.items()}
         row = BenchmarkRow(
             backend=backend,
             provider=info.provider,
@@ -429,10 +522,12 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
             iterations=o.iterations,
             warmup=o.warmup,
             rounds=o.rounds,
+            sweep_iterations=o.sweep_iterations,
             latency_ms=latency,
             model_ms=latency.p50,
             end_to_end_ms=round(float(np.median(s.end_to_end)), 4) if s.end_to_end else None,
             round_p50_ms=[round(p, 4) for p in s.round_p50s],
+            cpus=cpus,
             cv=cv,
             stable=int(stable),
             throughput_ips=round(o.batch * 1e3 / latency.p50, 2),
@@ -473,7 +568,8 @@ def write_outputs(cfg: BenchmarkConfig, result: BenchmarkResult) -> None:
     write_json(cfg.report, result.report_record())
     write_plots(result, cfg.latency_plot, cfg.throughput_plot)
     deploy = read_json(cfg.deploy_metrics, default=None)
-    write_json(cfg.deployment, summary.deployment(deploy, summary_latency(metrics["backends"])))
+    backends = metrics["backends"]
+    write_json(cfg.deployment, summary.deployment(deploy, summary_latency(backends), summary_unstable(backends)))
 
 
 def write_plots(result: BenchmarkResult, latency: Path, throughput: Path) -> None:

@@ -421,16 +421,26 @@ class EngineParams(_Section):
 class BenchmarkParams(_Section):
     """Latency and throughput measurement."""
 
-    iterations: int = Field(50, ge=1)
-    warmup: int = Field(10, ge=0)
+    iterations: int = Field(50, ge=1, description="timed forward passes (and end-to-end calls) per round")
+    warmup: int = Field(10, ge=0, description="untimed calls before each timed step, in every round")
     batch: int = Field(1, ge=1)
     threads: int = Field(
-        0, ge=0, description="CPU threads for CPU backends, pinned and recorded; 0: every core this process may use"
+        0,
+        ge=0,
+        description="CPU threads for CPU backends; the measuring process is pinned to that many CPUs (the "
+        "lowest-numbered it may use), recorded per row; 0: every core this process may use",
     )
-    rounds: int = Field(5, ge=1, description="interleaved rounds; a row's p50 is the median of its round p50s")
+    rounds: int = Field(
+        5,
+        ge=1,
+        description="interleaved rounds; percentiles pool every round's calls, cv is the spread of the round medians",
+    )
     batch_sizes: list[PositiveInt] = Field(
         default_factory=lambda: [1, 8],
         description="throughput in images/s per batch size, for every backend whose artifact takes that batch",
+    )
+    sweep_iterations: int = Field(
+        20, ge=5, description="timed calls per batch size per round in the throughput sweep (after `warmup`)"
     )
     backends: list[
         Literal[

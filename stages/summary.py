@@ -17,14 +17,17 @@ Keys, kept short because each is a column header:
 - ``deployment.json`` (``benchmark``): ``deployable``, how many deploy artifacts passed their
   accuracy gate; ``ms.<artifact>``, the forward pass's p50 latency (``model_ms``) of each deploy
   artifact on the CPU under the artifact's name (``onnx-fp32``, ``onnx-int8``, ...), GPU rows under
-  their benchmark row's name (``pytorch-cuda``, ``tensorrt``, ...); and ``mb.<artifact>``, each
-  deployable artifact's size in MB. The PyTorch checkpoint timed on the CPU is the reference, not a
-  deploy artifact: it stays in ``metrics/benchmark.json``.
+  their benchmark row's name (``pytorch-cuda``, ``tensorrt``, ...); ``unstable.<artifact>: 1``
+  beside the ``ms`` of each row the benchmark flagged as noise (``stable: 0``: its rounds disagreed,
+  or its p50 was far above its fastest call), absent for a stable row, so a noisy number never
+  reaches ``dvc exp show`` without its flag and a clean run adds no column; and ``mb.<artifact>``,
+  each deployable artifact's size in MB. The PyTorch checkpoint timed on the CPU is the reference,
+  not a deploy artifact: it stays in ``metrics/benchmark.json``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -46,22 +49,34 @@ def quality(evaluate: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def deployment(deploy: Mapping[str, Any] | None, latency_ms: Mapping[str, float]) -> dict[str, Any]:
+def deployment(
+    deploy: Mapping[str, Any] | None, latency_ms: Mapping[str, float], unstable: Iterable[str] = ()
+) -> dict[str, Any]:
     """The numbers of ``metrics/deployment.json``.
 
     Args:
         deploy: What ``metrics/deploy.json`` holds, or ``None`` when nothing was exported (failed gate).
         latency_ms: The p50 of each deploy artifact's forward pass, by its summary name
             (:func:`stages.benchmark.summary_latency`).
+        unstable: The names in ``latency_ms`` whose measurement was flagged as noise
+            (:func:`stages.benchmark.summary_unstable`).
 
     Returns:
-        How many artifacts are deployable, and the latency and size of each.
+        How many artifacts are deployable, the latency (with the noise flags) and size of each.
+
+    Raises:
+        ValueError: When an unstable name has no latency (a flag beside nothing).
     """
     artifacts = {name: m for name, m in (deploy or {}).items() if name != "pytorch"}
     deployable = {name: m for name, m in artifacts.items() if m.get("deployable")}
     summary: dict[str, Any] = {"deployable": len(deployable)}
     if latency_ms:
         summary["ms"] = dict(latency_ms)
+    flagged = sorted(set(unstable))
+    if set(flagged) - set(latency_ms):
+        raise ValueError(f"unstable rows without a latency: {sorted(set(flagged) - set(latency_ms))}")
+    if flagged:
+        summary["unstable"] = dict.fromkeys(flagged, 1)
     sizes = {name: m["size_mb"] for name, m in deployable.items() if m.get("size_mb") is not None}
     if sizes:
         summary["mb"] = sizes

@@ -47,7 +47,7 @@ def ir_precision(model: Any) -> str:
 
 
 class OpenVINORunner:
-    """A model compiled for the CPU with its precision pinned to f32 and its threads pinned."""
+    """A model compiled for the CPU with its precision pinned to f32 and its thread count set (and recorded)."""
 
     def __init__(self, path: Path, threads: int) -> None:
         ov = _openvino()
@@ -85,7 +85,9 @@ class OpenVINORunner:
         return np.asarray(result[self.compiled.outputs[0]], dtype=np.float32)
 
     def close(self) -> None:
-        del self.request, self.compiled
+        """Release the infer request and the compiled model (its weights and thread streams)."""
+        self.request = None
+        self.compiled = None
 
 
 def _meta(port: Any) -> TensorMeta:

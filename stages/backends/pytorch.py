@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,17 @@ class TorchRunner:
         return out.float().cpu().numpy()
 
     def close(self) -> None:
-        del self.module
+        """Drop the module and, on CUDA, hand its cached device memory back (the benchmark opens many runners)."""
+        self.module = None
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
 
 def set_cpu_threads(device: Any, threads: int) -> int | None:
-    """Pin PyTorch's CPU threads (0: one per core this process may use); ``None`` on GPU."""
+    """Set PyTorch's CPU thread count (0: one per core this process may use); ``None`` on GPU."""
     import torch
 
     if device.type != "cpu":
@@ -105,42 +112,79 @@ def load(path: Path, *, device: str, precision: Precision, threads: int, workspa
     return TorchRunner(module, dev, precision, describe("pytorch", dev, precision, used))
 
 
+def static_state(module: Any) -> list[Any]:
+    """Every tensor ``module``'s submodules hold as a plain attribute: not a parameter or buffer, but
+    state a forward pass builds and keeps (Ultralytics' Detect head: ``anchors``, ``strides``).
+
+    A captured CUDA graph reads such tensors by address. The head replaces them (new tensors) whenever
+    the input shape changes, which frees the old ones; a graph captured for the old shape would then
+    read freed memory, which the next capture's ``empty_cache`` hands back to the driver or another
+    allocation reuses. Holding the tensors each capture saw keeps every graph's inputs alive.
+    """
+    import torch
+
+    held = []
+    for sub in module.modules():
+        for value in vars(sub).values():
+            items = value if isinstance(value, (tuple, list)) else (value,)
+            held.extend(v for v in items if isinstance(v, torch.Tensor))
+    return held
+
+
+@dataclass(frozen=True)
+class Captured:
+    """One input shape's CUDA graph, its static input and output, and the module state it reads."""
+
+    graph: Any
+    static_in: Any
+    static_out: Any
+    state: list[Any]  # the tensors the module held at capture (static_state): kept alive with the graph
+
+
 class CudaGraphRunner(TorchRunner):
     """The eager module's forward pass captured once per input shape in a CUDA graph, then replayed.
 
     At batch 1 a small detector is about a hundred short kernels, each paying its launch cost; a
     replayed graph launches them as one. The input is copied into the graph's static buffer and the
-    output is the graph's static tensor (valid until the next call).
+    output is the graph's static tensor (valid until the next call). Each shape's graph keeps the
+    module state it was captured with (:func:`static_state`), so capturing a second shape (the
+    benchmark's batch sweep: 1 and 8) leaves the first graph's anchors where it reads them.
     """
 
     def __init__(self, module: Any, device: Any, precision: str, info: RunInfo) -> None:
         super().__init__(module, device, precision, info)
-        self.graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+        self.graphs: dict[tuple[int, ...], Captured] = {}
 
-    def _capture(self, placed: Any) -> tuple[Any, Any, Any]:
+    def _capture(self, placed: Any) -> Captured:
         import torch
 
         static_in = placed.clone()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(3):  # warm up on a side stream, as capture requires (allocator, lazy init)
+            # Warm up on a side stream, as capture requires (allocator, lazy init); the head also builds
+            # its anchors for this shape here, outside the graph, so capture reads them as they stand.
+            for _ in range(3):
                 self.module(static_in)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.inference_mode():
             static_out = self.module(static_in)
-        return graph, static_in, static_out
+        return Captured(graph, static_in, static_out, static_state(self.module))
 
     def forward(self, placed: Any) -> Any:
         key = tuple(placed.shape)
         if key not in self.graphs:
             self.graphs[key] = self._capture(placed)
-        graph, static_in, static_out = self.graphs[key]
-        static_in.copy_(placed)
-        graph.replay()
+        captured = self.graphs[key]
+        captured.static_in.copy_(placed)
+        captured.graph.replay()
         self.sync()
-        return static_out
+        return captured.static_out
+
+    def close(self) -> None:
+        self.graphs.clear()  # graphs first: their memory pools go back before the module's tensors
+        super().close()
 
 
 def load_graph(path: Path, *, device: str, precision: Precision, threads: int, workspace: Path) -> CudaGraphRunner:

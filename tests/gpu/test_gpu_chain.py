@@ -75,6 +75,9 @@ def test_gpu_backends_are_benchmarked(gpu_workspace):
     assert "pytorch-cuda" in backends
     assert backends["pytorch-cuda"].device.startswith("cuda:0")
     assert backends["pytorch-cuda"].latency_ms.p50 > 0
+    # benchmark.batch_sizes [1, 8] captures a CUDA graph per batch size in one runner (issue 20, item 5).
+    for graph_row in ("pytorch-cuda-graph", "pytorch-cuda-graph-fp32"):
+        assert set(backends[graph_row].throughput_ips_by_batch) == {"1", "8"}, graph_row
     if engine.status == "built":
         assert "tensorrt" in backends
     else:
