@@ -1,6 +1,6 @@
-"""GPU tier: deploy backends on CUDA (PyTorch FP16, ONNX Runtime CUDA) and a TensorRT engine built here.
+"""GPU tier: deploy backends on CUDA (PyTorch FP16, ONNX Runtime CUDA, CUDA graphs).
 
-Skipped without CUDA; the TensorRT tests also without the ``tensorrt`` package (the ``gpu`` extra).
+Skipped without CUDA. TensorRT engines are tested in ``test_tensorrt_gpu.py``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,6 @@ pytestmark = [
 IMGSZ = 160
 
 
-def _tensorrt_missing() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as exc:
-        return f"TensorRT is not installed ({exc}); the 'gpu' extra brings it"
-    return None
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return tiny_yolo_export(tmp_path_factory.mktemp("gpu-deploy"), IMGSZ)
@@ -46,37 +38,6 @@ def test_pytorch_fp16_on_cuda_matches_fp32(model):
     x = _inputs()
     ref, half = predict_all(fp32, x), predict_all(fp16, x)
     assert failures(compare(ref, half), Tolerance(max_scores=2e-2)) == []
-
-
-@pytest.mark.skipif(_tensorrt_missing() is not None, reason=_tensorrt_missing() or "")
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_tensorrt_engine_builds_runs_and_checks_its_sidecar(model, tmp_path, precision):
-    from stages.backends import tensorrt as trt_backend
-
-    prepared = trt_backend.engine_onnx(model["onnx"], precision, tmp_path / f"model.{precision}.onnx")
-    engine = tmp_path / "model.engine"
-    cache = tmp_path / "timing.cache"
-    sidecar = trt_backend.build(
-        prepared,
-        engine,
-        precision=precision,
-        batch_sizes=[1],
-        workspace_gib=1.0,
-        timing_cache=cache,
-        source_onnx=model["onnx"],
-    )
-    assert cache.stat().st_size > 0 and trt_backend.sidecar_path(engine).is_file()
-    runner = open_runner("tensorrt", engine, workspace=model["root"], device="cuda", precision=precision)
-    assert runner.info.precision == precision and runner.batch == 1
-    reference = predict_all(open_runner("onnxruntime", model["onnx"], workspace=model["root"]), _inputs())
-    np.testing.assert_allclose(predict_all(runner, _inputs()), reference, atol=1e-3 if precision == "fp32" else 5e-2)
-    # An engine from another TensorRT is refused, naming the difference.
-    moved = sidecar.model_copy(update={"tensorrt": "0.0.1"})
-    trt_backend.sidecar_path(engine).write_text(moved.model_dump_json())
-    from stages.errors import BackendUnavailable
-
-    with pytest.raises(BackendUnavailable, match=r"built with TensorRT 0\.0\.1"):
-        open_runner("tensorrt", engine, workspace=model["root"], device="cuda", precision=precision)
 
 
 def _ort_cuda_missing() -> str | None:
