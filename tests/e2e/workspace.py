@@ -45,7 +45,7 @@ TINY = {
     "train": {"epochs": 1, "imgsz": 64, "batch": 8},
     "evaluate": {"min_map50": 0.0, "min_map50_95": 0.0, "batch": 8},
     "export": {"parity_images": 4},
-    "benchmark": {"iterations": 5, "warmup": 1, "rounds": 3},
+    "benchmark": {"iterations": 5, "warmup": 1, "rounds": 3, "sweep_iterations": 5},
 }
 
 
