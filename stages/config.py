@@ -28,6 +28,8 @@ from pydantic import (
 from stages.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+# OmegaConf's interpolation (``${oc.env:NAME}``, ``${other.key}``): never allowed in a params value.
+INTERPOLATION = "${"
 # Sections that shape the pipeline's outputs (the model card prints these). `promote` and
 # `orchestration` steer what happens around the pipeline and never change an output of dvc repro.
 PIPELINE_SECTIONS = (
@@ -805,6 +807,26 @@ def _suggestion(loc: tuple[int | str, ...]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def _first_interpolation(data: Any, where: tuple[str, ...]) -> tuple[str, str] | None:
+    """The first dotted key (list items by index) whose value or name holds ``${``, with that text."""
+    if isinstance(data, dict):
+        for name, value in data.items():
+            key = (*where, str(name))
+            if INTERPOLATION in str(name):
+                return ".".join(key), str(name)
+            found = _first_interpolation(value, key)
+            if found:
+                return found
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found = _first_interpolation(value, (*where, str(index)))
+            if found:
+                return found
+    elif isinstance(data, str) and INTERPOLATION in data:
+        return ".".join(where), data
+    return None
+
+
 def parse_params(data: Any, source: Path | str = DEFAULT_PARAMS) -> Params:
     """Validate already-loaded params data.
 
@@ -816,12 +838,24 @@ def parse_params(data: Any, source: Path | str = DEFAULT_PARAMS) -> Params:
         The validated params.
 
     Raises:
-        ConfigError: When a key is unknown or a value is invalid; names the key and the file.
+        ConfigError: When a key is unknown, a value is invalid or holds an interpolation (``${``);
+            names the key and the file.
     """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping of sections", path=source)
+    interpolated = _first_interpolation(data, ())
+    if interpolated is not None:
+        key, value = interpolated
+        raise ConfigError(
+            f"'{key}' holds {value!r}: '${{' starts an interpolation, which DVC resolves through OmegaConf when "
+            "it rewrites this file (dvc exp run --set-param, every tuning trial), e.g. ${oc.env:...} copies an "
+            "environment variable (a secret) into params.yaml and the experiment's commit; an escaped \\${ comes "
+            "back unescaped after one such rewrite, so '${' may not appear at all",
+            path=source,
+            key=key,
+        )
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
