@@ -218,8 +218,11 @@ class PathsParams(_Section):
             )
         inside = _parts(path.relative_to(workspace).as_posix())
         reserved = _reserved(inside) if inside else "is the workspace itself"
-        if not reserved and _overlap(inside, _parts(self.dataset)):
-            reserved = f"overlaps paths.dataset ({self.dataset})"
+        if not reserved and inside != _parts(getattr(self, name)):
+            # A link followed: where it leads must keep apart from every other entry, too.
+            reserved = next(
+                (f"overlaps paths.{o} ({v})" for o, v in self if o != name and _overlap(inside, _parts(v))), ""
+            )
         if not reserved:
             dataset = (root / self.dataset).resolve()
             if path == dataset or dataset in path.parents or path in dataset.parents:

@@ -82,7 +82,10 @@ def test_a_link_out_of_the_workspace_is_refused_at_resolution(tmp_path: Path):
     assert err.value.key == "paths.model"
 
 
-@pytest.mark.parametrize(("link", "target"), [("models/production", ".dvc"), ("models/production", "data")])
+@pytest.mark.parametrize(
+    ("link", "target"),
+    [("models/production", ".dvc"), ("models/production", "data"), ("models/production", "models/deploy")],
+)
 def test_a_link_to_what_the_project_needs_is_refused_at_resolution(tmp_path: Path, link: str, target: str):
     root = workspace(tmp_path)
     (root / link).symlink_to(root / target)
