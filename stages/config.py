@@ -28,6 +28,8 @@ from pydantic import (
 from stages.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+# OmegaConf's interpolation (``${oc.env:NAME}``, ``${other.key}``): never allowed in a params value.
+INTERPOLATION = "${"
 # Sections that shape the pipeline's outputs (the model card prints these). `promote` and
 # `orchestration` steer what happens around the pipeline and never change an output of dvc repro.
 PIPELINE_SECTIONS = (
@@ -60,6 +62,62 @@ def relative_inside_workspace(value: str) -> str:
     if path.is_absolute() or ".." in path.parts or not path.parts:
         raise ValueError(f"must be a relative path inside the workspace, got {value!r}")
     return value
+
+
+# The entries of ``paths`` that stages only read; every other one is written (an output).
+INPUT_KEYS = frozenset({"dataset", "weights"})
+# What no output may be, hold or lie in, at the top of the workspace: DVC's and git's folders and the
+# code and project files. An output there would be deleted or replaced by DVC or by promotion.
+RESERVED = frozenset(
+    {
+        ".dvc",
+        ".git",
+        ".github",
+        ".ci",
+        ".venv",
+        ".dvcignore",
+        ".gitignore",
+        "dvc.yaml",
+        "dvc.lock",
+        "params.yaml",
+        "pyproject.toml",
+        "makefile",
+        "readme.md",
+        "prefect.yaml",
+        "prefect.toml",
+        "stages",
+        "flows",
+        "tests",
+        "scripts",
+        "benchmarks",
+    }
+)
+
+
+class KeyedValueError(ValueError):
+    """A refused value found by a check across keys, with the key at fault (the error names it)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+def _parts(value: str) -> tuple[str, ...]:
+    """The parts of a relative path, case-folded (a case-insensitive disk makes ``Data`` ``data``)."""
+    return tuple(part.casefold() for part in PurePosixPath(value).parts)
+
+
+def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether one of two paths is the other or lies inside it."""
+    shorter = min(len(a), len(b))
+    return a[:shorter] == b[:shorter]
+
+
+def _reserved(parts: tuple[str, ...]) -> str:
+    """Why an output at ``parts`` would destroy the project (``""`` when it would not)."""
+    if parts and parts[0] in RESERVED:
+        return f"lies in or is '{parts[0]}', which belongs to the project (DVC, git or the code)"
+    return ""
 
 
 class PathsParams(_Section):
@@ -110,20 +168,70 @@ class PathsParams(_Section):
         return relative_inside_workspace(value)
 
     @model_validator(mode="after")
-    def _outputs_outside_dataset(self) -> PathsParams:
-        # The input dataset is never modified: no output may live inside it.
-        dataset = PurePosixPath(self.dataset)
-        for name, value in self:
-            if name in {"dataset"}:
-                continue
-            path = PurePosixPath(value)
-            if path == dataset or dataset in path.parents:
-                raise ValueError(f"paths.{name} ({value}) lies inside paths.dataset ({self.dataset})")
+    def _outputs_apart(self) -> PathsParams:
+        # Outputs are replaced, renamed or deleted as a whole (DVC removes a stage's outputs before
+        # running it, promotion swaps a folder): an output that is, holds or lies in another entry,
+        # the dataset, DVC's or git's folder or the code would take that with it.
+        entries = {name: _parts(value) for name, value in self}
+        dataset = entries["dataset"]
+        fields = type(self).model_fields
+        # The keys changed from their defaults first: when two overlap, the changed one is at fault.
+        outputs = sorted(
+            (n for n in entries if n not in INPUT_KEYS), key=lambda n: getattr(self, n) == fields[n].default
+        )
+        for name in outputs:
+            path = entries[name]
+            if _overlap(path, dataset):
+                where = "lies inside" if len(path) >= len(dataset) else "holds"
+                raise KeyedValueError(
+                    f"paths.{name}", f"paths.{name} ({getattr(self, name)}) {where} paths.dataset ({self.dataset})"
+                )
+            reserved = _reserved(path)
+            if reserved:
+                raise KeyedValueError(f"paths.{name}", f"paths.{name} ({getattr(self, name)}) {reserved}")
+            for other, other_path in entries.items():
+                if other != name and _overlap(path, other_path):
+                    raise KeyedValueError(
+                        f"paths.{name}",
+                        f"paths.{name} ({getattr(self, name)}) overlaps paths.{other} ({getattr(self, other)}): "
+                        "replacing one would delete the other",
+                    )
         return self
 
     def resolve(self, name: str, root: Path) -> Path:
-        """Absolute path of the entry ``name`` under the workspace ``root``."""
-        return (root / getattr(self, name)).resolve()
+        """Absolute path of the entry ``name`` under the workspace ``root``, links followed.
+
+        Raises:
+            ConfigError: When ``name`` is an output and, once links are followed, lies outside
+                ``root`` or in a place no output may be (``.dvc``, ``.git``, the code, the dataset).
+        """
+        path = (root / getattr(self, name)).resolve()
+        if name in INPUT_KEYS:
+            return path  # inputs are only read: a dataset linked in from a larger disk is fine
+        workspace = root.resolve()
+        key = f"paths.{name}"
+        if not path.is_relative_to(workspace):
+            raise ConfigError(
+                f"{key} ({getattr(self, name)}) leads outside the workspace ({workspace}) through a link, "
+                f"to {path}: outputs are replaced and deleted, so they must stay inside",
+                key=key,
+            )
+        inside = _parts(path.relative_to(workspace).as_posix())
+        reserved = _reserved(inside) if inside else "is the workspace itself"
+        if not reserved and inside != _parts(getattr(self, name)):
+            # A link followed: where it leads must keep apart from every other entry, too.
+            reserved = next(
+                (f"overlaps paths.{o} ({v})" for o, v in self if o != name and _overlap(inside, _parts(v))), ""
+            )
+        if not reserved:
+            dataset = (root / self.dataset).resolve()
+            if path == dataset or dataset in path.parents or path in dataset.parents:
+                reserved = f"overlaps paths.dataset ({self.dataset}, {dataset})"
+        if reserved:
+            raise ConfigError(
+                f"{key} ({getattr(self, name)}) leads through a link to {path}, which {reserved}", key=key
+            )
+        return path
 
     def onnx_model(self, root: Path) -> Path:
         """The exported ONNX model in ``deploy_dir`` (absent when a failed gate stopped the export)."""
@@ -718,6 +826,26 @@ def _suggestion(loc: tuple[int | str, ...]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def _first_interpolation(data: Any, where: tuple[str, ...]) -> tuple[str, str] | None:
+    """The first dotted key (list items by index) whose value or name holds ``${``, with that text."""
+    if isinstance(data, dict):
+        for name, value in data.items():
+            key = (*where, str(name))
+            if INTERPOLATION in str(name):
+                return ".".join(key), str(name)
+            found = _first_interpolation(value, key)
+            if found:
+                return found
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found = _first_interpolation(value, (*where, str(index)))
+            if found:
+                return found
+    elif isinstance(data, str) and INTERPOLATION in data:
+        return ".".join(where), data
+    return None
+
+
 def parse_params(data: Any, source: Path | str = DEFAULT_PARAMS) -> Params:
     """Validate already-loaded params data.
 
@@ -729,12 +857,24 @@ def parse_params(data: Any, source: Path | str = DEFAULT_PARAMS) -> Params:
         The validated params.
 
     Raises:
-        ConfigError: When a key is unknown or a value is invalid; names the key and the file.
+        ConfigError: When a key is unknown, a value is invalid or holds an interpolation (``${``);
+            names the key and the file.
     """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping of sections", path=source)
+    interpolated = _first_interpolation(data, ())
+    if interpolated is not None:
+        key, value = interpolated
+        raise ConfigError(
+            f"'{key}' holds {value!r}: '${{' starts an interpolation, which DVC resolves through OmegaConf when "
+            "it rewrites this file (dvc exp run --set-param, every tuning trial), e.g. ${oc.env:...} copies an "
+            "environment variable (a secret) into params.yaml and the experiment's commit; an escaped \\${ comes "
+            "back unescaped after one such rewrite, so '${' may not appear at all",
+            path=source,
+            key=key,
+        )
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
@@ -742,6 +882,9 @@ def parse_params(data: Any, source: Path | str = DEFAULT_PARAMS) -> Params:
         first_key = None
         for err in exc.errors():
             key = ".".join(str(part) for part in err["loc"])
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, KeyedValueError):
+                key = cause.key
             first_key = first_key or key
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown key '{key}'{_suggestion(err['loc'])}")

@@ -9,6 +9,12 @@ trained (``stages.training.trainer.PipelineTrainer`` applies it, in every launch
 ``~/.config/Ultralytics`` is never read or written. Every launched training process imports Ultralytics
 at once and the nodes may share the workspace, so one process at a time imports it and writes there
 (a lock file in the folder), and fonts arrive whole (written aside, then renamed).
+
+Checkpoints are loaded with Ultralytics' safe loading (``ULTRALYTICS_SAFE_LOAD``: ``torch.load`` with
+``weights_only=True`` against its allow-list of model classes), in every process that imports it here:
+``models/best.pt`` and production come from the DVC remote, and an ordinary unpickle of a file from
+there would run whatever code its author put in it. :func:`load_checkpoint` is that load for the
+pipeline's own reads of a checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from stages.errors import ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,13 @@ _SETTINGS_OFF = {
 }
 
 
+SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
+
+
+class UnsafeCheckpoint(PipelineError):
+    """A checkpoint refused by the safe loading: it names something outside Ultralytics' allow-list."""
+
+
 def ultralytics_config_dir(workspace: Path) -> Path:
     """The project-local folder that holds Ultralytics' settings, fonts and caches."""
     return workspace / ".cache" / "ultralytics"
@@ -57,6 +72,7 @@ def offline_environment(workspace: Path) -> dict[str, str]:
         "YOLO_AUTOINSTALL": "false",
         "MPLBACKEND": "Agg",
         "ORT_DISABLE_TELEMETRY": "1",  # ONNX Runtime's usage telemetry (stages/__init__.py)
+        SAFE_LOAD_ENV: "1",  # weights_only checkpoint loads, inherited by every process started from here
     }
 
 
@@ -134,10 +150,16 @@ def import_ultralytics(workspace: Path) -> ModuleType:
             log.debug("ultralytics already imported with YOLO_CONFIG_DIR=%s; keeping it", current)
     else:
         os.environ.update(offline_environment(workspace))
+    # Also when Ultralytics is already imported (its flag was read then): the processes it starts
+    # inherit the variable, and this one gets the flag set below.
+    os.environ[SAFE_LOAD_ENV] = "1"
 
     with _one_writer(config_dir):
         import ultralytics
+        from ultralytics.nn import tasks
         from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+        _require_safe_load(tasks)
 
         for name in _place_fonts(Path(USER_CONFIG_DIR)):
             log.debug("placed font %s in %s", name, USER_CONFIG_DIR)
@@ -152,6 +174,74 @@ def import_ultralytics(workspace: Path) -> ModuleType:
             SETTINGS.update(wanted)
             log.debug("wrote Ultralytics settings %s", SETTINGS.file)
     return ultralytics
+
+
+def _require_safe_load(tasks: ModuleType) -> None:
+    """Turn on Ultralytics' safe loading in this process, whatever the environment was at its import.
+
+    Ultralytics reads ``ULTRALYTICS_SAFE_LOAD`` once, into ``ultralytics.utils.SAFE_LOAD`` and the copy
+    ``ultralytics.nn.tasks`` imported; every model load (``YOLO(path)``, a trainer's weights, a resume)
+    goes through ``tasks.torch_safe_load``, which reads the latter.
+
+    Raises:
+        ConfigError: When this Ultralytics or torch cannot load safely (torch older than 2.6, or an
+            Ultralytics without the flag): the pipeline refuses to unpickle checkpoints unchecked.
+    """
+    import ultralytics
+    import ultralytics.utils
+
+    if not hasattr(tasks, "SAFE_LOAD") or not getattr(getattr(tasks, "_SafeLoad", None), "SUPPORTED", False):
+        raise ConfigError(
+            f"Ultralytics {ultralytics.__version__} with torch {ultralytics.utils.TORCH_VERSION} cannot load "
+            "checkpoints with weights_only=True (ULTRALYTICS_SAFE_LOAD needs torch >= 2.6); refusing to unpickle "
+            "model files unchecked"
+        )
+    ultralytics.utils.SAFE_LOAD = True
+    tasks.SAFE_LOAD = True
+
+
+def load_checkpoint(path: Path) -> Any:
+    """An Ultralytics checkpoint loaded safely: ``weights_only=True`` against Ultralytics' allow-list.
+
+    Ultralytics must have been imported through :func:`import_ultralytics`.
+
+    Args:
+        path: The ``.pt`` file.
+
+    Returns:
+        What the file holds (a checkpoint dict for Ultralytics' own files).
+
+    Raises:
+        UnsafeCheckpoint: When the file names a function or class outside the allow-list (a crafted
+            pickle, or a format this Ultralytics does not know); nothing of it was run.
+        TypeError: When the file is empty, cut short or no checkpoint at all (Ultralytics' message).
+    """
+    import pickle
+
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        ckpt, _ = torch_safe_load(str(path), safe_only=True)
+    except TypeError as exc:
+        if isinstance(exc.__cause__, pickle.UnpicklingError) and "Weights only load failed" in str(exc.__cause__):
+            raise UnsafeCheckpoint(
+                f"refused to load: it names something outside Ultralytics' allow-list of checkpoint contents "
+                f"({_unsupported_global(str(exc.__cause__))}); a file from someone else could run code when "
+                "unpickled. Delete it, or replace it with a checkpoint trained by this pipeline",
+                path=path,
+            ) from None
+        raise
+    return ckpt
+
+
+def _unsupported_global(message: str) -> str:
+    """The global torch's weights_only unpickler refused, from its message (or the message's first line)."""
+    # torch words it "Unsupported global: GLOBAL x.y" or "Trying to load unsupported GLOBAL x.y whose
+    # module x is blocked"; its advice to retry with weights_only=False is left out on purpose.
+    for line in message.splitlines():
+        if "unsupported global" in line.casefold() or "unsupported operand" in line.casefold():
+            return line.strip().removeprefix("WeightsUnpickler error: ").rstrip(".")
+    return "a global torch's weights_only loading does not accept"
 
 
 def _amp_outputs_close(model: Any) -> bool:

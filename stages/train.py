@@ -24,6 +24,7 @@ outputs of the last good run, which DVC removed before starting the stage.
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import re
 import shutil
@@ -267,15 +268,58 @@ def _publish(run_dir: Path, cfg: TrainConfig) -> tuple[list[dict[str, float]], l
     write_curves(merged, cfg.curves)
     lr = lr_rows(rows)
     write_text(cfg.lr_curves, "epoch,group,lr\n" + "".join(f"{r['epoch']},{r['group']},{r['lr']}\n" for r in lr))
+    # Written aside and renamed: the previous outputs stay whole until the new ones are, and a
+    # previous file restored as a link to DVC's cache (stages.recorded_outputs) is replaced, never
+    # written through (that would change the cache object).
     cfg.best.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, cfg.best)
-    if cfg.run_dir.exists():
-        shutil.rmtree(cfg.run_dir)
-    cfg.run_dir.mkdir(parents=True)
-    for name in RUN_RECORD:
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, cfg.run_dir / name)
+    partial = cfg.best.parent / f".{cfg.best.name}.partial"
+    try:
+        shutil.copyfile(best, partial)
+        partial.replace(cfg.best)
+    finally:
+        partial.unlink(missing_ok=True)
+    record = cfg.run_dir.parent / f".{cfg.run_dir.name}.partial"
+    shutil.rmtree(record, ignore_errors=True)
+    try:
+        record.mkdir(parents=True)
+        for name in RUN_RECORD:
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, record / name)
+        if cfg.run_dir.exists():
+            shutil.rmtree(cfg.run_dir)
+        record.rename(cfg.run_dir)
+    finally:
+        shutil.rmtree(record, ignore_errors=True)
     return rows, stats
+
+
+def _no_space(error: BaseException) -> OSError | None:
+    """The "no space left on device" error behind ``error`` (itself, its cause or its context), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _no_space_message(error: OSError, cfg: TrainConfig) -> str:
+    """Which file could not be written and how much space was left, for the first line of the failure."""
+    where = Path(error.filename) if error.filename else None
+    if where is None and error.strerror and " not written" in error.strerror:
+        # The checkpoint writer's own words name the file and the space left (stages.training.trainer).
+        return f"no space left on device: {error.strerror}"
+    what = f"writing {where}" if where else str(error.strerror or error)
+    probe = where.parent if where is not None else cfg.runs
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free in {probe}"
+    except OSError as usage_error:
+        free = f"free space in {probe} unknown ({usage_error.strerror})"
+    return f"no space left on device: {what}; {free}"
 
 
 def run(cfg: TrainConfig) -> TrainResult:
@@ -310,11 +354,28 @@ def _run(cfg: TrainConfig) -> TrainResult:
     try:
         resumed_after, starts = _train(cfg, model_source, run_dir, fingerprint)
         rows, stats = _publish(run_dir, cfg)
-    except BaseException:
-        # The checkpoint stays for a resume; the workspace gets the last good results back.
+    except BaseException as error:
+        # Said first, before anything else is tried: what could not be written and the space left.
+        full = _no_space(error)
+        if full is not None:
+            message = _no_space_message(full, cfg)
+            log.error("training stopped: %s", message)
+        # The checkpoint stays for a resume; the workspace gets the last good results back (as links
+        # to DVC's cache: no space needed).
         restored = restore_recorded_outputs(cfg.workspace, STAGE)
         if restored:
             log.error("training failed; restored the last good outputs: %s", ", ".join(restored))
+        if full is not None:
+            kept = (
+                f"the last good outputs were put back ({', '.join(restored)})"
+                if restored
+                else "the outputs already in the workspace are untouched"
+            )
+            raise TrainingError(
+                f"{message}; {kept}; free space and run 'dvc repro' again (training resumes from its last checkpoint)",
+                stage=STAGE,
+                path=Path(full.filename) if full.filename else None,
+            ) from error
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -156,17 +156,21 @@ def read_spec(path: Path) -> LaunchSpec:
 def checkpoint_epochs(path: Path) -> int | None:
     """Epochs an Ultralytics checkpoint has completed, or ``None`` when the file cannot be read whole.
 
-    Loaded with ``weights_only=False`` as Ultralytics loads it: the run folder is this node's own,
-    written by its own training.
+    Loaded with Ultralytics' safe loading (``stages.runtime.load_checkpoint``), as every checkpoint
+    is: the run folder may be shared between nodes, and a resume loads the file anyway.
 
     Its ``epoch`` is 0-based, and -1 once the run finished (the optimizer stripped).
+
+    Raises:
+        UnsafeCheckpoint: When the file names something outside Ultralytics' allow-list (never run).
     """
-    import torch
+    from stages.runtime import load_checkpoint
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        # A zip archive cut short ("PytorchStreamReader failed reading zip archive") or an empty file.
+        ckpt = load_checkpoint(path)
+    except (TypeError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        # A zip archive cut short ("PytorchStreamReader failed reading zip archive") or an empty file:
+        # Ultralytics reports those as a TypeError ("not a loadable checkpoint").
         log.warning("checkpoint %s cannot be read (%s: %s)", path, type(exc).__name__, str(exc).splitlines()[0])
         return None
     return int(ckpt.get("epoch", -1)) + 1 if isinstance(ckpt, dict) else None

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from stages.config import parse_params
-from stages.errors import DatasetError
+from stages.errors import ConfigError, DatasetError
 from stages.prepare import PrepareConfig, checked_target, hash_split, run
 from stages.sample_data import SampleSpec, generate
 from tests.conftest import tree_digest
@@ -119,9 +119,13 @@ def test_prepared_folder_holding_other_files_is_never_emptied(dataset: Path):
 def test_prepared_folder_holding_the_dataset_is_refused(dataset: Path):
     """paths.prepared: data would delete data/dataset, the input, before writing into it."""
     before = tree_digest(dataset / "data" / "dataset")
-    params = parse_params({"paths": {"prepared": "data"}})
-    with pytest.raises(DatasetError, match="overlap"):
-        run(PrepareConfig.from_params(params, dataset))
+    with pytest.raises(ConfigError, match=r"paths\.prepared \(data\) holds paths\.dataset") as err:
+        run(PrepareConfig.from_params(parse_params({"paths": {"prepared": "data"}}), dataset))
+    assert err.value.key == "paths.prepared"
+    # The same through a link: data/prepared pointing at the dataset is refused when resolved.
+    (dataset / "data" / "prepared").symlink_to(dataset / "data" / "dataset")
+    with pytest.raises(ConfigError, match=r"overlaps paths\.dataset"):
+        run(PrepareConfig.from_params(parse_params({}), dataset))
     assert tree_digest(dataset / "data" / "dataset") == before
 
 

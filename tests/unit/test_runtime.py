@@ -22,7 +22,10 @@ print(json.dumps({
     "config_dir": str(USER_CONFIG_DIR),
     "sync": SETTINGS["sync"],
     "font": str(check_font("Arial.ttf")),
-    "environ": {k: os.environ.get(k) for k in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "MPLBACKEND")},
+    "environ": {k: os.environ.get(k) for k in (
+        "YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "MPLBACKEND", "ULTRALYTICS_SAFE_LOAD"
+    )},
+    "safe_load": __import__("ultralytics.nn.tasks").nn.tasks.SAFE_LOAD,
 }))
 """
 
@@ -30,7 +33,7 @@ print(json.dumps({
 def test_ultralytics_runs_offline_with_project_local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # tests/conftest.py sets some of these for every test: without them gone, the process would
     # inherit them and nothing here would show that stages/runtime.py sets them itself.
-    for name in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "MPLBACKEND"):
+    for name in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "MPLBACKEND", "ULTRALYTICS_SAFE_LOAD"):
         monkeypatch.delenv(name, raising=False)
     env = venv_env()
     out = subprocess.run(
@@ -52,5 +55,7 @@ def test_ultralytics_runs_offline_with_project_local_settings(tmp_path: Path, mo
         "YOLO_OFFLINE": "true",
         "YOLO_AUTOINSTALL": "false",
         "MPLBACKEND": "Agg",
+        "ULTRALYTICS_SAFE_LOAD": "1",  # every checkpoint load weights_only, in child processes too
     }
+    assert facts["safe_load"] is True
     assert json.loads((config_dir / "settings.json").read_text())["sync"] is False
