@@ -490,7 +490,7 @@ def test_the_engine_is_gated_by_the_deploy_gate_on_the_reference_images(tmp_path
     (root / "data" / "data.yaml").write_text("train: images/train\nval: images/val\nnames: {0: a, 1: b, 2: c}\n")
     (root / "metrics").mkdir()
     (root / "metrics" / "deploy.json").write_text(json.dumps({"pytorch": {"map50": 0.0, "map50_95": 0.0}}))
-    params = parse_params({"deploy": {"eval_images": 3}, "paths": {"prepared": "data"}})
+    params = parse_params({"deploy": {"eval_images": 3}, "paths": {"prepared": "data", "dataset": "raw"}})
     cfg = build_engine.BuildEngineConfig.from_params(params, root)
     engine, reference = _FakeEngine(shuffled), _FakeEngine()
     opened = []
