@@ -101,6 +101,7 @@ class ExportConfig(BaseModel):
             conf=self.conf,
             iou=self.iou,
             options=self.deploy,
+            evaluate_metrics=self.evaluate_metrics,
         )
 
 

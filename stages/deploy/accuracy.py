@@ -256,24 +256,30 @@ def ultralytics_map(
     )
 
 
-def check_reference(reference: Accuracy, ultralytics: Accuracy, tolerance: float) -> str:
-    """The gate's reference against Ultralytics' validator on the same images, in words.
+def check_reference(reference: Accuracy, ultralytics: Accuracy, tolerance: float, source: str) -> str:
+    """The gate's reference against Ultralytics' validator's square-batch figure, in words.
+
+    Args:
+        reference: :func:`detection_map` of the PyTorch model.
+        ultralytics: Ultralytics' validator on the same images with square batches.
+        tolerance: The largest mAP50-95 difference allowed (``deploy.reference_tolerance``).
+        source: Where ``ultralytics`` comes from, for the message.
 
     Raises:
-        PipelineError: When their mAP50-95 differ by more than ``tolerance``, naming both numbers.
+        PipelineError: When their mAP50-95 differ by more than ``tolerance`` or they counted different
+            labels, naming both numbers.
     """
     gap = abs(reference.map50_95 - ultralytics.map50_95)
     words = (
         f"the gate's PyTorch reference mAP50-95 {reference.map50_95:.4f} against Ultralytics' validator's "
-        f"{ultralytics.map50_95:.4f} (square letterbox, the same {reference.images} images): "
-        f"{gap * 100:.2f} points apart"
+        f"{ultralytics.map50_95:.4f} (square batches, {source}): {gap * 100:.3f} points apart"
     )
     if gap > tolerance or reference.instances != ultralytics.instances:
         raise PipelineError(
-            f"{words}, beyond the {tolerance * 100:.2f} allowed (deploy.reference_tolerance); labels counted "
-            f"{reference.instances} here and {ultralytics.instances} by Ultralytics. The gate would measure every "
-            "artifact against a number Ultralytics does not reproduce: the model's outputs are read differently "
-            "from how Ultralytics reads them",
+            f"{words}, beyond the {tolerance * 100:.3f} allowed (deploy.reference_tolerance); labels counted: "
+            f"{reference.instances} by the gate, {ultralytics.instances} by Ultralytics. Every artifact would be "
+            "measured against a number Ultralytics does not reproduce: the model's outputs or the labels are read "
+            "differently from how Ultralytics reads them",
             key="deploy.reference_tolerance",
         )
-    return f"{words}, within the {tolerance * 100:.2f} allowed"
+    return f"{words}, within the {tolerance * 100:.3f} allowed"

@@ -1,9 +1,10 @@
 """Build every deploy target, measure its mAP the way the PyTorch model's is measured, and gate it.
 
 The PyTorch model's mAP, the reference every drop is taken from, is first checked against
-Ultralytics' own validator on the same images in the same square letterbox: more than
-``deploy.reference_tolerance`` apart and the stage fails naming both numbers, since a reference
-that misreads the model's outputs would agree with artifacts that misread them the same way.
+Ultralytics' own validator on the same images with the same square letterbox (``evaluate``'s
+``square`` figure, or measured here on a subset): more than ``deploy.reference_tolerance`` apart
+and the stage fails naming both numbers, since a reference that misreads the model's outputs
+would agree with artifacts that misread them the same way.
 An artifact whose mAP50-95 falls below the reference by more than ``deploy.max_drop`` for its
 precision, or whose build or check fails, is marked not deployable with the reason; the others go
 on. Only deployable artifacts stay in the deploy folder (and only they are ever promoted).
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.backends import open_runner
 from stages.backends.base import predict_all
-from stages.common import write_json
+from stages.common import read_json, write_json
 from stages.config import DeployParams
 from stages.deploy.accuracy import (
     Accuracy,
@@ -59,6 +60,7 @@ class DeployInputs(BaseModel):
     conf: float
     iou: float
     options: DeployParams
+    evaluate_metrics: Path | None = None  # metrics/evaluate.json: Ultralytics' square-batch figure of the val split
 
 
 class ArtifactMetrics(BaseModel):
@@ -207,6 +209,28 @@ def judge(reference: float, measured: float, limit: float, precision: str) -> tu
     return drop, deployable, reason
 
 
+def ultralytics_figure(cfg: DeployInputs, data: LabelledImages) -> tuple[Accuracy, str]:
+    """Ultralytics' square-batch mAP of the PyTorch model on the gate's images, and where it comes from.
+
+    When the gate measures the whole val split, that is the ``square`` figure ``evaluate`` recorded in
+    ``metrics/evaluate.json``; on fewer images (``deploy.eval_images``), or without that figure,
+    Ultralytics' validator measures it here on exactly the gate's images (:func:`ultralytics_map`).
+    """
+    whole_split = cfg.options.eval_images == 0 or len(data.paths) < cfg.options.eval_images
+    if whole_split and cfg.evaluate_metrics is not None and cfg.evaluate_metrics.is_file():
+        square = read_json(cfg.evaluate_metrics).get("square")
+        if square:
+            recorded = Accuracy(
+                map50=square["map50"],
+                map50_95=square["map50_95"],
+                images=len(data.paths),
+                instances=square["instances"],
+            )
+            return recorded, f"the whole val split, as evaluate recorded it in {cfg.evaluate_metrics.name}"
+    measured = ultralytics_map(cfg.model, data, cfg.imgsz, cfg.conf, cfg.iou, cfg.workspace)
+    return measured, f"measured here on the gate's {len(data.paths)} val images"
+
+
 def build_and_gate(cfg: DeployInputs) -> DeployResult:
     """Build each of ``deploy.targets``, measure and gate it, and write the metrics and report.
 
@@ -224,8 +248,8 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
         reference.map50,
         reference.map50_95,
     )
-    ultralytics = ultralytics_map(cfg.model, data, cfg.imgsz, cfg.conf, cfg.iou, cfg.workspace)
-    log.info("reference checked: %s", check_reference(reference, ultralytics, cfg.options.reference_tolerance))
+    ultralytics, source = ultralytics_figure(cfg, data)
+    log.info("reference checked: %s", check_reference(reference, ultralytics, cfg.options.reference_tolerance, source))
     metrics: dict[str, ArtifactMetrics] = {}
     facts: dict[str, ArtifactFacts] = {}
     flags = cpu_flags()

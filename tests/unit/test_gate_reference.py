@@ -151,8 +151,17 @@ def test_scores_shuffled_across_boxes_fail_the_gate(tmp_path: Path):
     assert not deployable and drop > 0.5, reason
 
 
-def _gate_config(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ultralytics: float):
-    """``build_and_gate`` of onnx-fp32 with the reference fixed at 0.5 and Ultralytics' figure at ``ultralytics``."""
+def _gate_config(
+    tiny: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ultralytics: float,
+    evaluated: float | None = None,
+    eval_images: int = 0,
+):
+    """``build_and_gate`` of onnx-fp32 with the reference fixed at 0.5, Ultralytics' validator measuring
+    ``ultralytics`` and, when given, ``evaluated`` as evaluate's square figure in metrics/evaluate.json."""
+    from stages.common import write_json
     from stages.deploy import build
     from stages.deploy.accuracy import Accuracy
 
@@ -172,6 +181,9 @@ def _gate_config(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(build, "detection_map", fixed_map)
     monkeypatch.setattr(build, "labelled_split", lambda *a, **k: data)
     monkeypatch.setattr(build, "ultralytics_map", validator)
+    evaluate_metrics = tmp_path / "metrics" / "evaluate.json"
+    if evaluated is not None:
+        write_json(evaluate_metrics, {"square": {"map50": 0.7, "map50_95": evaluated, "instances": 3}})
     cfg = build.DeployInputs(
         model=tiny["pt"],
         deploy_dir=deploy_dir,
@@ -182,7 +194,8 @@ def _gate_config(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.Monk
         imgsz=IMGSZ,
         conf=0.001,
         iou=0.7,
-        options=parse_params({"deploy": {"targets": ["onnx-fp32"]}}).deploy,
+        options=parse_params({"deploy": {"targets": ["onnx-fp32"], "eval_images": eval_images}}).deploy,
+        evaluate_metrics=evaluate_metrics,
     )
     return cfg, seen, data
 
@@ -212,6 +225,23 @@ def test_gate_fails_naming_both_numbers_when_ultralytics_does_not_reproduce_the_
         "ultralytics_map50": 0.7,
         "ultralytics_map50_95": 0.5004,
     }
+
+
+def test_gate_checks_its_reference_against_evaluates_square_figure(tiny, tmp_path, monkeypatch):
+    """Measuring the whole val split, the gate compares with metrics/evaluate.json's square figure (like
+    with like: the same validator, square batches) and fails naming both numbers and the file."""
+    from stages.deploy import build
+
+    cfg, seen, _ = _gate_config(tiny, tmp_path, monkeypatch, ultralytics=0.5, evaluated=0.4900)
+    with pytest.raises(PipelineError, match=r"0\.5000 against Ultralytics' validator's 0\.4900 .*evaluate\.json"):
+        build.build_and_gate(cfg)
+    assert not seen, "evaluate's figure was used, the validator not run again"
+
+    # On fewer images than the split (deploy.eval_images), the validator measures those images.
+    cfg, seen, data = _gate_config(
+        tiny, tmp_path / "subset", monkeypatch, ultralytics=0.5, evaluated=0.49, eval_images=1
+    )
+    assert build.build_and_gate(cfg).ultralytics.map50_95 == 0.5 and seen["data"] == data
 
 
 def test_reference_tolerance_is_tight_by_default():
