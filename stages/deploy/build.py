@@ -221,8 +221,8 @@ def ultralytics_figure(cfg: DeployInputs, data: LabelledImages) -> tuple[Accurac
         square = read_json(cfg.evaluate_metrics).get("square")
         if square:
             recorded = Accuracy(
-                map50=square["map50"],
-                map50_95=square["map50_95"],
+                map50=round(square["map50"], 6),
+                map50_95=round(square["map50_95"], 6),
                 images=len(data.paths),
                 instances=square["instances"],
             )
