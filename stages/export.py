@@ -64,6 +64,7 @@ class ExportConfig(BaseModel):
     imgsz: int
     conf: float
     iou: float
+    evaluate_device: str  # where evaluate measured the figures the gate's reference is checked against
     options: ExportParams
     deploy: DeployParams
 
@@ -84,6 +85,7 @@ class ExportConfig(BaseModel):
             imgsz=params.train.imgsz,
             conf=params.evaluate.conf,
             iou=params.evaluate.iou,
+            evaluate_device=str(params.train.device),
             options=params.export,
             deploy=params.deploy,
         )
@@ -102,6 +104,7 @@ class ExportConfig(BaseModel):
             iou=self.iou,
             options=self.deploy,
             evaluate_metrics=self.evaluate_metrics,
+            evaluate_device=self.evaluate_device,
         )
 
 

@@ -61,6 +61,7 @@ class DeployInputs(BaseModel):
     iou: float
     options: DeployParams
     evaluate_metrics: Path | None = None  # metrics/evaluate.json: Ultralytics' square-batch figure of the val split
+    evaluate_device: str = "cpu"  # where evaluate measured it (train.device)
 
 
 class ArtifactMetrics(BaseModel):
@@ -212,12 +213,15 @@ def judge(reference: float, measured: float, limit: float, precision: str) -> tu
 def ultralytics_figure(cfg: DeployInputs, data: LabelledImages) -> tuple[Accuracy, str]:
     """Ultralytics' square-batch mAP of the PyTorch model on the gate's images, and where it comes from.
 
-    When the gate measures the whole val split, that is the ``square`` figure ``evaluate`` recorded in
-    ``metrics/evaluate.json``; on fewer images (``deploy.eval_images``), or without that figure,
-    Ultralytics' validator measures it here on exactly the gate's images (:func:`ultralytics_map`).
+    When the gate measures the whole val split and ``evaluate`` ran on the CPU, as the gate does, that
+    is the ``square`` figure ``evaluate`` recorded in ``metrics/evaluate.json``. Otherwise (fewer images,
+    ``deploy.eval_images``; evaluated on a GPU, whose convolutions round differently, TF32 included;
+    no such figure) Ultralytics' validator measures it here on the CPU on exactly the gate's images
+    (:func:`ultralytics_map`).
     """
     whole_split = cfg.options.eval_images == 0 or len(data.paths) < cfg.options.eval_images
-    if whole_split and cfg.evaluate_metrics is not None and cfg.evaluate_metrics.is_file():
+    on_cpu = str(cfg.evaluate_device).strip().lower() == "cpu"
+    if whole_split and on_cpu and cfg.evaluate_metrics is not None and cfg.evaluate_metrics.is_file():
         square = read_json(cfg.evaluate_metrics).get("square")
         if square:
             recorded = Accuracy(

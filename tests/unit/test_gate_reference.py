@@ -237,6 +237,11 @@ def test_gate_checks_its_reference_against_evaluates_square_figure(tiny, tmp_pat
         build.build_and_gate(cfg)
     assert not seen, "evaluate's figure was used, the validator not run again"
 
+    # Evaluated on a GPU: measured again here, on the CPU, as the gate measures its reference.
+    cfg, seen, data = _gate_config(tiny, tmp_path / "gpu", monkeypatch, ultralytics=0.5, evaluated=0.49)
+    assert build.build_and_gate(cfg.model_copy(update={"evaluate_device": "0"})).ultralytics.map50_95 == 0.5
+    assert seen["data"] == data
+
     # On fewer images than the split (deploy.eval_images), the validator measures those images.
     cfg, seen, data = _gate_config(
         tiny, tmp_path / "subset", monkeypatch, ultralytics=0.5, evaluated=0.49, eval_images=1
