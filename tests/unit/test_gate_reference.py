@@ -46,32 +46,48 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_gate_sees_the_pixels_and_labels_of_ultralytics_validator(prepared: Path):
-    """Image by image, the gate's input tensor and letterboxed labels equal those Ultralytics' validator
-    builds with square batches (``rect=False``): decoding, resizing, padding and label handling."""
+def _assert_gate_sees_what_ultralytics_validator_sees(data_yaml: Path, imgsz: int) -> None:
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_yolo_dataset
 
     from stages.inference import load_inputs
 
-    data_yaml = prepared / "data" / "prepared" / "data.yaml"
     data = labelled_split(data_yaml, "val")
-    cfg = get_cfg(overrides={"imgsz": IMGSZ, "rect": False, "task": "detect", "mode": "val"})
+    cfg = get_cfg(overrides={"imgsz": imgsz, "rect": False, "task": "detect", "mode": "val"})
     names = dict(enumerate(data.names))
     images_dir = data.paths[0].parent
-    dataset = build_yolo_dataset(cfg, str(images_dir), 8, {"names": names, "nc": 3, "channels": 3}, mode="val")
+    ultralytics_data = {"names": names, "nc": len(names), "channels": 3}
+    dataset = build_yolo_dataset(cfg, str(images_dir), 8, ultralytics_data, mode="val")
     theirs = {Path(dataset[i]["im_file"]).name: dataset[i] for i in range(len(dataset))}
-    ours = load_inputs(data.paths, IMGSZ)
+    assert len(theirs) == len(data.paths)
+    ours = load_inputs(data.paths, imgsz)
     for k, path in enumerate(data.paths):
         item = theirs[path.name]
         expected = item["img"].numpy().astype(np.float32) / 255.0
         np.testing.assert_array_equal(ours[k], expected, err_msg=f"{path.name}: pixels differ")
         height, width = item["ori_shape"]
-        xyxy = letterboxed_xyxy(np.asarray(data.boxes[k]), height, width, IMGSZ)
-        xywh = item["bboxes"].numpy() * IMGSZ  # normalised to the letterbox
+        xyxy = letterboxed_xyxy(np.asarray(data.boxes[k]).reshape(-1, 4), height, width, imgsz)
+        xywh = item["bboxes"].numpy() * imgsz  # normalised to the letterbox
         expected_xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
         np.testing.assert_allclose(xyxy, expected_xyxy, atol=1e-3, err_msg=f"{path.name}: labels differ")
         assert data.classes[k] == item["cls"].view(-1).int().tolist()
+
+
+def test_gate_sees_the_pixels_and_labels_of_ultralytics_validator(prepared: Path):
+    """Image by image, the gate's input tensor and letterboxed labels equal those Ultralytics' validator
+    builds with square batches (``rect=False``): decoding, resizing, padding and label handling."""
+    _assert_gate_sees_what_ultralytics_validator_sees(prepared / "data" / "prepared" / "data.yaml", IMGSZ)
+
+
+def test_gate_sees_what_ultralytics_validator_sees_on_coco128(coco128: Path, tmp_path: Path):
+    """The same on real photographs: JPEGs of every aspect, grayscale ones, images without labels."""
+    from stages.prepare import PrepareConfig, run
+    from stages.runtime import import_ultralytics
+
+    import_ultralytics(tmp_path)
+    shutil.copytree(coco128, tmp_path / "data" / "dataset")
+    run(PrepareConfig.from_params(parse_params({}), tmp_path))
+    _assert_gate_sees_what_ultralytics_validator_sees(tmp_path / "data" / "prepared" / "data.yaml", 160)
 
 
 class _Oracle:
