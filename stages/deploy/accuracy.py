@@ -32,6 +32,8 @@ from stages.inference import detections, letterbox_geometry, load_inputs
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 CHUNK = 32  # images decoded and run at a time
+ORIENTATION = 0x0112  # the EXIF tag; values 5 to 8 turn the image a quarter, swapping width and height
+ROTATED = {5, 6, 7, 8}
 MAX_DET = 300  # Ultralytics' default max_det; its validator raises it to the most labels an image has
 
 
@@ -97,6 +99,18 @@ def letterboxed_xyxy(boxes: np.ndarray, height: int, width: int, size: int) -> n
     return np.stack([xc - bw / 2, yc - bh / 2, xc + bw / 2, yc + bh / 2], axis=1)
 
 
+def decoded_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image as decoded (``stages.inference.read_rgb``: EXIF orientation applied),
+    read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width, height = im.size
+        if im.getexif().get(ORIENTATION) in ROTATED:
+            width, height = height, width
+    return height, width
+
+
 def match(pred_classes: np.ndarray, true_classes: np.ndarray, iou: np.ndarray) -> np.ndarray:
     """Which predictions are true positives at each IoU threshold.
 
@@ -133,7 +147,6 @@ def detection_map(runner: Runner, data: LabelledImages, imgsz: int, conf: float,
         iou: NMS IoU threshold (``evaluate.iou``).
     """
     import torch
-    from PIL import Image, ImageOps
     from ultralytics.utils.metrics import ap_per_class, box_iou
 
     stats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -147,8 +160,7 @@ def detection_map(runner: Runner, data: LabelledImages, imgsz: int, conf: float,
             i = start + offset
             true_classes = np.asarray(data.classes[i], dtype=np.int64)
             if len(true_classes):
-                with Image.open(path) as im:  # the size as decoded, EXIF orientation applied (read_rgb)
-                    width, height = ImageOps.exif_transpose(im).size
+                height, width = decoded_size(path)
                 truth = letterboxed_xyxy(np.asarray(data.boxes[i], dtype=np.float64), height, width, imgsz)
                 ious = box_iou(torch.from_numpy(truth).float(), torch.from_numpy(det[:, :4]).float()).numpy()
             else:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from stages.config import parse_params
-from stages.deploy.accuracy import LabelledImages, detection_map, labelled_split, letterboxed_xyxy
+from stages.deploy.accuracy import LabelledImages, decoded_size, detection_map, labelled_split, letterboxed_xyxy
 from stages.errors import PipelineError
 from tests.conftest import tiny_yolo_export
 
@@ -42,6 +42,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with Image.open(path) as im:
             stretched = im.convert("RGB").resize(size, Image.BILINEAR)
         stretched.save(path, quality=87)  # labels are normalised: a stretched image keeps them
+    # The last one is stored on its side, with the EXIF orientation that turns it upright.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    stretched.transpose(Image.Transpose.ROTATE_90).save(val[-1], quality=87, exif=exif)
     run(PrepareConfig.from_params(parse_params({}), root))
     return root
 
@@ -66,6 +70,7 @@ def _assert_gate_sees_what_ultralytics_validator_sees(data_yaml: Path, imgsz: in
         expected = item["img"].numpy().astype(np.float32) / 255.0
         np.testing.assert_array_equal(ours[k], expected, err_msg=f"{path.name}: pixels differ")
         height, width = item["ori_shape"]
+        assert decoded_size(path) == (height, width)
         xyxy = letterboxed_xyxy(np.asarray(data.boxes[k]).reshape(-1, 4), height, width, imgsz)
         xywh = item["bboxes"].numpy() * imgsz  # normalised to the letterbox
         expected_xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
