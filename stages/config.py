@@ -361,7 +361,9 @@ class ExportParams(_Section):
 class Int8Params(_Section):
     """CPU INT8: ONNX Runtime static Q/DQ and OpenVINO NNCF quantization (``stages/deploy/int8.py``)."""
 
-    calibration_images: int = Field(64, ge=1, description="train images (never val) the activation ranges come from")
+    calibration_images: int = Field(
+        64, ge=1, description="train images (never val) the activation ranges come from, drawn at random"
+    )
     calibration_seed: int = Field(0, ge=0, description="seed of the random draw of those train images")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     target_cpu: Literal["auto", "vnni", "no-vnni"] = Field(
