@@ -457,7 +457,9 @@ class ExportParams(_Section):
 
     opset: int = Field(17, ge=11)
     simplify: bool = True
-    dynamic: bool = Field(False, description="dynamic batch and image size axes")
+    dynamic: bool = Field(
+        False, description="a free batch axis (the image size stays train.imgsz); false: the static export.batch"
+    )
     batch: int = Field(1, ge=1, description="static batch size of the exported model")
     parity_images: int = Field(8, ge=1, description="validation images used for the parity check")
     max_box_diff_px: float = Field(0.05, gt=0.0, description="largest allowed |ONNX - PyTorch| on box outputs, px")
@@ -467,7 +469,10 @@ class ExportParams(_Section):
 class Int8Params(_Section):
     """CPU INT8: ONNX Runtime static Q/DQ and OpenVINO NNCF quantization (``stages/deploy/int8.py``)."""
 
-    calibration_images: int = Field(64, ge=1, description="train images (never val) the activation ranges come from")
+    calibration_images: int = Field(
+        64, ge=1, description="train images (never val) the activation ranges come from, drawn at random"
+    )
+    calibration_seed: int = Field(0, ge=0, description="seed of the random draw of those train images")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     target_cpu: Literal["auto", "vnni", "no-vnni"] = Field(
         "auto",
@@ -495,6 +500,13 @@ class DeployParams(_Section):
     max_drop: MaxDropParams = Field(default_factory=MaxDropParams)
     int8: Int8Params = Field(default_factory=Int8Params)
     eval_images: int = Field(0, ge=0, description="validation images each artifact's mAP is measured on; 0 = all")
+    reference_tolerance: float = Field(
+        0.0005,
+        ge=0.0,
+        le=1.0,
+        description="largest |PyTorch reference - Ultralytics' validator| mAP50-95 (square letterbox, same images) "
+        "before the gate refuses to measure anything against the reference",
+    )
 
     @field_validator("targets")
     @classmethod

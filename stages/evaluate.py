@@ -7,6 +7,11 @@ compare them. A failed gate is a result, not a crash: the stage succeeds and log
 failed experiment keeps its own numbers. Whoever acts on the verdict (the flow, CI, ``make demo``)
 runs ``python -m stages.gate``, which fails naming every failed check.
 
+Ultralytics' validator letterboxes each batch of images to its own rectangle (``rect``), which an
+exported model with a fixed square input cannot take. So the same validator also measures the model
+with square batches (``square`` in ``metrics/evaluate.json``): the figure the deploy gate's PyTorch
+reference must reproduce (``stages/deploy/build.py``), like with like.
+
 It also writes the pictures (``stages/pictures.py``): the PR curve and the confusion matrix that
 Ultralytics' validator measured, as CSV for ``dvc plots``, and a PNG grid of the first validation
 images with their true boxes (green) and the model's boxes (red).
@@ -100,11 +105,20 @@ class Gates(BaseModel):
     checks: dict[str, Check]
 
 
+class SquareMetrics(BaseModel):
+    """The validator's mAP with square batches (``rect=False``): each image letterboxed to ``imgsz`` x ``imgsz``."""
+
+    map50: float
+    map50_95: float
+    instances: int
+
+
 class EvaluateResult(BaseModel):
     """What ``metrics/evaluate.json`` holds."""
 
     map50: float
     map50_95: float
+    square: SquareMetrics
     precision: float
     recall: float
     fitness: float
@@ -272,6 +286,21 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
             name="val",
             verbose=False,
         )
+        square = model.val(
+            data=str(cfg.data_yaml),
+            split="val",
+            imgsz=cfg.imgsz,
+            batch=cfg.gates.batch,
+            device=cfg.device,
+            conf=cfg.gates.conf,
+            iou=cfg.gates.iou,
+            rect=False,
+            plots=False,
+            save_json=False,
+            project=tmp,
+            name="square",
+            verbose=False,
+        )
     box = metrics.box
     write_pictures(cfg, model, metrics, names)
     counts = [int(n) for n in metrics.nt_per_class]
@@ -288,6 +317,9 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     result = EvaluateResult(
         map50=float(box.map50),
         map50_95=float(box.map),
+        square=SquareMetrics(
+            map50=float(square.box.map50), map50_95=float(square.box.map), instances=int(sum(square.nt_per_class))
+        ),
         precision=float(box.mp),
         recall=float(box.mr),
         fitness=float(metrics.fitness),

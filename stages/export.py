@@ -8,6 +8,11 @@ tolerances in ``params.yaml`` fail the stage. That is the first, cheap check; th
 and gated against the PyTorch model's (``stages/deploy/``): ``metrics/deploy.json`` holds the
 numbers, ``reports/deploy.json`` what ran and why each artifact is or is not deployable.
 
+With ``export.dynamic`` the batch axis alone is free: Ultralytics' dynamic export also frees height
+and width (and with them the anchor count), which no deploy target needs and a TensorRT profile
+cannot cover with one letterbox size; :func:`batch_axis_only` fixes them to ``train.imgsz`` and
+folds the shape arithmetic they fed back into constants.
+
 The deployable artifacts go to ``paths.deploy_dir``. A model that failed the evaluation gate is not
 exported: the folder then holds only a README saying why, ``metrics/export.json`` records
 ``exported: 0``, and the stages after it build and measure nothing, so the run still completes and
@@ -59,6 +64,7 @@ class ExportConfig(BaseModel):
     imgsz: int
     conf: float
     iou: float
+    evaluate_device: str  # where evaluate measured the figures the gate's reference is checked against
     options: ExportParams
     deploy: DeployParams
 
@@ -79,6 +85,7 @@ class ExportConfig(BaseModel):
             imgsz=params.train.imgsz,
             conf=params.evaluate.conf,
             iou=params.evaluate.iou,
+            evaluate_device=str(params.train.device),
             options=params.export,
             deploy=params.deploy,
         )
@@ -96,6 +103,8 @@ class ExportConfig(BaseModel):
             conf=self.conf,
             iou=self.iou,
             options=self.deploy,
+            evaluate_metrics=self.evaluate_metrics,
+            evaluate_device=self.evaluate_device,
         )
 
 
@@ -146,6 +155,62 @@ class ExportResult(BaseModel):
         }
 
 
+def _dims(value: Any) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def free_axes(path: Path) -> dict[str, list[int]]:
+    """Per input and output of an ONNX model, the positions of its axes without a fixed size."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {
+        v.name: [i for i, d in enumerate(_dims(v)) if not isinstance(d, int) or d <= 0]
+        for v in [*graph.input, *graph.output]
+    }
+
+
+def batch_axis_only(path: Path, imgsz: int, simplify: bool) -> None:
+    """Rewrite a dynamic Ultralytics ONNX export in place so that its batch axis is its only free axis.
+
+    The input's height and width become ``imgsz``; every output's other axes are inferred from that
+    (the anchor count included): with ``simplify`` by onnxslim, which Ultralytics' export uses, which
+    also folds the shape computations they fed (anchor grids, reshapes) into constants; without, by
+    ONNX shape inference propagating the now constant shapes (the computations stay in the graph).
+
+    Raises:
+        ExportError: When an axis other than the batch is still free afterwards.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    (images,) = model.graph.input
+    dims = images.type.tensor_type.shape.dim
+    for axis in (2, 3):
+        dims[axis].Clear()
+        dims[axis].dim_value = imgsz
+    for output in model.graph.output:  # re-inferred below from the fixed input
+        for axis, dim in enumerate(output.type.tensor_type.shape.dim):
+            if axis:
+                dim.Clear()
+    del model.graph.value_info[:]
+    if simplify:
+        import onnxslim
+
+        model = onnxslim.slim(model)
+    else:
+        try:
+            model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        except onnx.shape_inference.InferenceError as exc:
+            raise ExportError(f"the export does not take {imgsz} x {imgsz} images: {exc}", path=path) from None
+    onnx.save(model, str(path))
+    still = {name: axes for name, axes in free_axes(path).items() if axes != [0]}
+    if still:
+        raise ExportError(
+            f"after fixing height and width to {imgsz}, axes other than the batch are still free: {still}", path=path
+        )
+
+
 def run(cfg: ExportConfig) -> ExportResult:
     """Export to ONNX, check parity, and write ``cfg.onnx`` and ``cfg.metrics``.
 
@@ -193,6 +258,8 @@ def run(cfg: ExportConfig) -> ExportResult:
     cfg.onnx.parent.mkdir(parents=True, exist_ok=True)
     if Path(exported).resolve() != cfg.onnx.resolve():
         shutil.move(exported, cfg.onnx)
+    if o.dynamic:
+        batch_axis_only(cfg.onnx, cfg.imgsz, o.simplify)
 
     onnx_runner = open_runner("onnxruntime", cfg.onnx, workspace=cfg.workspace)
     torch_runner = open_runner("pytorch", cfg.model, workspace=cfg.workspace)

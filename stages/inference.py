@@ -6,6 +6,7 @@ accuracies and latencies compare backends and nothing else.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,21 @@ import numpy as np
 
 from stages.datasets import iter_images, read_prepared_yaml, split_dirs
 from stages.errors import BackendUnavailable, PipelineError
+
+
+def letterbox_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """Where an image of ``height`` x ``width`` lands in its ``size`` x ``size`` letterbox: (h, w, top, left).
+
+    As Ultralytics' validator places it with square batches (``rect=False``): the long side resized to
+    ``size`` with the short side rounded up (its ``load_image``), then centred, the odd padding pixel
+    below and right (its ``LetterBox``). The gate's reference is checked against that validator, so
+    both must see the same pixels.
+    """
+    if max(height, width) == size:
+        return height, width, (size - height) // 2, (size - width) // 2
+    scale = size / max(height, width)
+    h, w = min(math.ceil(height * scale), size), min(math.ceil(width * scale), size)
+    return h, w, (size - h) // 2, (size - w) // 2
 
 
 def letterbox(image: np.ndarray, size: int, fill: int = 114) -> np.ndarray:
@@ -25,21 +41,36 @@ def letterbox(image: np.ndarray, size: int, fill: int = 114) -> np.ndarray:
     import cv2
 
     h, w = image.shape[:2]
-    scale = min(size / h, size / w)
-    nh, nw = round(h * scale), round(w * scale)
+    nh, nw, top, left = letterbox_geometry(h, w, size)
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
     canvas = np.full((size, size, 3), fill, dtype=np.uint8)
-    top, left = (size - nh) // 2, (size - nw) // 2
     canvas[top : top + nh, left : left + nw] = resized
     return np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
-def detections(raw: np.ndarray, conf: float, iou: float, classes: int, max_det: int = 300) -> list[np.ndarray]:
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as HxWx3 RGB uint8, decoded as Ultralytics decodes it (OpenCV, EXIF orientation applied).
+
+    Raises:
+        PipelineError: When the file cannot be decoded.
+    """
+    import cv2
+
+    image = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise PipelineError("cannot decode the image", path=path)
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def detections(
+    raw: np.ndarray, conf: float, iou: float, classes: int, max_det: int = 300, multi_label: bool = False
+) -> list[np.ndarray]:
     """Per image, the kept detections of a batch of outputs: (k, 6) rows x1, y1, x2, y2, score, class.
 
-    The raw head's (N, 4 + classes, anchors) goes through Ultralytics' NMS (best class per box, class
-    aware) with no time limit: its default gives up after 2 + 0.05 x N seconds and leaves the rest
-    of the batch empty, which under load would silently drop detections. An NMS-free head's
+    The raw head's (N, 4 + classes, anchors) goes through Ultralytics' NMS (class aware; the best
+    class per box, or with ``multi_label`` every class above ``conf``, as Ultralytics' validator keeps
+    them) with no time limit: its default gives up after 2 + 0.05 x N seconds and leaves the rest of
+    the batch empty, which under load would silently drop detections. An NMS-free head's
     (N, detections, 6) is only filtered by ``conf`` and ``max_det``, as Ultralytics does.
 
     Raises:
@@ -62,6 +93,7 @@ def detections(raw: np.ndarray, conf: float, iou: float, classes: int, max_det: 
         iou,
         nc=classes,
         max_det=max_det,
+        multi_label=multi_label,
         max_time_img=float("inf"),
         end2end=end_to_end,
     )
@@ -88,14 +120,8 @@ def validation_images(data_yaml: Path, limit: int) -> list[Path]:
 
 
 def load_inputs(paths: Sequence[Path], size: int) -> np.ndarray:
-    """Read and letterbox images into one N x 3 x size x size float32 array."""
-    from PIL import Image
-
-    arrays = []
-    for path in paths:
-        with Image.open(path) as im:
-            arrays.append(letterbox(np.asarray(im.convert("RGB")), size))
-    return np.stack(arrays)
+    """Read (:func:`read_rgb`) and letterbox images into one N x 3 x size x size float32 array."""
+    return np.stack([letterbox(read_rgb(path), size) for path in paths])
 
 
 def batches(inputs: np.ndarray, batch: int) -> list[np.ndarray]:

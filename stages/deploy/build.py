@@ -1,6 +1,11 @@
 """Build every deploy target, measure its mAP the way the PyTorch model's is measured, and gate it.
 
-An artifact whose mAP50-95 falls below the PyTorch model's by more than ``deploy.max_drop`` for its
+The PyTorch model's mAP, the reference every drop is taken from, is first checked against
+Ultralytics' own validator on the same images with the same square letterbox (``evaluate``'s
+``square`` figure, or measured here on a subset): more than ``deploy.reference_tolerance`` apart
+and the stage fails naming both numbers, since a reference that misreads the model's outputs
+would agree with artifacts that misread them the same way.
+An artifact whose mAP50-95 falls below the reference by more than ``deploy.max_drop`` for its
 precision, or whose build or check fails, is marked not deployable with the reason; the others go
 on. Only deployable artifacts stay in the deploy folder (and only they are ever promoted).
 """
@@ -16,9 +21,19 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.backends import open_runner
 from stages.backends.base import predict_all
-from stages.common import write_json
+from stages.common import read_json, write_json
 from stages.config import DeployParams
-from stages.deploy.accuracy import Accuracy, LabelledImages, calibration_inputs, detection_map, labelled_split
+from stages.deploy.accuracy import (
+    Accuracy,
+    Calibration,
+    LabelledImages,
+    calibration_inputs,
+    calibration_sample,
+    check_reference,
+    detection_map,
+    labelled_split,
+    ultralytics_map,
+)
 from stages.deploy.int8 import Int8Cpu, check_scores, int8_cpu, quantize, quantize_openvino
 from stages.deploy.targets import TARGETS, Target
 from stages.errors import PipelineError
@@ -45,6 +60,8 @@ class DeployInputs(BaseModel):
     conf: float
     iou: float
     options: DeployParams
+    evaluate_metrics: Path | None = None  # metrics/evaluate.json: Ultralytics' square-batch figure of the val split
+    evaluate_device: str = "cpu"  # where evaluate measured it (train.device)
 
 
 class ArtifactMetrics(BaseModel):
@@ -69,14 +86,16 @@ class ArtifactFacts(BaseModel):
     provider: str | None = None
     scheme: str | None = None
     int8_cpu: Int8Cpu | None = None  # INT8: the CPU it was built for, how that was chosen, this machine's flags
+    calibration: Calibration | None = None  # INT8: the train images its activation ranges come from
     deployable: bool
     reason: str
 
 
 class DeployResult(BaseModel):
-    """Every target's numbers and facts, and the reference mAP they are compared with."""
+    """Every target's numbers and facts, the reference mAP they are compared with and Ultralytics' figure for it."""
 
     reference: Accuracy
+    ultralytics: Accuracy
     metrics: dict[str, ArtifactMetrics]
     facts: dict[str, ArtifactFacts]
 
@@ -89,6 +108,7 @@ class _Built(BaseModel):
     scheme: str | None = None
     integer_conv_share: float | None = None
     int8_cpu: Int8Cpu | None = None
+    calibration: Calibration | None = None
 
 
 class _Builder:
@@ -110,10 +130,16 @@ class _Builder:
 
     def calibration(self) -> np.ndarray:
         if self._calibration is None:
+            int8 = self.cfg.options.int8
             self._calibration = calibration_inputs(
-                self.cfg.data_yaml, self.cfg.options.int8.calibration_images, self.cfg.imgsz
+                self.cfg.data_yaml, int8.calibration_images, self.cfg.imgsz, seed=int8.calibration_seed
             )
         return self._calibration
+
+    def calibration_facts(self) -> Calibration:
+        """Which train images :meth:`calibration` letterboxed (the same seeded draw)."""
+        int8 = self.cfg.options.int8
+        return calibration_sample(self.cfg.data_yaml, int8.calibration_images, int8.calibration_seed)[1]
 
     def check_scores(self, backend: str, path: Path) -> None:
         """Refuse an INT8 model whose scores collapsed against the FP32 ONNX model's (``int8.check_scores``)."""
@@ -147,6 +173,7 @@ class _Builder:
                 scheme=f"{build.scheme}, {build.method} calibration",
                 integer_conv_share=build.integer_conv_share,
                 int8_cpu=self.int8_cpu,
+                calibration=self.calibration_facts(),
             )
         if target.name == "openvino-fp32":
             from stages.backends.openvino_rt import convert
@@ -156,7 +183,7 @@ class _Builder:
         if target.name == "openvino-int8":
             scheme = quantize_openvino(self.onnx, path, self.calibration(), method, self.int8_cpu.overflow_fix)
             self.check_scores("openvino", path)
-            return _Built(scheme=scheme, int8_cpu=self.int8_cpu)
+            return _Built(scheme=scheme, int8_cpu=self.int8_cpu, calibration=self.calibration_facts())
         if target.name == "torchscript-fp32":
             import torch
 
@@ -183,11 +210,37 @@ def judge(reference: float, measured: float, limit: float, precision: str) -> tu
     return drop, deployable, reason
 
 
+def ultralytics_figure(cfg: DeployInputs, data: LabelledImages) -> tuple[Accuracy, str]:
+    """Ultralytics' square-batch mAP of the PyTorch model on the gate's images, and where it comes from.
+
+    When the gate measures the whole val split and ``evaluate`` ran on the CPU, as the gate does, that
+    is the ``square`` figure ``evaluate`` recorded in ``metrics/evaluate.json``. Otherwise (fewer images,
+    ``deploy.eval_images``; evaluated on a GPU, whose convolutions round differently, TF32 included;
+    no such figure) Ultralytics' validator measures it here on the CPU on exactly the gate's images
+    (:func:`ultralytics_map`).
+    """
+    whole_split = cfg.options.eval_images == 0 or len(data.paths) < cfg.options.eval_images
+    on_cpu = str(cfg.evaluate_device).strip().lower() == "cpu"
+    if whole_split and on_cpu and cfg.evaluate_metrics is not None and cfg.evaluate_metrics.is_file():
+        square = read_json(cfg.evaluate_metrics).get("square")
+        if square:
+            recorded = Accuracy(
+                map50=round(square["map50"], 6),
+                map50_95=round(square["map50_95"], 6),
+                images=len(data.paths),
+                instances=square["instances"],
+            )
+            return recorded, f"the whole val split, as evaluate recorded it in {cfg.evaluate_metrics.name}"
+    measured = ultralytics_map(cfg.model, data, cfg.imgsz, cfg.conf, cfg.iou, cfg.workspace)
+    return measured, f"measured here on the gate's {len(data.paths)} val images"
+
+
 def build_and_gate(cfg: DeployInputs) -> DeployResult:
     """Build each of ``deploy.targets``, measure and gate it, and write the metrics and report.
 
     Raises:
-        PipelineError: When the reference (the PyTorch model) cannot be measured.
+        PipelineError: When the reference (the PyTorch model) cannot be measured, or Ultralytics'
+            validator does not reproduce it within ``deploy.reference_tolerance`` (both numbers named).
     """
     data = labelled_split(cfg.data_yaml, "val", cfg.options.eval_images)
     reference = detection_map(
@@ -199,6 +252,8 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
         reference.map50,
         reference.map50_95,
     )
+    ultralytics, source = ultralytics_figure(cfg, data)
+    log.info("reference checked: %s", check_reference(reference, ultralytics, cfg.options.reference_tolerance, source))
     metrics: dict[str, ArtifactMetrics] = {}
     facts: dict[str, ArtifactFacts] = {}
     flags = cpu_flags()
@@ -231,6 +286,7 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
                 backend=target.backend,
                 precision=target.precision,
                 int8_cpu=int8 if target.precision == "int8" else None,
+                calibration=builder.calibration_facts() if target.precision == "int8" else None,
                 deployable=False,
                 reason=str(exc),
             )
@@ -253,6 +309,7 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
             provider=runner.info.provider,
             scheme=built.scheme,
             int8_cpu=built.int8_cpu,
+            calibration=built.calibration,
             deployable=deployable,
             reason=reason,
         )
@@ -262,11 +319,13 @@ def build_and_gate(cfg: DeployInputs) -> DeployResult:
             log.error("%s NOT deployable: %s", name, reason)
         if not deployable and name != "onnx-fp32":
             target.remove(cfg.deploy_dir)  # never shipped; onnx-fp32 stays for the stages that measure it
-    result = DeployResult(reference=reference, metrics=metrics, facts=facts)
+    result = DeployResult(reference=reference, ultralytics=ultralytics, metrics=metrics, facts=facts)
+    pytorch = reference.model_dump(include={"map50", "map50_95"}) | {
+        "ultralytics_map50": ultralytics.map50,
+        "ultralytics_map50_95": ultralytics.map50_95,
+    }
     write_json(
-        cfg.metrics,
-        {"pytorch": reference.model_dump(include={"map50", "map50_95"})}
-        | {name: m.model_dump(exclude_none=True) for name, m in metrics.items()},
+        cfg.metrics, {"pytorch": pytorch} | {name: m.model_dump(exclude_none=True) for name, m in metrics.items()}
     )
     write_json(cfg.report, {name: f.model_dump() for name, f in facts.items()})
     return result

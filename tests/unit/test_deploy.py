@@ -209,7 +209,7 @@ def test_gating_marks_an_artifact_over_its_limit_not_deployable_and_removes_it(t
 
     from stages.common import read_json
     from stages.deploy import build
-    from stages.deploy.accuracy import Accuracy
+    from stages.deploy.accuracy import Accuracy, Calibration
 
     deploy_dir = tmp_path / "deploy"
     deploy_dir.mkdir()
@@ -224,6 +224,11 @@ def test_gating_marks_an_artifact_over_its_limit_not_deployable_and_removes_it(t
     monkeypatch.setattr(build, "detection_map", fixed_map)
     monkeypatch.setattr(build, "labelled_split", lambda *a, **k: fake)
     monkeypatch.setattr(build, "calibration_inputs", lambda *a, **k: _images(4))
+    drawn = Calibration(split="train", images=4, of=9, seed=0, files_sha256="0" * 64)
+    monkeypatch.setattr(build, "calibration_sample", lambda *a, **k: ([], drawn))
+    monkeypatch.setattr(
+        build, "ultralytics_map", lambda *a, **k: Accuracy(map50=0.5, map50_95=0.5, images=2, instances=3)
+    )
     monkeypatch.setattr(build, "load_inputs", lambda *a, **k: _images(2, seed=3))
     cfg = build.DeployInputs(
         model=tiny["pt"],
@@ -240,7 +245,8 @@ def test_gating_marks_an_artifact_over_its_limit_not_deployable_and_removes_it(t
     result = build.build_and_gate(cfg)
     assert result.deployable == ["onnx-fp32"]
     metrics, facts = read_json(cfg.metrics), read_json(cfg.report)
-    assert metrics["pytorch"]["map50_95"] == 0.5
+    assert metrics["pytorch"]["map50_95"] == 0.5 and metrics["pytorch"]["ultralytics_map50_95"] == 0.5
+    assert facts["onnx-int8"]["calibration"]["seed"] == 0 and facts["onnx-fp32"]["calibration"] is None
     assert metrics["onnx-fp32"]["deployable"] == 1 and metrics["onnx-fp32"]["drop_map50_95"] == pytest.approx(0.001)
     assert metrics["onnx-int8"]["deployable"] == 0 and metrics["onnx-int8"]["drop_map50_95"] == pytest.approx(0.02)
     assert "a drop of 2.00 points, beyond the int8 limit of 1.00" in facts["onnx-int8"]["reason"]

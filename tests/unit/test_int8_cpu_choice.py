@@ -122,7 +122,7 @@ def _gate_with(tiny, tmp_path, monkeypatch, target_cpu: str, flags: list[str]) -
     """``build_and_gate`` for onnx-int8 with the mAPs fixed, this machine's flags replaced by ``flags``."""
     from stages.common import read_json
     from stages.deploy import build
-    from stages.deploy.accuracy import Accuracy, LabelledImages
+    from stages.deploy.accuracy import Accuracy, Calibration, LabelledImages
 
     deploy_dir = tmp_path / "deploy"
     deploy_dir.mkdir(parents=True)
@@ -136,6 +136,9 @@ def _gate_with(tiny, tmp_path, monkeypatch, target_cpu: str, flags: list[str]) -
         build, "labelled_split", lambda *a, **k: LabelledImages(paths=[], classes=[], boxes=[], names=["a"])
     )
     monkeypatch.setattr(build, "calibration_inputs", lambda *a, **k: _images(8))
+    drawn = Calibration(split="train", images=8, of=8, seed=0, files_sha256="0" * 64)
+    monkeypatch.setattr(build, "calibration_sample", lambda *a, **k: ([], drawn))
+    monkeypatch.setattr(build, "ultralytics_map", lambda *a, **k: fixed_map(None, None, 0, 0, 0))
     monkeypatch.setattr(build, "load_inputs", lambda *a, **k: _images(2, seed=3))
     monkeypatch.setattr(build, "cpu_flags", lambda: flags)
     monkeypatch.setattr(build, "cpu_model", lambda: "Test CPU")
