@@ -52,6 +52,7 @@ from stages.inference import (
     letterbox,
     load_inputs,
     onnx_input_batch,
+    read_rgb,
     validation_images,
 )
 
@@ -344,10 +345,7 @@ class _Timed:
 
 def end_to_end(runner: Runner, image: Path, imgsz: int, classes: int) -> Any:
     """One image as an application runs it: decode the file, letterbox, forward, NMS."""
-    from PIL import Image
-
-    with Image.open(image) as im:
-        x = letterbox(np.asarray(im.convert("RGB")), imgsz)[None]
+    x = letterbox(read_rgb(image), imgsz)[None]
     return detections(runner.predict(x), 0.25, 0.7, classes)
 
 

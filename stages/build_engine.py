@@ -64,6 +64,7 @@ class BuildEngineConfig(BaseModel):
     imgsz: int
     batch_sizes: list[int]  # the optimization profile covers these (engine.batch_sizes, else export.batch)
     calibration_images: int
+    calibration_seed: int  # the seeded draw of train images, as export's INT8 targets take it
     calibration_method: Method
     eval_images: int  # deploy.eval_images: the val images the reference and every artifact are measured on
     deploy_metrics: Path  # the PyTorch reference mAP the engine's drop is taken from
@@ -88,6 +89,7 @@ class BuildEngineConfig(BaseModel):
             imgsz=params.train.imgsz,
             batch_sizes=params.engine.batch_sizes or [params.export.batch],
             calibration_images=params.deploy.int8.calibration_images,
+            calibration_seed=params.deploy.int8.calibration_seed,
             calibration_method=params.deploy.int8.calibration_method,
             eval_images=params.deploy.eval_images,
             deploy_metrics=params.paths.resolve("deploy_metrics", root),
@@ -221,7 +223,7 @@ def run(cfg: BuildEngineConfig) -> BuildEngineResult:
     try:
         calibration = None
         if precision == "int8":
-            calibration = calibration_inputs(cfg.data_yaml, cfg.calibration_images, cfg.imgsz)
+            calibration = calibration_inputs(cfg.data_yaml, cfg.calibration_images, cfg.imgsz, cfg.calibration_seed)
         with tempfile.TemporaryDirectory(prefix="engine-") as tmp:
             prepared = engine_onnx(
                 onnx, precision, Path(tmp) / f"model.{precision}.onnx", calibration, cfg.calibration_method
