@@ -244,3 +244,21 @@ def test_the_lock_is_held_for_the_whole_promotion(base: Path, tmp_path: Path):
         )
     assert proc.returncode == 1 and "test holder" in proc.stderr
     assert os.environ.get("PIPELINE_LOCK_TOKEN") is None
+
+
+def test_files_changed_between_the_checks_and_the_copy_are_refused(base: Path, tmp_path: Path, monkeypatch):
+    """What a run not holding the workspace (a plain `dvc repro`) can do while promotion copies."""
+    import stages.promote as promote
+
+    root = copy_of(base, tmp_path)
+    checked = promote.promotion_checks
+
+    def checks_then_retrained(*args, **kwargs):
+        result = checked(*args, **kwargs)
+        (root / "candidate" / "model.pt").write_bytes(b"another model, not the one checked")
+        return result
+
+    monkeypatch.setattr(promote, "promotion_checks", checks_then_retrained)
+    with pytest.raises(promote.PromotionRefused, match=r"changed during promotion: model\.pt"):
+        promote.run(config(root))
+    assert production_state(root) == 1 and leftovers(root) == []
