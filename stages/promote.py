@@ -402,6 +402,8 @@ def _roll_back(cfg: PromoteConfig, journal: Journal) -> None:
         pl.pointer.unlink(missing_ok=True)
     elif not pl.pointer.is_file() or pl.pointer.read_text(encoding="utf-8") != journal.old_pointer:
         write_text(pl.pointer, journal.old_pointer)
+    if in_git(cfg.workspace):  # a commit that failed may have staged the new pointer: unstage it
+        _git(cfg.workspace, "reset", "--quiet", "--", pl.pointer.relative_to(cfg.workspace).as_posix())
     shutil.rmtree(pl.staging, ignore_errors=True)
     pl.journal.unlink(missing_ok=True)
 

@@ -184,18 +184,26 @@ def test_a_promotion_killed_at_any_step_is_finished_or_undone_by_the_next_run(ba
     assert production_state(root) == 2 and leftovers(root) == []
 
 
-def test_a_failing_dvc_add_leaves_the_previous_production(base: Path, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("failing", ["_dvc_add", "_commit"])
+def test_a_failing_dvc_add_or_commit_leaves_the_previous_production(
+    base: Path, tmp_path: Path, monkeypatch, failing: str
+):
     import stages.promote as promote
 
     root = copy_of(base, tmp_path)
+    real = getattr(promote, failing)
 
-    def fail(workspace: Path, target: Path) -> None:
-        raise PipelineError("'dvc add' failed: no space left on device", stage="promote", path=target)
+    def fail(workspace: Path, target: Path, *args):
+        if failing == "_commit":  # as far as a commit goes before failing: the new pointer staged
+            sh(root, "git", "add", "models/production.dvc")
+        raise PipelineError("failed: no space left on device", stage="promote", path=target)
 
-    monkeypatch.setattr(promote, "_dvc_add", fail)
+    monkeypatch.setattr(promote, failing, fail)
     with pytest.raises(PipelineError, match=r"still the previous version.*no space left"):
         promote.run(config(root))
+    monkeypatch.setattr(promote, failing, real)
     assert production_state(root) == 1 and leftovers(root) == []
+    assert sh(root, "git", "status", "--porcelain", "--", "models/production.dvc") == ""
     report = json.loads((root / "reports/promotion.json").read_text())
     assert report["promoted"] is False and "no space left" in report["checks"][-1]["message"]
 
