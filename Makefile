@@ -1,6 +1,10 @@
 # Entry points. Everything installs into .venv from the package registries (torch from local wheels
 # where the machine has them); nothing else is needed on a fresh machine.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The interpreter the virtual environment is made from: `make install PYTHON=python3.12` picks it, a
+# PYTHON in the environment does not (a CI job's PYTHON=.venv/bin/python names the venv not made yet).
+ifneq ($(origin PYTHON),command line)
+PYTHON := $(shell command -v python3.11 || command -v python3)
+endif
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 # dvc.yaml commands call `python`: make it the virtual environment's.
@@ -29,14 +33,13 @@ $(VENV)/.installed: pyproject.toml
 ## Create the sample dataset (only when data/dataset is absent) and track it with DVC.
 sample-data: install
 	test -d data/dataset || $(BIN)/python -m stages.sample_data --out data/dataset
-	$(BIN)/dvc add --quiet data/dataset
+	$(BIN)/python -m stages.lock --owner "make sample-data" -- $(BIN)/dvc add --quiet data/dataset
 
 ## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote,
 ## then fail if the model missed the quality gate (recorded in metrics/evaluate.json either way).
+## All of it holds the workspace lock (stages/lock.py), like a flow run.
 demo: sample-data
-	$(BIN)/dvc repro
-	$(BIN)/dvc push --quiet
-	$(BIN)/python -m stages.gate
+	$(BIN)/python -m stages.lock --owner "make demo" -- sh -c '$(BIN)/dvc repro && $(BIN)/dvc push --quiet && $(BIN)/python -m stages.gate'
 
 ## Run the same pipeline as a Prefect flow (shares DVC's cache: cached stages are not re-run).
 flow: sample-data
@@ -73,7 +76,7 @@ plots: install
 
 ## The model card, reports/model_card.md and reports/model_card.html (the report stage, and what it needs).
 report: install
-	$(BIN)/dvc repro report
+	$(BIN)/python -m stages.lock --owner "make report" -- $(BIN)/dvc repro report
 
 ## What CI runs: pull, reproduce, push, metrics diff (scripts/ci_retrain.sh).
 retrain-ci: install
@@ -94,6 +97,7 @@ lint: install
 	$(BIN)/ruff check stages flows tests
 	$(BIN)/ruff format --check stages flows tests
 	$(BIN)/python -m stages.backends.tensorrt_typecheck  # mypy: the TensorRT backend against TensorRT's API
+	$(BIN)/zizmor --offline .github/workflows
 
 clean:
 	rm -rf data/prepared models metrics reports plots .cache

@@ -69,6 +69,19 @@ def _run_logged(cmd: list[str], workspace: str, token: str) -> subprocess.Comple
     return proc
 
 
+@task(name="recover-promotion")
+def recover_promotion(workspace: str, token: str) -> None:
+    """Finish or undo a promotion a killed run left (``python -m stages.promote --recover``).
+
+    First of all: a production folder swapped in but not yet versioned would make ``dvc pull`` refuse
+    ("unsaved files"), and the journal beside it says which of the two versions it must be.
+    """
+    proc = _run_logged([sys.executable, "-m", "stages.promote", "--recover"], workspace, token)
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        raise StageFailed("\n".join(errors) or proc.stderr[-2000:], stage="promote", exit_code=proc.returncode)
+
+
 @task(name="pull-cache", retries=2, retry_delay_seconds=10)
 def pull_cache(workspace: str, token: str) -> None:
     """``dvc pull --run-cache``: results computed elsewhere (a GPU machine, CI) are then restored.
@@ -169,6 +182,8 @@ def pipeline(
     logger = get_run_logger()
     owner = f"flow run {flow_run.name or flow_run.id}"
     with workspace_lock(root, params.orchestration.lock_timeout_s, owner) as token:
+        if promote_model or pull:
+            recover_promotion(str(root), token)
         if pull:
             pull_cache(str(root), token)
         if only_if_data_changed:

@@ -17,9 +17,13 @@ not those an interruption cut off), so running it again with a larger N continue
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +75,7 @@ def tune_workspace(
     params = load_params(workspace / "params.yaml")
     cfg = TuneConfig.from_params(params, workspace)
     check_metric_file(cfg, params)
-    with workspace_lock(workspace, params.orchestration.lock_timeout_s, owner) as token:
+    with workspace_lock(workspace, params.orchestration.lock_timeout_s, owner) as token, stop_on_sigterm():
         runner = WorkspaceTrials(cfg, logger, token)
         try:
             return run_study(
@@ -82,6 +86,33 @@ def tune_workspace(
             )
         finally:
             runner.restore()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds like Ctrl-C, so the running trial's DVC is stopped and params restored."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` in the main thread for the block.
+
+    Python's default for SIGTERM ends the process at once: no ``finally`` runs, so the trial's
+    ``dvc exp run`` (in a session of its own) went on alone and ``params.yaml`` kept the trial's
+    values. As an exception it reaches ``run_dvc`` (which stops DVC's process group) and the
+    restore of ``params.yaml``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; there the caller's own handling applies
+        return
+
+    def _raise(signum: int, _frame: Any) -> None:
+        raise Terminated(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _quiet_optuna() -> None:
@@ -165,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        print(f"error: {exc}: the running trial was stopped and params.yaml restored", file=sys.stderr)
+        return 128 + signal.SIGTERM
     counts = ", ".join(f"{n} {state}" for state, n in report.counts.items() if n)
     print(f"study {report.study}: {len(report.trials)} trials ({counts})")
     if report.best:

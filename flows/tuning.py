@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
@@ -478,8 +480,18 @@ class WorkspaceTrials:
         self._snapshot = self.params_file.read_bytes()
 
     def restore(self) -> None:
-        """Put ``params.yaml`` back as it was (``dvc exp run -S`` leaves a trial's values in it)."""
-        self.params_file.write_bytes(self._snapshot)
+        """Put ``params.yaml`` back as it was (``dvc exp run -S`` leaves a trial's values in it).
+
+        Atomically (a new file renamed over it): a reader, or a kill in the middle, never sees half of it.
+        """
+        fd, tmp = tempfile.mkstemp(dir=self.params_file.parent, prefix=".params.yaml.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self._snapshot)
+            os.replace(tmp, self.params_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def check_names_free(self, next_number: int) -> None:
         """Refuse to start when experiments of later trials already exist (a study whose database is gone).

@@ -591,6 +591,9 @@ class PromoteParams(_Section):
         0.0, ge=0.0, le=1.0, description="largest mAP50-95 drop against production that still promotes"
     )
     version_with_dvc: bool = Field(True, description="dvc add the production folder after promoting")
+    commit: bool = Field(
+        True, description="git commit the production pointer and tag it production-v<N> (in a git repository)"
+    )
 
 
 class OrchestrationParams(_Section):

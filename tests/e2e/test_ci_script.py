@@ -3,11 +3,13 @@
 The clone pulls data, outputs and run-cache, and its `dvc repro` must not train again; a params
 change there re-runs only what reads it; both runs write a metrics diff against main. The script's
 switches: `ONLY_IF_DATA_CHANGED=1` goes on when there is no production model yet (the first run) and
-ends early once production holds this data; `PROMOTE=1` promotes (the clone's run).
+ends early once production holds this data; `PROMOTE=1` promotes (the clone's run), commits and tags
+the pointer and pushes both to the origin, and refuses to promote where it cannot push.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -71,6 +73,23 @@ def test_ci_script_shares_results_through_the_remote(tmp_path_factory: pytest.Te
     assert "metrics/deployment.json" in diff and "ms.onnx-fp32" in diff
     production = second.json("models/production/metadata.json")
     assert production["version"] == 1 and (second.root / "models/production.dvc").is_file()
+    # The promotion is committed and pushed with its tag, after its files reached the DVC remote.
+    pointer = (second.root / "models/production.dvc").read_text()
+    assert first.git("show", "feature:models/production.dvc") == pointer
+    assert first.git("show", "production-v1:models/production.dvc") == pointer
+    assert "## Promoted" in diff and "production-v1" in diff
+    cloud = second.run("-m", "dvc", "status", "--cloud", "--json", "models/production.dvc")
+    assert cloud.returncode == 0 and json.loads(cloud.stdout or "{}") == {}, cloud.stdout
+
+    # Where the promotion could not be pushed (a detached HEAD), the run refuses to promote and fails.
+    second.git("checkout", "-q", "--detach")
+    refused_summary = tmp_path_factory.mktemp("summary") / "detached.md"
+    proc, _ran = ci(second, refused_summary, PROMOTE="1")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "refused to promote: cannot push the promotion: HEAD is detached" in proc.stderr
+    assert "## Promotion refused" in refused_summary.read_text()
+    assert second.json("models/production/metadata.json") == production
+    second.git("checkout", "-q", "feature")
 
     # Production now holds this very data: a data-triggered run ends early, successfully.
     summary3 = tmp_path_factory.mktemp("summary") / "unchanged.md"

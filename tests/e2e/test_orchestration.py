@@ -42,6 +42,10 @@ def test_promotion_then_data_check_then_regression_refused(ws: Workspace):
     (ws.root / "models/production/metadata.json").write_text(json.dumps(meta))
     # Recorded as production by DVC too; otherwise promotion refuses a folder that differs from its .dvc file.
     assert ws.run("-m", "dvc", "add", "-q", "models/production").returncode == 0
+    # And as the promoted version 1 in git (the tag); otherwise promotion refuses an older pointer.
+    assert ws.json("reports/promotion.json")["tag"] == "production-v1"
+    ws.git("commit", "-q", "-m", "production v1 claims more", "--", "models/production.dvc")
+    ws.git("tag", "-f", "production-v1")
     before = tree_digest(ws.root / "models" / "production")
     refused = ws.run("-m", "stages.promote")
     assert refused.returncode == 2

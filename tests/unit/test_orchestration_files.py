@@ -54,3 +54,59 @@ def test_workflow_runs_only_the_tested_script():
     triggers = workflow[True]
     assert "workflow_dispatch" in triggers and "runner" in triggers["workflow_dispatch"]["inputs"]
     assert "params.yaml" in triggers["push"]["paths"]
+
+
+# --- the workflow cannot be turned against the runner or the fleet (issue 21, item 9) -------------------
+
+
+def test_pull_requests_from_forks_never_start_the_job():
+    from tests.workflow import evaluate, load, pull_request, push_to_main
+
+    job = load()["jobs"]["retrain"]
+    assert evaluate(job["if"], push_to_main()) is True
+    assert evaluate(job["if"], pull_request("team/yolo")) is True
+    assert evaluate(job["if"], pull_request("someone/yolo-fork")) is False
+
+
+def test_pull_request_runs_never_push_the_run_cache():
+    from tests.workflow import load, pull_request, push_to_main, substitute
+
+    job = load()["jobs"]["retrain"]
+    (retrain,) = [s for s in job["steps"] if "ci_retrain.sh" in s.get("run", "")]
+    assert substitute(retrain["env"]["PUSH_RUN_CACHE"], pull_request("team/yolo")) == "0"
+    assert substitute(retrain["env"]["PUSH_RUN_CACHE"], push_to_main()) == "1"
+    assert substitute(retrain["env"]["PROMOTE"], pull_request("team/yolo")) == "0"
+    script = (REPO / "scripts" / "ci_retrain.sh").read_text()
+    assert 'if [ "${PUSH_RUN_CACHE:-1}" = 1 ]; then\n  "$py" -m dvc push --run-cache\nelse' in script
+
+
+def test_actions_are_pinned_credentials_not_kept_and_permissions_least():
+    import re
+
+    from tests.workflow import load
+
+    workflow = load()
+    job = workflow["jobs"]["retrain"]
+    uses = [s["uses"] for s in job["steps"] if "uses" in s]
+    assert uses and all(re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", u) for u in uses), uses
+    (checkout,) = [s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@")]
+    assert checkout["with"]["persist-credentials"] is False
+    assert workflow["permissions"] == {} and job["permissions"] == {"contents": "read"}
+    # Secrets only in the environment of the step that needs them, never the job's or a command line.
+    text = yaml.safe_dump({"env": job.get("env", {}), "runs": [s.get("run", "") for s in job["steps"]]})
+    assert "secrets." not in text and "secrets." not in yaml.safe_dump(workflow.get("env", {}))
+
+
+def test_zizmor_finds_nothing_in_the_workflows():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    zizmor = shutil.which("zizmor", path=str(Path(sys.executable).parent))
+    if zizmor is None:
+        import pytest
+
+        pytest.skip("zizmor is not installed (pip install -e '.[dev]' installs it)")
+    proc = subprocess.run([zizmor, "--offline", str(REPO / ".github" / "workflows")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
