@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -488,6 +489,7 @@ class WorkspaceTrials:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(self._snapshot)
+            shutil.copymode(self.params_file, tmp)  # mkstemp makes it 0600; params.yaml keeps its own mode
             os.replace(tmp, self.params_file)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

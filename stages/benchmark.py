@@ -90,6 +90,7 @@ class BenchmarkConfig(BaseModel):
     throughput_plot: Path
     workspace: Path
     imgsz: int
+    engine_device: str  # engine.device: the GPU the engine was built and gated on
     options: BenchmarkParams
 
     @classmethod
@@ -114,6 +115,7 @@ class BenchmarkConfig(BaseModel):
             throughput_plot=paths.resolve("throughput_plot", root),
             workspace=root,
             imgsz=params.train.imgsz,
+            engine_device=params.engine.device,
             options=params.benchmark,
         )
 
@@ -329,18 +331,31 @@ class _Timed:
     ) -> None:
         self.runner = runner
         self.info = runner.info
-        self.step = self._stepper(pool, o.batch)
+        self.step = self._stepper(pool, o.batch)  # BackendUnavailable: the artifact does not take benchmark.batch
         self.end_to_end = None
-        if runner.batch in (None, 1):
+        if takes(runner, pool, 1):
             self.end_to_end = lambda i: end_to_end(runner, images[i % len(images)], imgsz, names)
-        # Throughput at the other batch sizes, where the artifact takes them (a static batch takes its own).
-        self.batch_steps = {
-            b: self._stepper(pool, b) for b in o.batch_sizes if b != o.batch and runner.batch in (None, b)
-        }
+        # Throughput at the other batch sizes, where the artifact takes them (a static batch takes its own,
+        # an engine its profile's range).
+        self.batch_steps = {b: self._stepper(pool, b) for b in o.batch_sizes if b != o.batch and takes(runner, pool, b)}
 
     def _stepper(self, pool: np.ndarray, batch: int) -> Callable[[int], Any]:
         placed = [self.runner.place(x) for x in batches(pool, batch)]
         return lambda i: self.runner.forward(placed[i % len(placed)])
+
+
+def takes(runner: Runner, pool: np.ndarray, batch: int) -> bool:
+    """Whether ``runner`` accepts a batch of ``batch`` images: its static batch, else what ``place``
+    accepts (an engine refuses sizes outside its optimization profile)."""
+    if runner.batch is not None:
+        return batch == runner.batch
+    if runner.max_batch is not None and batch > runner.max_batch:
+        return False
+    try:
+        runner.place(batches(pool, batch)[0])
+    except BackendUnavailable:
+        return False
+    return True
 
 
 def end_to_end(runner: Runner, image: Path, imgsz: int, classes: int) -> Any:
@@ -402,7 +417,7 @@ def _open(backend: str, cfg: BenchmarkConfig, deploy: dict[str, Any]) -> Runner:
         spec.backend,
         path,
         workspace=cfg.workspace,
-        device=spec.device,
+        device=cfg.engine_device if spec.artifact == "engine" else spec.device,
         precision=precision,
         threads=cfg.options.threads,
     )
@@ -497,7 +512,13 @@ def run(cfg: BenchmarkConfig) -> BenchmarkResult:
                 log.warning("%s not measured: %s", backend, exc)
                 continue
             opened.callback(runner.close)
-            timed[backend] = _Timed(runner, pool, images, cfg.imgsz, classes, o)
+            try:
+                timed[backend] = _Timed(runner, pool, images, cfg.imgsz, classes, o)
+            except BackendUnavailable as exc:
+                if backend in o.backends:
+                    raise  # asked for by name: benchmark.batch must fit it
+                skipped[backend] = f"does not take benchmark.batch={o.batch}: {exc}"
+                log.warning("%s not measured: %s", backend, skipped[backend])
         measured = _measure(timed, o)
         infos = {backend: t.info for backend, t in timed.items()}
         timed.clear()  # the placed batches (device memory) go before their runners close

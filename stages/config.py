@@ -71,6 +71,7 @@ INPUT_KEYS = frozenset({"dataset", "weights"})
 RESERVED = frozenset(
     {
         ".dvc",
+        ".dvc-storage",  # the default local DVC remote (.dvc/config): every pushed version lives there
         ".git",
         ".github",
         ".ci",

@@ -310,7 +310,8 @@ def tag_mismatch(workspace: Path, pointer: Path) -> str | None:
         return None
     tag, _ = latest
     rel = pointer.relative_to(workspace).as_posix()
-    shown = _git(workspace, "show", f"{tag}:{rel}")
+    # ./: relative to the workspace, which may be a subfolder of the repository.
+    shown = _git(workspace, "show", f"{tag}:./{rel}")
     recorded = _pointer_md5(shown.stdout) if shown.returncode == 0 else None
     current = _pointer_md5(pointer.read_text(encoding="utf-8")) if pointer.is_file() else None
     if recorded is None or recorded == current:
@@ -341,10 +342,12 @@ def _commit(workspace: Path, pointer: Path, version: int) -> tuple[str, str] | N
         _git_checked(workspace, "add", "--", *paths)
         # --no-verify: the commit holds the pointer alone, and a hook must not leave production half done.
         message = f"Promote production version {version}"
-        _git_checked(workspace, *identity, "commit", "--quiet", "--no-verify", "-m", message, "--", *paths)
+        # No hooks and no signing: a worker or CI has no gpg agent, and a refused commit would undo the promotion.
+        unsigned = ("-c", "commit.gpgsign=false")
+        _git_checked(workspace, *identity, *unsigned, "commit", "--quiet", "--no-verify", "-m", message, "--", *paths)
     tag = f"{TAG_PREFIX}{version}"
     if _git(workspace, "rev-parse", "--quiet", "--verify", f"refs/tags/{tag}").returncode != 0:
-        _git_checked(workspace, "tag", tag, "HEAD")
+        _git_checked(workspace, "-c", "tag.gpgsign=false", "tag", tag, "HEAD")
     return _git_checked(workspace, "rev-parse", "HEAD"), tag
 
 

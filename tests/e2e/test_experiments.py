@@ -23,8 +23,8 @@ EXPERIMENTS = {"lr-high": "0.02", "lr-low": "0.005"}
 SCREEN = 160
 # What `make compare` runs (Makefile): the changed params and compared numbers, without dependency hashes.
 COMPARE = ("exp", "show", "--only-changed", "--no-pager", "--drop", ".*/")
-# The top-level keys of metrics/quality.json and metrics/deployment.json.
-COMPARED = {"gate", "map50", "map50_95", "ap", "deployable", "ms", "unstable", "mb"}  # unstable: a noisy ms flagged beside it
+# The top-level keys of metrics/quality.json and metrics/deployment.json (unstable: a noisy ms flagged beside it).
+COMPARED = {"gate", "map50", "map50_95", "ap", "deployable", "ms", "unstable", "mb"}
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from stages.errors import ConfigError
         ("production", "./Stages/"),
         ("production", "weights"),
         ("production", "weights/production"),
+        ("engine_dir", ".dvc-storage"),  # the default local DVC remote: every pushed version
     ],
 )
 def test_output_on_what_the_project_needs_is_refused(key: str, value: str):
