@@ -34,7 +34,7 @@ from stages.common import stage_main, write_json
 from stages.config import EvaluateParams, Params
 from stages.datasets import label_path_for, read_prepared_yaml, split_dirs
 from stages.errors import ConfigError, PipelineError
-from stages.inference import validation_images
+from stages.inference import patient, validation_images
 from stages.runtime import import_ultralytics
 
 log = logging.getLogger(__name__)
@@ -269,10 +269,12 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         raise PipelineError("trained model is missing; run 'train' first", stage=STAGE, path=cfg.model)
     names = read_prepared_yaml(cfg.data_yaml)["names"]
     ultralytics = import_ultralytics(cfg.workspace)
+    from ultralytics.models.yolo.detect import DetectionValidator
+
     model = ultralytics.YOLO(str(cfg.model), task="detect")
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         metrics = model.val(
-            validator=_picture_validator(cfg.gates.plot_conf),
+            validator=patient(_picture_validator(cfg.gates.plot_conf)),  # NMS without a time limit
             data=str(cfg.data_yaml),
             split="val",
             imgsz=cfg.imgsz,
@@ -287,6 +289,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
             verbose=False,
         )
         square = model.val(
+            validator=patient(DetectionValidator),
             data=str(cfg.data_yaml),
             split="val",
             imgsz=cfg.imgsz,

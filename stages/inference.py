@@ -6,8 +6,10 @@ accuracies and latencies compare backends and nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,37 @@ def detections(
         end2end=end_to_end,
     )
     return [k.numpy() for k in kept]
+
+
+@contextlib.contextmanager
+def nms_without_time_limit() -> Iterator[None]:
+    """Ultralytics' NMS with no time limit while the block runs.
+
+    Its validators call ``ultralytics.utils.nms.non_max_suppression`` through the module and keep its
+    default limit (2 + 0.05 x batch seconds, then the rest of the batch is left empty): on a loaded
+    machine, at ``conf`` 0.001, ``evaluate``'s mAP and the gate's check of its reference would lose
+    detections at random.
+    """
+    from ultralytics.utils import nms
+
+    original = nms.non_max_suppression
+    nms.non_max_suppression = functools.partial(original, max_time_img=float("inf"))
+    try:
+        yield
+    finally:
+        nms.non_max_suppression = original
+
+
+def patient(validator: type) -> type:
+    """``validator`` (an Ultralytics detection validator class) whose NMS never gives up on a clock."""
+
+    class Patient(validator):  # type: ignore[misc,valid-type]
+        def postprocess(self, preds: Any) -> Any:
+            with nms_without_time_limit():
+                return super().postprocess(preds)
+
+    Patient.__name__ = Patient.__qualname__ = f"Patient{validator.__name__}"
+    return Patient
 
 
 def validation_images(data_yaml: Path, limit: int) -> list[Path]:

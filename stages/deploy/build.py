@@ -219,7 +219,8 @@ def ultralytics_figure(cfg: DeployInputs, data: LabelledImages) -> tuple[Accurac
     no such figure) Ultralytics' validator measures it here on the CPU on exactly the gate's images
     (:func:`ultralytics_map`).
     """
-    whole_split = cfg.options.eval_images == 0 or len(data.paths) <= cfg.options.eval_images
+    # Fewer images than asked for: the split ran out, so it is the whole split. As many: maybe a subset.
+    whole_split = cfg.options.eval_images == 0 or len(data.paths) < cfg.options.eval_images
     on_cpu = str(cfg.evaluate_device).strip().lower() == "cpu"
     if whole_split and on_cpu and cfg.evaluate_metrics is not None and cfg.evaluate_metrics.is_file():
         square = read_json(cfg.evaluate_metrics).get("square")

@@ -352,3 +352,35 @@ def test_an_nms_free_export_is_read_by_the_gate_and_compared_by_parity(tmp_path:
     # Untrained, 80 classes against these 3: the decoded rows are what is measured, whatever the mAP.
     wide = data.model_copy(update={"names": [str(i) for i in range(80)]})
     assert detection_map(runner, wide, IMGSZ, 0.001, 0.7).images == len(data.paths)
+
+
+def test_ultralytics_validators_here_never_give_up_on_a_time_limit(monkeypatch: pytest.MonkeyPatch):
+    """evaluate's validators and the gate's check of its reference run Ultralytics' NMS through the
+    validator's own ``postprocess``: with its clock jumping, the stock validator loses images and ours not."""
+    import types
+
+    import torch
+    import ultralytics.utils.nms as nms_module
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    from stages.evaluate import _picture_validator
+    from stages.inference import patient
+
+    raw = np.zeros((4, 4 + 2, 8), dtype=np.float32)
+    raw[:, :4, 0] = [[20.0], [20.0], [10.0], [10.0]]
+    raw[:, 4, 0] = 0.9
+
+    def kept(validator_class: type) -> list[int]:
+        validator = object.__new__(validator_class)  # postprocess reads only its args, nc and end2end
+        validator.args = types.SimpleNamespace(
+            conf=0.25, iou=0.7, task="detect", single_cls=False, agnostic_nms=False, max_det=300
+        )
+        validator.nc, validator.end2end = 2, False
+        clock = iter(range(0, 10_000, 60))
+        monkeypatch.setattr(nms_module, "time", types.SimpleNamespace(time=lambda: float(next(clock))))
+        return [len(d["cls"]) for d in validator.postprocess(torch.from_numpy(raw))]
+
+    assert kept(DetectionValidator) == [1, 0, 0, 0], "the stock validator gave up after the first image"
+    assert kept(patient(DetectionValidator)) == [1, 1, 1, 1]
+    assert kept(patient(_picture_validator(0.25))) == [1, 1, 1, 1]
+    assert nms_module.non_max_suppression.__name__ == "non_max_suppression", "the limit is back after the call"
