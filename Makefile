@@ -96,6 +96,7 @@ test-e2e: install
 lint: install
 	$(BIN)/ruff check stages flows tests
 	$(BIN)/ruff format --check stages flows tests
+	$(BIN)/lint-imports --no-logo --cache-dir .cache/import-linter  # the layers: pyproject.toml [tool.importlinter]
 	$(BIN)/python -m stages.backends.tensorrt_typecheck  # mypy: the TensorRT backend against TensorRT's API
 	$(BIN)/zizmor --offline .github/workflows
 

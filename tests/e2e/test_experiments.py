@@ -24,7 +24,8 @@ SCREEN = 160
 # What `make compare` runs (Makefile): the changed params and compared numbers, without dependency hashes.
 COMPARE = ("exp", "show", "--only-changed", "--no-pager", "--drop", ".*/")
 # The top-level keys of metrics/quality.json and metrics/deployment.json.
-COMPARED = {"gate", "map50", "map50_95", "ap", "deployable", "ms", "unstable", "mb"}  # unstable: a noisy ms flagged beside it
+# unstable: a noisy ms flagged beside it.
+COMPARED = {"gate", "map50", "map50_95", "ap", "deployable", "ms", "unstable", "mb"}
 
 
 @pytest.fixture(scope="module")
