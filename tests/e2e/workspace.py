@@ -174,7 +174,7 @@ class Workspace:
         ws = cls.create(root, prefect_home)
         gen = ws.run(
             "-m",
-            "stages.sample_data",
+            "stages.data.sample_data",
             "--out",
             "data/dataset",
             "--train",
