@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## Create the sample dataset (only when data/dataset is absent) and track it with DVC.
 sample-data: install
-	test -d data/dataset || $(BIN)/python -m stages.sample_data --out data/dataset
+	test -d data/dataset || $(BIN)/python -m stages.data.sample_data --out data/dataset
 	$(BIN)/python -m stages.lock --owner "make sample-data" -- $(BIN)/dvc add --quiet data/dataset
 
 ## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote,
@@ -96,6 +96,7 @@ test-e2e: install
 lint: install
 	$(BIN)/ruff check stages flows tests
 	$(BIN)/ruff format --check stages flows tests
+	$(BIN)/lint-imports --no-logo --cache-dir .cache/import-linter  # the layers: pyproject.toml [tool.importlinter]
 	$(BIN)/python -m stages.backends.tensorrt_typecheck  # mypy: the TensorRT backend against TensorRT's API
 	$(BIN)/zizmor --offline .github/workflows
 

@@ -152,7 +152,7 @@ def workspace(tmp: Path, name: str, coco: bool, epochs: int, imgsz: int, args: a
     if coco:
         shutil.copytree(COCO128, root / "data" / "dataset")
     else:
-        gen = ws.run("-m", "stages.sample_data", "--out", "data/dataset")
+        gen = ws.run("-m", "stages.data.sample_data", "--out", "data/dataset")
         if gen.returncode != 0:
             raise SystemExit(gen.stderr)
     ws.add_data()

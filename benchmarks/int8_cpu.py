@@ -185,7 +185,7 @@ def trained_workspace(tmp: Path, args: argparse.Namespace) -> Workspace:
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # the demo's params, not the e2e tests' tiny ones
     params["train"]["model"] = args.train_model
     ws.set_params(params)
-    gen = ws.run("-m", "stages.sample_data", "--out", "data/dataset")
+    gen = ws.run("-m", "stages.data.sample_data", "--out", "data/dataset")
     if gen.returncode != 0:
         raise SystemExit(gen.stderr)
     ws.add_data()

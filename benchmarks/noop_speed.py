@@ -56,7 +56,9 @@ def main() -> int:
         root.mkdir()
         home.mkdir()
         ws = Workspace.create(root, home)
-        gen = ws.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64")
+        gen = ws.run(
+            "-m", "stages.data.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64"
+        )
         if gen.returncode != 0:
             raise SystemExit(gen.stderr)
         ws.add_data()

@@ -84,7 +84,7 @@ def build_workspace(tmp: Path, coco128: bool) -> Workspace:
     if coco128:
         shutil.copytree(COCO128, root / "data" / "dataset")
     else:
-        gen = ws.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "64", "--val", "16")
+        gen = ws.run("-m", "stages.data.sample_data", "--out", "data/dataset", "--train", "64", "--val", "16")
         if gen.returncode != 0:
             raise SystemExit(gen.stderr)
     ws.add_data()

@@ -12,8 +12,8 @@ from flows.dvc_runner import StageRun
 from stages.common import read_json
 from stages.config import Params
 from stages.data_version import production_metadata
-from stages.evaluate import describe
 from stages.report import merged_benchmark
+from stages.verdict import describe
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -39,10 +39,10 @@ from pydantic import BaseModel, ConfigDict
 from stages import summary
 from stages.backends import Runner, open_runner
 from stages.backends.base import Precision
-from stages.build_engine import ENGINE_NAME
 from stages.common import read_json, stage_main, write_json
 from stages.config import BenchmarkParams, Params
 from stages.datasets import read_prepared_yaml
+from stages.deploy.engine import ENGINE_NAME
 from stages.deploy.targets import TARGETS
 from stages.errors import BackendUnavailable, ConfigError, PipelineError
 from stages.inference import (

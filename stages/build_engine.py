@@ -38,13 +38,13 @@ from stages.common import read_json, stage_main, write_json
 from stages.config import EngineParams, Params
 from stages.deploy.accuracy import Accuracy, calibration_inputs, detection_map, labelled_split
 from stages.deploy.build import judge
+from stages.deploy.engine import ENGINE_NAME
 from stages.deploy.int8 import Method
 from stages.errors import EngineUnavailable, PipelineError
 
 log = logging.getLogger(__name__)
 
 STAGE = "build_engine"
-ENGINE_NAME = "model.engine"
 
 
 class BuildEngineConfig(BaseModel):

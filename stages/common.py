@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -113,3 +114,23 @@ def stage_main(
         print(f"error: {exc}", file=sys.stderr)
         return REFUSED_EXIT
     return 0
+
+
+def git_commit(workspace: Path) -> str:
+    """The workspace's git commit (with ``+dirty`` when there are uncommitted changes), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return "unknown (no commit)"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"

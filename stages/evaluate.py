@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from stages.datasets import label_path_for, read_prepared_yaml, split_dirs
 from stages.errors import ConfigError, PipelineError
 from stages.inference import patient, validation_images
 from stages.runtime import import_ultralytics
+from stages.verdict import describe
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class ClassMetrics(BaseModel):
 
 
 class Check(BaseModel):
-    """One gate check, in numbers (``passed``: 1 or 0); :func:`describe` words it."""
+    """One gate check, in numbers (``passed``: 1 or 0); :func:`stages.verdict.describe` words it."""
 
     value: float | None
     threshold: float
@@ -125,19 +125,6 @@ class EvaluateResult(BaseModel):
     per_class: dict[str, ClassMetrics]
     instances: int
     gates: Gates
-
-
-def describe(name: str, check: Mapping[str, Any]) -> str:
-    """One check in words, e.g. ``map50 0.3120 < 0.5`` (from the numbers in ``metrics/evaluate.json``)."""
-    value, threshold = check["value"], check["threshold"]
-    if value is None:
-        return f"{name}: no validation boxes to measure it on (needs ≥ {threshold})"
-    return f"{name} {value:.4f} {'≥' if check['passed'] else '<'} {threshold}"
-
-
-def failed_checks(gates: Mapping[str, Any]) -> list[str]:
-    """Every failed check of a recorded verdict (``metrics/evaluate.json``'s ``gates``), in words."""
-    return [describe(name, c) for name, c in gates["checks"].items() if not c["passed"]]
 
 
 def _at_least(value: float | None, threshold: float) -> Check:

@@ -37,9 +37,9 @@ from stages.common import read_json, stage_main, write_json, write_text
 from stages.config import DeployParams, ExportParams, Params
 from stages.deploy.build import DeployInputs, build_and_gate
 from stages.errors import ExportError, PipelineError
-from stages.evaluate import failed_checks
 from stages.inference import load_inputs, validation_images
 from stages.runtime import import_ultralytics
+from stages.verdict import failed_checks
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from stages.common import read_json, stage_main
 from stages.config import Params
 from stages.errors import GateFailed
-from stages.evaluate import failed_checks
+from stages.verdict import failed_checks
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,14 @@ from stages.datasets import iter_images, read_prepared_yaml, split_dirs
 from stages.errors import BackendUnavailable, PipelineError
 
 
+def is_end_to_end(raw: np.ndarray) -> bool:
+    """Whether ``raw`` is an NMS-free head's (N, detections, 6) output rather than the raw head's.
+
+    The raw head has at least 84 anchors even at 64 px, so a last axis of 6 is never one of its.
+    """
+    return raw.ndim == 3 and raw.shape[-1] == 6
+
+
 def letterbox_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
     """Where an image of ``height`` x ``width`` lands in its ``size`` x ``size`` letterbox: (h, w, top, left).
 
@@ -80,8 +88,6 @@ def detections(
     """
     import torch
     from ultralytics.utils.nms import non_max_suppression
-
-    from stages.backends.compare import is_end_to_end
 
     end_to_end = is_end_to_end(raw)
     if not end_to_end and (raw.ndim != 3 or raw.shape[1] != 4 + classes):

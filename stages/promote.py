@@ -46,14 +46,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from stages import PIPELINE
-from stages.common import file_sha256, read_json, stage_main, write_json, write_text
+from stages.common import file_sha256, git_commit, read_json, stage_main, write_json, write_text
 from stages.config import Params, PromoteParams
 from stages.data_version import dvc_file_version, folder_version, production_metadata, recorded_data_version
 from stages.deploy.targets import TARGETS
 from stages.errors import PipelineError
-from stages.evaluate import failed_checks
 from stages.lock import hold_workspace
-from stages.report import git_commit
+from stages.verdict import failed_checks
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ matrix, training curves and latency, in one file that opens offline.
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from stages import card_html
-from stages.common import read_json, stage_main, write_text
+from stages.common import git_commit, read_json, stage_main, write_text
 from stages.config import PIPELINE_SECTIONS, Params
 from stages.data_version import recorded_data_version
 from stages.errors import PipelineError
-from stages.evaluate import failed_checks
+from stages.verdict import failed_checks
 
 log = logging.getLogger(__name__)
 
@@ -112,26 +111,6 @@ def data_version(workspace: Path, dataset: str) -> str:
     if found is None:
         return "unknown: the dataset is not tracked by DVC and the pipeline did not run through DVC"
     return f"{found.md5} ({found.nfiles} files, {found.size} bytes; from {found.source})"
-
-
-def git_commit(workspace: Path) -> str:
-    """The workspace's git commit (with ``+dirty`` when there are uncommitted changes), or ``unknown``."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10
-        )
-        if head.returncode != 0:
-            return "unknown (no commit)"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=workspace,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"unknown ({exc})"
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -62,8 +62,8 @@ def tiny_training_workspace(root: Path) -> tuple[Path, Path]:
     Returns:
         The workspace root and the dataset's ``data.yaml``.
     """
+    from stages.data.sample_data import SampleSpec, generate
     from stages.runtime import import_ultralytics
-    from stages.sample_data import SampleSpec, generate
 
     import_ultralytics(root)
     generate(SampleSpec(out=root / "data", train=8, val=4, size=64, seed=0))

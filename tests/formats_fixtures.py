@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from stages.sample_data import CLASSES, SampleSpec, generate
+from stages.data.sample_data import CLASSES, SampleSpec, generate
 
 
 def _yolo_boxes(label: Path) -> list[tuple[int, float, float, float, float]]:

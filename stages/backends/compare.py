@@ -17,17 +17,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from stages.errors import PipelineError
+from stages.inference import is_end_to_end
 
 CONFIDENT = 0.25  # the score above which the reference's anchors count as detections
 MIN_CONFIDENT = 20  # fewer confident anchors, and top-class agreement is a coin toss, not evidence (1.0)
-
-
-def is_end_to_end(raw: np.ndarray) -> bool:
-    """Whether ``raw`` is an NMS-free head's (N, detections, 6) output rather than the raw head's.
-
-    The raw head has at least 84 anchors even at 64 px, so a last axis of 6 is never one of its.
-    """
-    return raw.ndim == 3 and raw.shape[-1] == 6
 
 
 class Comparison(BaseModel):

@@ -79,7 +79,9 @@ def main(mount: Path, result: Path, size_mb: int) -> None:
         root.mkdir()
         home.mkdir()
         ws = Workspace.create(root, home)
-        gen = ws.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "8", "--val", "4", "--size", "64")
+        gen = ws.run(
+            "-m", "stages.data.sample_data", "--out", "data/dataset", "--train", "8", "--val", "4", "--size", "64"
+        )
         assert gen.returncode == 0, gen.stderr
         ws.add_data()
         record["baseline"] = outcome(ws, *ws.repro("train"))

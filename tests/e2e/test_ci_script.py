@@ -36,7 +36,9 @@ def test_ci_script_shares_results_through_the_remote(tmp_path_factory: pytest.Te
     first = Workspace.create(tmp_path_factory.mktemp("ci-main"), home)
     shutil.copytree(REPO / "scripts", first.root / "scripts")
     remote = tmp_path_factory.mktemp("remote")
-    gen = first.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64")
+    gen = first.run(
+        "-m", "stages.data.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64"
+    )
     assert gen.returncode == 0, gen.stderr
     assert first.run("-m", "dvc", "remote", "modify", "local", "url", str(remote)).returncode == 0
     first.add_data()

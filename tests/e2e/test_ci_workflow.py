@@ -105,7 +105,9 @@ def test_workflow_steps_run_on_a_fresh_clone(tmp_path_factory: pytest.TempPathFa
     for name in ("Makefile", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, origin.root / name)
     remote = tmp_path_factory.mktemp("wf-remote")
-    gen = origin.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64")
+    gen = origin.run(
+        "-m", "stages.data.sample_data", "--out", "data/dataset", "--train", "16", "--val", "8", "--size", "64"
+    )
     assert gen.returncode == 0, gen.stderr
     assert origin.run("-m", "dvc", "remote", "modify", "local", "url", str(remote)).returncode == 0
     origin.add_data()

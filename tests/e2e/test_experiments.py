@@ -23,19 +23,22 @@ EXPERIMENTS = {"lr-high": "0.02", "lr-low": "0.005"}
 SCREEN = 160
 # What `make compare` runs (Makefile): the changed params and compared numbers, without dependency hashes.
 COMPARE = ("exp", "show", "--only-changed", "--no-pager", "--drop", ".*/")
-# The top-level keys of metrics/quality.json and metrics/deployment.json (unstable: a noisy ms flagged beside it).
+# The top-level keys of metrics/quality.json and metrics/deployment.json.
+# unstable: a noisy ms flagged beside it.
 COMPARED = {"gate", "map50", "map50_95", "ap", "deployable", "ms", "unstable", "mb"}
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A committed workspace with the baseline reproduced and the two experiments run by the queue."""
-    w = Workspace.with_sample_data(tmp_path_factory, "ws-exp", train=8, val=4)
+    # The reproduced workspace other modules share (its train, evaluate and export are reused).
+    w = Workspace.with_sample_data(tmp_path_factory, "ws-exp", train=8, val=4, repro=True)
     # Each experiment runs the chain from `train` on: time only the deploy artifacts (the PyTorch
     # reference row is not a compared number) at one batch size.
     w.edit("benchmark", backends=["onnxruntime-cpu", "onnxruntime-cpu-int8"], batch_sizes=[1])
-    proc, _ran = w.repro()
+    proc, ran = w.repro()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "benchmark" in ran and "train" not in ran, ran
     w.git("checkout", "-q", "-b", "main")
     w.git("add", "-A")
     w.git("commit", "-q", "-m", "baseline")

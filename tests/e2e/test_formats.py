@@ -40,7 +40,7 @@ def test_dataset_with_every_problem_kind_stops_before_training(tmp_path_factory:
     from tests.unit.test_validate_stage import corrupt
 
     ws = Workspace.create(tmp_path_factory.mktemp("ws-bad"), tmp_path_factory.mktemp("prefect-home"))
-    gen = ws.run("-m", "stages.sample_data", "--out", "data/dataset", "--train", "8", "--val", "3", "--size", "64")
+    gen = ws.run("-m", "stages.data.sample_data", "--out", "data/dataset", "--train", "8", "--val", "3", "--size", "64")
     assert gen.returncode == 0, gen.stderr
     expected = corrupt(ws.root)
     ws.add_data()

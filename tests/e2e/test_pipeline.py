@@ -1,7 +1,8 @@
 """End to end: the whole chain on tiny data on CPU, through `dvc repro` and through the Prefect flow.
 
-One workspace (a copy of the project with a tiny sample dataset and tiny params) is shared by the
-tests of this module, which run in order: a full `dvc repro`, then checks that each entry point reuses
+One workspace (a copy of the project with a tiny sample dataset and tiny params, reproduced once per
+test run by `dvc repro` and copied: tests/e2e/workspace.py) is shared by the tests of this module,
+which run in order: the full `dvc repro` it was made by, then checks that each entry point reuses
 the other's results, that a param change re-runs only the stages that read it, and that an unknown key
 stops the chain with a clear message, that a failing gate is recorded, exports nothing and is
 refused by the flow and by promotion, and that an export failing its parity check stops the chain
@@ -21,14 +22,15 @@ import yaml
 
 from stages import PIPELINE
 from tests.conftest import tree_digest
-from tests.e2e.workspace import GUARDED_ENV, Workspace, network_calls, no_network_trace
+from tests.e2e.workspace import GUARDED_ENV, Workspace, network_calls
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    w = Workspace.with_sample_data(tmp_path_factory, "workspace")
+    # The reproduced workspace other modules share: its `dvc repro`, traced, is the one checked here.
+    w = Workspace.with_sample_data(tmp_path_factory, "workspace", repro=True)
     w.input_digest = tree_digest(w.root / "data" / "dataset")  # type: ignore[attr-defined]
     return w
 
@@ -59,14 +61,12 @@ def _leaves(data):
 
 
 def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
-    # With no network at all, and every socket call of every process and thread traced, where the
-    # machine allows it (test_no_socket_call_left_the_machine reads the trace).
-    log = ws.root.parent / f"{ws.root.name}.strace.log"
-    trace = no_network_trace(log)
-    ws.trace_log = log if trace else None  # type: ignore[attr-defined]
-    proc, ran = ws.repro(trace=trace)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert ran == set(PIPELINE)
+    # The workspace's own `dvc repro` (Workspace.build_sample_data), with no network at all and every
+    # socket call of every process and thread traced where the machine allows it
+    # (test_no_socket_call_left_the_machine reads the trace).
+    repro = ws.reproduced()
+    assert repro["returncode"] == 0, repro["output"]
+    assert repro["ran"] == set(PIPELINE)
 
     data = yaml.safe_load((ws.root / "data/prepared/data.yaml").read_text())
     assert "path" not in data and "download" not in data
@@ -170,7 +170,7 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
 def test_no_socket_call_left_the_machine(ws: Workspace):
     """The whole chain, in a network namespace with no network, made no connection attempt and no
     name lookup from any process or native thread (the Python-level guard cannot see native code)."""
-    log = getattr(ws, "trace_log", None)
+    log = ws.reproduced()["trace_log"]
     if log is None:
         pytest.skip("strace, or an unprivileged network namespace (unshare -rn), is not available on this machine")
     started = [line for line in log.read_text().splitlines() if "execve(" in line and "stages." in line]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -35,6 +37,8 @@ COPY = [
     "prefect.yaml",
     ".gitignore",
 ]
+# Written by the first stage that imports Ultralytics (stages/runtime.py), with absolute paths in it.
+ULTRALYTICS_SETTINGS = Path(".cache/ultralytics/Ultralytics/settings.json")
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "ci",
     "GIT_AUTHOR_EMAIL": "ci@example.invalid",
@@ -120,11 +124,57 @@ class Workspace:
     def with_sample_data(
         cls, tmp_path_factory: Any, name: str, train: int = 16, val: int = 8, size: int = 64, repro: bool = False
     ) -> Workspace:
-        """A new workspace with the generated sample dataset, tracked by DVC (and reproduced, if asked)."""
-        ws = cls.create(tmp_path_factory.mktemp(name), tmp_path_factory.mktemp("prefect-home"))
+        """A new workspace with the generated sample dataset, tracked by DVC (and reproduced, if asked).
+
+        Built once per test run for each set of arguments (see ``shared_template``) and copied here,
+        so that modules asking for the same workspace do not each generate and reproduce it.
+        """
+        template = shared_template(tmp_path_factory, train=train, val=val, size=size, repro=repro)
+        root = tmp_path_factory.mktemp(name)
+        # symlinks=True: a link stays a link (none today: DVC's cache links are copies by default).
+        shutil.copytree(template.root, root, symlinks=True, dirs_exist_ok=True)
+        # Ultralytics' settings name the template's absolute folders: the copy's first stage writes its own.
+        (root / ULTRALYTICS_SETTINGS).unlink(missing_ok=True)
+        ws = cls(root, tmp_path_factory.mktemp("prefect-home"))
+        # What the template's processes did counts for this copy too (its repro is this copy's): the
+        # network attempts, the system-call trace and the record of the repro, beside the copy.
+        for src, dest in (
+            (template.netguard_log, ws.netguard_log),
+            (template.strace_log, ws.strace_log),
+            (template.repro_record, ws.repro_record),
+        ):
+            if src.is_file():
+                shutil.copy(src, dest)
+        return ws
+
+    @property
+    def strace_log(self) -> Path:
+        """Where the system-call trace of the template's ``dvc repro`` lies (beside the workspace)."""
+        return self.root.parent / f"{self.root.name}.strace.log"
+
+    @property
+    def repro_record(self) -> Path:
+        """Where the record of the template's ``dvc repro`` lies (beside the workspace)."""
+        return self.root.parent / f"{self.root.name}.repro.json"
+
+    def reproduced(self) -> dict[str, Any]:
+        """How the ``dvc repro`` that made this workspace went: ``returncode``, ``ran`` (the stages
+        DVC ran), ``output`` (its last lines), ``trace_log`` (its system-call trace, or ``None``
+        where this machine cannot trace; see ``no_network_trace``)."""
+        record = json.loads(self.repro_record.read_text())
+        record["ran"] = set(record["ran"])
+        record["trace_log"] = self.strace_log if record["traced"] else None
+        return record
+
+    @classmethod
+    def build_sample_data(
+        cls, root: Path, prefect_home: Path, train: int, val: int, size: int, repro: bool
+    ) -> Workspace:
+        """Create the workspace ``with_sample_data`` copies: the project, its sample data, DVC-tracked."""
+        ws = cls.create(root, prefect_home)
         gen = ws.run(
             "-m",
-            "stages.sample_data",
+            "stages.data.sample_data",
             "--out",
             "data/dataset",
             "--train",
@@ -137,8 +187,14 @@ class Workspace:
         assert gen.returncode == 0, gen.stderr
         ws.add_data()
         if repro:
-            proc, _ran = ws.repro()
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            # With no network at all, and every socket call of every process and thread traced, where
+            # the machine allows it (test_pipeline reads the trace and this record).
+            trace = no_network_trace(ws.strace_log)
+            proc, ran = ws.repro(trace=trace)
+            output = proc.stdout[-3000:] + proc.stderr[-3000:]
+            record = {"returncode": proc.returncode, "ran": sorted(ran), "output": output, "traced": bool(trace)}
+            ws.repro_record.write_text(json.dumps(record))
+            assert proc.returncode == 0, output
         return ws
 
     def add_data(self) -> None:
@@ -232,3 +288,42 @@ class Workspace:
 
     def json(self, rel: str) -> Any:
         return json.loads((self.root / rel).read_text())
+
+
+def _code_digest() -> str:
+    """sha256 over what ``Workspace.create`` copies: a template is never reused across code changes."""
+    digest = hashlib.sha256()
+    for name in COPY:
+        src = REPO / name
+        files = (
+            sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if src.is_dir() else [src]
+        )
+        for path in files:
+            digest.update(path.relative_to(REPO).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def shared_template(tmp_path_factory: Any, **args: Any) -> Workspace:
+    """The workspace ``Workspace.build_sample_data(**args)`` makes, built once per test run.
+
+    Under pytest-xdist every worker's temporary folder lies in the run's own folder; the template is
+    built there, under a file lock, by the first worker that asks, and the others wait for it and
+    reuse it. Keyed by the arguments and the code copied, so no run reuses another's.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    key = hashlib.sha256(json.dumps([args, sorted(TINY.items()), _code_digest()], sort_keys=True).encode())
+    folder = shared / f"template-{key.hexdigest()[:16]}"
+    folder.mkdir(exist_ok=True)
+    root, home = folder / "ws", folder / "prefect-home"
+    with (folder / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build fails
+        if not (folder / "ready").is_file():
+            shutil.rmtree(root, ignore_errors=True)  # what a failed build left
+            shutil.rmtree(home, ignore_errors=True)
+            root.mkdir()
+            home.mkdir()
+            Workspace.build_sample_data(root, home, **args)
+            (folder / "ready").touch()
+    return Workspace(root, home)

@@ -12,7 +12,7 @@ import pytest
 
 from stages import benchmark, build_engine, evaluate, export, prepare, runtime, train, validate
 from stages.config import parse_params
-from stages.sample_data import SampleSpec, generate
+from stages.data.sample_data import SampleSpec, generate
 from tests.conftest import cuda_available
 
 pytestmark = [

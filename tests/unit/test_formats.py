@@ -29,7 +29,7 @@ def labels(root: Path, split: str) -> dict[str, list[list[float]]]:
 
 @pytest.mark.parametrize("make", [make_voc, make_coco])
 def test_voc_and_coco_convert_to_the_same_labels_as_the_yolo_source(tmp_path: Path, make):
-    from stages.sample_data import SampleSpec, generate
+    from stages.data.sample_data import SampleSpec, generate
 
     generate(SampleSpec(out=tmp_path / "yolo" / "data" / "dataset", train=8, val=4, size=64, seed=0))
     run_prepare(tmp_path / "yolo")
@@ -157,7 +157,7 @@ def test_explicit_format_that_does_not_match_fails_clearly(tmp_path: Path):
 
 
 def _make_yolo(out: Path) -> Path:
-    from stages.sample_data import SampleSpec, generate
+    from stages.data.sample_data import SampleSpec, generate
 
     generate(SampleSpec(out=out, train=8, val=4, size=64, seed=0))
     return out

@@ -30,9 +30,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared sample dataset (12 train images) whose val JPEGs have the sizes of ``VAL_SIZES``."""
     from PIL import Image
 
+    from stages.data.sample_data import SampleSpec, generate
     from stages.prepare import PrepareConfig, run
     from stages.runtime import import_ultralytics
-    from stages.sample_data import SampleSpec, generate
 
     root = tmp_path_factory.mktemp("gate-data")
     import_ultralytics(root)

@@ -2,7 +2,8 @@ import pytest
 
 from stages.config import EvaluateParams
 from stages.errors import ConfigError, GateFailed
-from stages.evaluate import ClassMetrics, build_checks, describe, failed_checks
+from stages.evaluate import ClassMetrics, build_checks
+from stages.verdict import describe, failed_checks
 
 
 def per_class(**ap50):

@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from stages.config import parse_params
+from stages.data.sample_data import SampleSpec, generate
 from stages.errors import ConfigError, DatasetError
 from stages.prepare import PrepareConfig, checked_target, hash_split, run
-from stages.sample_data import SampleSpec, generate
 from tests.conftest import tree_digest
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.sample_data import SampleSpec, generate
+from stages.data.sample_data import SampleSpec, generate
 from tests.conftest import tree_digest
 
 

@@ -75,8 +75,8 @@ def test_unknown_optimizer_family_is_refused():
 
 def test_lr_in_the_optimizer_after_setup_follows_the_rule(tmp_path):
     """Read back from the param groups of the optimizer Ultralytics builds, through the pipeline's trainer."""
+    from stages.data.sample_data import SampleSpec, generate
     from stages.runtime import import_ultralytics
-    from stages.sample_data import SampleSpec, generate
     from stages.training.settings import TrainerSettings
 
     import_ultralytics(tmp_path)

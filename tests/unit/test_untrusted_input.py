@@ -17,9 +17,9 @@ from PIL import Image
 
 from stages import prepare, validate
 from stages.config import parse_params
+from stages.data.sample_data import SampleSpec, generate
 from stages.errors import DatasetError, ValidationFailed
 from stages.runtime import image_pixel_limit
-from stages.sample_data import SampleSpec, generate
 from tests.conftest import REPO, tree_digest, venv_env
 from tests.formats_fixtures import make_coco, make_voc, tree_listing
 

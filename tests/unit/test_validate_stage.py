@@ -14,8 +14,8 @@ from PIL import Image
 
 from stages import prepare, validate
 from stages.config import parse_params
+from stages.data.sample_data import SampleSpec, generate
 from stages.errors import ValidationFailed
-from stages.sample_data import SampleSpec, generate
 from tests.conftest import tree_digest
 
 

@@ -6,7 +6,7 @@ and learn something within minutes on a CPU. Users replace ``data/dataset/`` wit
 
 Usage::
 
-    python -m stages.sample_data --out data/dataset [--train 96 --val 24 --size 160 --seed 0]
+    python -m stages.data.sample_data --out data/dataset [--train 96 --val 24 --size 160 --seed 0]
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def generate(spec: SampleSpec) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: generate the sample dataset unless the destination already holds data."""
-    parser = argparse.ArgumentParser(prog="python -m stages.sample_data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.data.sample_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/dataset"))
     parser.add_argument("--train", type=int, default=SampleSpec.train)
     parser.add_argument("--val", type=int, default=SampleSpec.val)
