@@ -33,7 +33,7 @@ from stages.common import stage_main, write_json
 from stages.config import EvaluateParams, Params
 from stages.datasets import label_path_for, read_prepared_yaml, split_dirs
 from stages.errors import ConfigError, PipelineError
-from stages.inference import patient, validation_images
+from stages.inference import patient, square_val, validation_images
 from stages.runtime import import_ultralytics
 from stages.verdict import describe
 
@@ -256,8 +256,6 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         raise PipelineError("trained model is missing; run 'train' first", stage=STAGE, path=cfg.model)
     names = read_prepared_yaml(cfg.data_yaml)["names"]
     ultralytics = import_ultralytics(cfg.workspace)
-    from ultralytics.models.yolo.detect import DetectionValidator
-
     model = ultralytics.YOLO(str(cfg.model), task="detect")
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         metrics = model.val(
@@ -275,21 +273,15 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
             name="val",
             verbose=False,
         )
-        square = model.val(
-            validator=patient(DetectionValidator),
-            data=str(cfg.data_yaml),
-            split="val",
+        square = square_val(
+            model,
+            cfg.data_yaml,
             imgsz=cfg.imgsz,
             batch=cfg.gates.batch,
-            device=cfg.device,
             conf=cfg.gates.conf,
             iou=cfg.gates.iou,
-            rect=False,
-            plots=False,
-            save_json=False,
-            project=tmp,
-            name="square",
-            verbose=False,
+            device=cfg.device,
+            project=Path(tmp),
         )
     box = metrics.box
     write_pictures(cfg, model, metrics, names)

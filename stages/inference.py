@@ -139,6 +139,37 @@ def patient(validator: type) -> type:
     return Patient
 
 
+def square_val(
+    model: Any, data_yaml: Path, *, imgsz: int, batch: int, conf: float, iou: float, device: Any, project: Path
+) -> Any:
+    """Ultralytics' validator on the ``val`` split of ``data_yaml`` with square batches (``rect=False``).
+
+    The letterbox every deploy artifact is fed, so the figure the gate's PyTorch reference must
+    reproduce; NMS without a time limit (:func:`patient`), no plots. ``model`` is an ``ultralytics.YOLO``.
+
+    Returns:
+        Ultralytics' detection metrics.
+    """
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    return model.val(
+        validator=patient(DetectionValidator),
+        data=str(data_yaml),
+        split="val",
+        imgsz=imgsz,
+        batch=batch,
+        rect=False,
+        conf=conf,
+        iou=iou,
+        device=device,
+        plots=False,
+        save_json=False,
+        project=str(project),
+        name="square",
+        verbose=False,
+    )
+
+
 def validation_images(data_yaml: Path, limit: int) -> list[Path]:
     """The first ``limit`` validation images of the prepared dataset, in a stable order.
 

@@ -93,3 +93,23 @@ def smooth_images(count: int, imgsz: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     coarse = rng.random((count, 3, imgsz // 8, imgsz // 8), dtype=np.float32)
     return np.ascontiguousarray(coarse.repeat(8, axis=2).repeat(8, axis=3))
+
+
+def deploy_inputs(tiny: dict[str, Path], tmp_path: Path, deploy_dir: Path, imgsz: int, params: dict, **extra):
+    """``stages.deploy.build.DeployInputs`` for a tiny export: files under ``tmp_path``, ``params`` parsed."""
+    from stages.config import parse_params
+    from stages.deploy.build import DeployInputs
+
+    return DeployInputs(
+        model=tiny["pt"],
+        deploy_dir=deploy_dir,
+        data_yaml=tmp_path / "data.yaml",
+        metrics=tmp_path / "metrics" / "deploy.json",
+        report=tmp_path / "reports" / "deploy.json",
+        workspace=tiny["root"],
+        imgsz=imgsz,
+        conf=0.001,
+        iou=0.7,
+        options=parse_params(params).deploy,
+        **extra,
+    )

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from stages.backends.base import Runner, predict_all
 from stages.datasets import iter_images, label_path_for, read_prepared_yaml, split_dirs
 from stages.errors import PipelineError
-from stages.inference import detections, letterbox_geometry, load_inputs, patient
+from stages.inference import detections, letterbox_geometry, load_inputs, square_val
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 CHUNK = 32  # images decoded and run at a time
@@ -244,24 +244,9 @@ def ultralytics_map(
         listing.write_text("".join(f"{p.absolute()}\n" for p in data.paths))
         data_yaml = Path(tmp) / "data.yaml"
         data_yaml.write_text(yaml.safe_dump({"train": str(listing), "val": str(listing), "names": names}))
-        from ultralytics.models.yolo.detect import DetectionValidator
-
-        validator = ultralytics.YOLO(str(model), task="detect")
-        metrics = validator.val(
-            validator=patient(DetectionValidator),  # NMS without a time limit, as the gate's own
-            data=str(data_yaml),
-            split="val",
-            imgsz=imgsz,
-            batch=batch,
-            rect=False,
-            conf=conf,
-            iou=iou,
-            device="cpu",
-            plots=False,
-            save_json=False,
-            project=tmp,
-            name="val",
-            verbose=False,
+        yolo = ultralytics.YOLO(str(model), task="detect")
+        metrics = square_val(
+            yolo, data_yaml, imgsz=imgsz, batch=batch, conf=conf, iou=iou, device="cpu", project=Path(tmp)
         )
     return Accuracy(
         map50=round(float(metrics.box.map50), 6),

@@ -14,7 +14,7 @@ from stages.config import parse_params
 from stages.deploy.accuracy import LabelledImages, detection_map, letterboxed_xyxy, match
 from stages.deploy.int8 import check_scores, count_convs, head_tail_nodes, quantize
 from stages.errors import BackendUnavailable, ConfigError, ExportError
-from tests.conftest import smooth_images, tiny_yolo_export
+from tests.conftest import deploy_inputs, smooth_images, tiny_yolo_export
 
 IMGSZ = 64
 
@@ -230,18 +230,7 @@ def test_gating_marks_an_artifact_over_its_limit_not_deployable_and_removes_it(t
         build, "ultralytics_map", lambda *a, **k: Accuracy(map50=0.5, map50_95=0.5, images=2, instances=3)
     )
     monkeypatch.setattr(build, "load_inputs", lambda *a, **k: _images(2, seed=3))
-    cfg = build.DeployInputs(
-        model=tiny["pt"],
-        deploy_dir=deploy_dir,
-        data_yaml=tmp_path / "data.yaml",
-        metrics=tmp_path / "metrics" / "deploy.json",
-        report=tmp_path / "reports" / "deploy.json",
-        workspace=tiny["root"],
-        imgsz=IMGSZ,
-        conf=0.001,
-        iou=0.7,
-        options=parse_params({"deploy": {"targets": ["onnx-fp32", "onnx-int8"]}}).deploy,
-    )
+    cfg = deploy_inputs(tiny, tmp_path, deploy_dir, IMGSZ, {"deploy": {"targets": ["onnx-fp32", "onnx-int8"]}})
     result = build.build_and_gate(cfg)
     assert result.deployable == ["onnx-fp32"]
     metrics, facts = read_json(cfg.metrics), read_json(cfg.report)

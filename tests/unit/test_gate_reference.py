@@ -17,7 +17,7 @@ import pytest
 from stages.config import parse_params
 from stages.deploy.accuracy import LabelledImages, decoded_size, detection_map, labelled_split, letterboxed_xyxy
 from stages.errors import PipelineError
-from tests.conftest import tiny_yolo_export
+from tests.conftest import deploy_inputs, tiny_yolo_export
 
 IMGSZ = 64
 # Val images are stretched to these (width, height): wider and taller than square, smaller than the
@@ -205,17 +205,12 @@ def _gate_config(
     evaluate_metrics = tmp_path / "metrics" / "evaluate.json"
     if evaluated is not None:
         write_json(evaluate_metrics, {"square": {"map50": 0.7, "map50_95": evaluated, "instances": 3}})
-    cfg = build.DeployInputs(
-        model=tiny["pt"],
-        deploy_dir=deploy_dir,
-        data_yaml=tmp_path / "data.yaml",
-        metrics=tmp_path / "metrics" / "deploy.json",
-        report=tmp_path / "reports" / "deploy.json",
-        workspace=tiny["root"],
-        imgsz=IMGSZ,
-        conf=0.001,
-        iou=0.7,
-        options=parse_params({"deploy": {"targets": ["onnx-fp32"], "eval_images": eval_images}}).deploy,
+    cfg = deploy_inputs(
+        tiny,
+        tmp_path,
+        deploy_dir,
+        IMGSZ,
+        {"deploy": {"targets": ["onnx-fp32"], "eval_images": eval_images}},
         evaluate_metrics=evaluate_metrics,
     )
     return cfg, seen, data

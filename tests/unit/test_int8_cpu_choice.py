@@ -16,7 +16,7 @@ from stages.config import parse_params
 from stages.deploy.int8 import detect_target_cpu, int8_cpu, quantize
 from stages.errors import ConfigError
 from stages.fingerprint import int8_extensions
-from tests.conftest import smooth_images, tiny_yolo_export
+from tests.conftest import deploy_inputs, smooth_images, tiny_yolo_export
 
 IMGSZ = 64
 
@@ -143,18 +143,7 @@ def _gate_with(tiny, tmp_path, monkeypatch, target_cpu: str, flags: list[str]) -
     monkeypatch.setattr(build, "cpu_flags", lambda: flags)
     monkeypatch.setattr(build, "cpu_model", lambda: "Test CPU")
     params = {"deploy": {"targets": ["onnx-fp32", "onnx-int8"], "int8": {"target_cpu": target_cpu}}}
-    cfg = build.DeployInputs(
-        model=tiny["pt"],
-        deploy_dir=deploy_dir,
-        data_yaml=tmp_path / "data.yaml",
-        metrics=tmp_path / "metrics" / "deploy.json",
-        report=tmp_path / "reports" / "deploy.json",
-        workspace=tiny["root"],
-        imgsz=IMGSZ,
-        conf=0.001,
-        iou=0.7,
-        options=parse_params(params).deploy,
-    )
+    cfg = deploy_inputs(tiny, tmp_path, deploy_dir, IMGSZ, params)
     build.build_and_gate(cfg)
     return read_json(cfg.metrics), read_json(cfg.report), deploy_dir / "model.int8.onnx"
 
