@@ -27,19 +27,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1  # TensorRT's API for the lint's mypy; no deps: those need NVIDIA's libraries
-	$(BIN)/python -m stages.charts  # the offline page template .dvc/config names, from the bundle just installed
+	$(BIN)/python -m stages.reporting.charts  # the offline page template .dvc/config names, from the bundle just installed
 	touch $@
 
 ## Create the sample dataset (only when data/dataset is absent) and track it with DVC.
 sample-data: install
 	test -d data/dataset || $(BIN)/python -m stages.data.sample_data --out data/dataset
-	$(BIN)/python -m stages.lock --owner "make sample-data" -- $(BIN)/dvc add --quiet data/dataset
+	$(BIN)/python -m stages.core.lock --owner "make sample-data" -- $(BIN)/dvc add --quiet data/dataset
 
 ## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote,
 ## then fail if the model missed the quality gate (recorded in metrics/evaluate.json either way).
-## All of it holds the workspace lock (stages/lock.py), like a flow run.
+## All of it holds the workspace lock (stages/core/lock.py), like a flow run.
 demo: sample-data
-	$(BIN)/python -m stages.lock --owner "make demo" -- sh -c '$(BIN)/dvc repro && $(BIN)/dvc push --quiet && $(BIN)/python -m stages.gate'
+	$(BIN)/python -m stages.core.lock --owner "make demo" -- sh -c '$(BIN)/dvc repro && $(BIN)/dvc push --quiet && $(BIN)/python -m stages.gate'
 
 ## Run the same pipeline as a Prefect flow (shares DVC's cache: cached stages are not re-run).
 flow: sample-data
@@ -71,12 +71,12 @@ worker: install
 
 ## Every plot of dvc.yaml in one page that works offline: dvc_plots/index.html (README: Pictures).
 plots: install
-	$(BIN)/python -m stages.charts
+	$(BIN)/python -m stages.reporting.charts
 	$(BIN)/dvc plots show --html-template $(CURDIR)/.cache/plots/offline.html
 
 ## The model card, reports/model_card.md and reports/model_card.html (the report stage, and what it needs).
 report: install
-	$(BIN)/python -m stages.lock --owner "make report" -- $(BIN)/dvc repro report
+	$(BIN)/python -m stages.core.lock --owner "make report" -- $(BIN)/dvc repro report
 
 ## What CI runs: pull, reproduce, push, metrics diff (scripts/ci_retrain.sh).
 retrain-ci: install

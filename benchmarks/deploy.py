@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from results_file import publish  # noqa: E402 - beside this script
 
-from stages.fingerprint import cpu_int8_extensions, cpu_model  # noqa: E402
+from stages.core.fingerprint import cpu_int8_extensions, cpu_model  # noqa: E402
 from tests.e2e.workspace import Workspace  # noqa: E402 - the workspace builder the e2e tests use
 
 ROW_OF = {

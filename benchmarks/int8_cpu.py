@@ -55,12 +55,12 @@ from results_file import publish  # noqa: E402 - beside this script
 
 from stages.backends import open_runner  # noqa: E402
 from stages.backends.base import predict_all  # noqa: E402
-from stages.config import load_params  # noqa: E402
+from stages.backends.inference import load_inputs  # noqa: E402
+from stages.core.config import load_params  # noqa: E402
+from stages.core.fingerprint import PACKAGES, cpu_int8_extensions, cpu_model, package_version  # noqa: E402
 from stages.deploy.accuracy import calibration_inputs, detection_map, labelled_split  # noqa: E402
 from stages.deploy.build import judge  # noqa: E402
 from stages.deploy.int8 import head_tail_nodes, quantize, quantize_openvino  # noqa: E402
-from stages.fingerprint import PACKAGES, cpu_int8_extensions, cpu_model, package_version  # noqa: E402
-from stages.inference import load_inputs  # noqa: E402
 from tests.conftest import venv_env  # noqa: E402
 from tests.e2e.workspace import Workspace  # noqa: E402 - the workspace builder the e2e tests use
 

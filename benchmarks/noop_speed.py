@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "noop_speed.md"
 sys.path.insert(0, str(REPO))
 
-from stages.fingerprint import cpu_model  # noqa: E402
+from stages.core.fingerprint import cpu_model  # noqa: E402
 from tests.e2e.workspace import Workspace  # noqa: E402 - the workspace builder the e2e tests use
 
 

@@ -43,9 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from results_file import publish  # noqa: E402 - beside this script
 
-from stages.config import load_params  # noqa: E402
-from stages.fingerprint import cpu_model  # noqa: E402
-from stages.runtime import offline_environment  # noqa: E402
+from stages.core.config import load_params  # noqa: E402
+from stages.core.fingerprint import cpu_model  # noqa: E402
+from stages.core.runtime import offline_environment  # noqa: E402
 from stages.train import TrainConfig  # noqa: E402
 from stages.training.spec import resolve_model  # noqa: E402
 from stages.training.trainer import overrides  # noqa: E402

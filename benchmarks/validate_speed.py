@@ -38,7 +38,7 @@ RESULTS = REPO / "benchmarks" / "results" / "validate_speed.md"
 OURS = """
 import json, resource, sys, time
 from pathlib import Path
-from stages.config import parse_params
+from stages.core.config import parse_params
 from stages import validate
 root, workers, decode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 cfg = validate.ValidateConfig.from_params(parse_params({"validate": {"workers": workers, "decode": decode}}), root)
@@ -54,7 +54,7 @@ print(json.dumps({"seconds": seconds, "images": result.images, "problems": len(r
 ULTRALYTICS = """
 import json, resource, sys, time
 from pathlib import Path
-from stages.runtime import import_ultralytics
+from stages.core.runtime import import_ultralytics
 root = Path(sys.argv[1])
 import_ultralytics(root)
 import yaml
@@ -130,7 +130,7 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO))
     from stages import prepare
-    from stages.config import parse_params
+    from stages.core.config import parse_params
 
     tmp = Path(tempfile.mkdtemp(prefix="validate-bench-"))
     try:

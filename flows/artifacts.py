@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from flows.dvc_runner import StageRun
-from stages.common import read_json
-from stages.config import Params
-from stages.data_version import production_metadata
+from stages.core.common import read_json
+from stages.core.config import Params
+from stages.core.data_version import production_metadata
+from stages.core.verdict import describe
 from stages.report import merged_benchmark
-from stages.verdict import describe
 
 
 def _read(path: Path) -> dict[str, Any] | None:

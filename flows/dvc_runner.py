@@ -26,9 +26,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from stages.common import REFUSED_EXIT
-from stages.errors import StageFailed
-from stages.lock import TOKEN_ENV
+from stages.core.common import REFUSED_EXIT
+from stages.core.errors import StageFailed
+from stages.core.lock import TOKEN_ENV
 
 _RAN = re.compile(r"Running stage '([^']+)'")
 _EXITED = re.compile(r"failed to reproduce '([^']+)'.*exited with (-?\d+)")
@@ -49,7 +49,7 @@ def dvc_environment(token: str | None = None) -> dict[str, str]:
     """The environment for DVC and the stage commands: this interpreter's ``bin`` first on ``PATH``.
 
     ``dvc.yaml`` commands call ``python``; this makes that the interpreter the flow runs in. ``token``
-    is the workspace lock's, which lets this run's stages through (see ``stages/lock.py``).
+    is the workspace lock's, which lets this run's stages through (see ``stages/core/lock.py``).
     """
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)

@@ -11,7 +11,7 @@ early, successfully, when the dataset is the one production was trained on.
 
 Only a crashed or killed training is retried (``orchestration.train_retries``), and it resumes from
 its last checkpoint; a refusal (bad config or data, failed gate) is never retried. One run at a time
-holds the workspace (``stages/lock.py``).
+holds the workspace (``stages/core/lock.py``).
 
 Usage::
 
@@ -37,11 +37,11 @@ from pydantic import BaseModel
 from flows import artifacts
 from flows.dvc_runner import StageRun, dvc_environment, repro_stage
 from stages import PIPELINE
-from stages.common import read_json
-from stages.config import Params, load_params
-from stages.data_version import DataCheck, check, dvc_file_version
-from stages.errors import PipelineError, StageFailed
-from stages.lock import workspace_lock
+from stages.core.common import read_json
+from stages.core.config import Params, load_params
+from stages.core.data_version import DataCheck, check, dvc_file_version
+from stages.core.errors import PipelineError, StageFailed
+from stages.core.lock import workspace_lock
 
 
 class PipelineResult(BaseModel):

@@ -1,7 +1,7 @@
 """Hyper-parameter search over the pipeline: an Optuna study, one DVC experiment per trial.
 
 What is searched, for which metric and in which direction is ``params.yaml``'s ``tune`` section;
-the study itself is ``flows/tuning.py``. The run holds the workspace (``stages/lock.py``) like a
+the study itself is ``flows/tuning.py``. The run holds the workspace (``stages/core/lock.py``) like a
 pipeline flow run, so the two never interleave.
 
 Usage::
@@ -40,10 +40,10 @@ from flows.tuning import (
     check_metric_file,
     run_study,
 )
-from stages.cli import configure_logging
-from stages.config import load_params
-from stages.errors import PipelineError
-from stages.lock import workspace_lock
+from stages.core.cli import configure_logging
+from stages.core.config import load_params
+from stages.core.errors import PipelineError
+from stages.core.lock import workspace_lock
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Hyper-parameter search: an Optuna study whose every trial is a DVC experiment in the workspace.
 
 The search space, the metric and its direction come from ``params.yaml``'s ``tune`` section
-(``stages/config.py``: ``TuneParams``). Each trial asks Optuna's TPE sampler for values, runs
+(``stages/core/config.py``: ``TuneParams``). Each trial asks Optuna's TPE sampler for values, runs
 ``dvc exp run --name <study>-<n> -S key=value ... <tune.target>`` in the workspace (through
 ``flows/dvc_runner.py``, as the pipeline flow runs its stages), checks DVC wrote the values it was
 given, and reads the trial's number from the metrics file the experiment left in the workspace. So
@@ -40,9 +40,9 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.dvc_runner import dvc_environment, run_dvc
 from stages import PIPELINE
-from stages.common import read_json, write_json
-from stages.config import Params, SearchDim, TuneParams, get_dotted, load_params
-from stages.errors import ConfigError, PipelineError, TuneError
+from stages.core.common import read_json, write_json
+from stages.core.config import Params, SearchDim, TuneParams, get_dotted, load_params
+from stages.core.errors import ConfigError, PipelineError, TuneError
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +470,7 @@ class WorkspaceTrials:
     Args:
         cfg: The study's settings and paths.
         logger: Where DVC's output goes, line by line.
-        token: The workspace lock token of the calling run (``stages/lock.py``).
+        token: The workspace lock token of the calling run (``stages/core/lock.py``).
     """
 
     def __init__(self, cfg: TuneConfig, logger: logging.Logger | logging.LoggerAdapter, token: str | None) -> None:

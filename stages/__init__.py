@@ -9,7 +9,7 @@ import os
 # mobile.events.data.microsoft.com once a session has lived some seconds: the DNS lookups a
 # system-call trace of `dvc repro` caught around export and benchmark. Every stage, and any
 # process that imports this package, switches it off before ONNX Runtime is loaded; a value the
-# user set is kept. (stages/runtime.py sets it again for processes started from the stages.)
+# user set is kept. (stages/core/runtime.py sets it again for processes started from the stages.)
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 PIPELINE: tuple[str, ...] = (

@@ -18,7 +18,7 @@ then the forward pass and end to end are timed ``benchmark.iterations`` times, e
 ``benchmark.sweep_iterations`` times. Every percentile (p10, p50, p90, p99) is taken over every
 timed call of every round, pooled (:func:`summarise`); ``cv`` is the spread of the round medians.
 ``stable: 0`` (and a warning) when ``cv`` exceeds 0.10 or the p50 is more than 3 times the fastest
-call; ``metrics/deployment.json`` flags such a row beside its number (``stages.summary``). Deploy
+call; ``metrics/deployment.json`` flags such a row beside its number (``stages.reporting.summary``). Deploy
 artifacts that were not built or are not deployable are skipped with the reason.
 """
 
@@ -36,16 +36,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from stages import summary
 from stages.backends import Runner, open_runner
 from stages.backends.base import Precision
-from stages.common import read_json, stage_main, write_json
-from stages.config import BenchmarkParams, Params
-from stages.datasets import read_prepared_yaml
-from stages.deploy.engine import ENGINE_NAME
-from stages.deploy.targets import TARGETS
-from stages.errors import BackendUnavailable, ConfigError, PipelineError
-from stages.inference import (
+from stages.backends.inference import (
     batches,
     cpu_threads,
     detections,
@@ -55,6 +48,13 @@ from stages.inference import (
     read_rgb,
     validation_images,
 )
+from stages.core.common import read_json, stage_main, write_json
+from stages.core.config import BenchmarkParams, Params
+from stages.core.errors import BackendUnavailable, ConfigError, PipelineError
+from stages.data.datasets import read_prepared_yaml
+from stages.deploy.engine import ENGINE_NAME
+from stages.deploy.targets import TARGETS
+from stages.reporting import summary
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class BenchmarkConfig(BaseModel):
     engine_report: Path
     data_yaml: Path
     metrics: Path
-    deployment: Path  # the numbers experiments are compared on (stages.summary)
+    deployment: Path  # the numbers experiments are compared on (stages.reporting.summary)
     report: Path
     latency_plot: Path
     throughput_plot: Path

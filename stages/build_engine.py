@@ -34,13 +34,13 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.backends.compare import Comparison
 from stages.backends.tensorrt import tensorrt_missing
-from stages.common import read_json, stage_main, write_json
-from stages.config import EngineParams, Params
+from stages.core.common import read_json, stage_main, write_json
+from stages.core.config import EngineParams, Params
+from stages.core.errors import EngineUnavailable, PipelineError
 from stages.deploy.accuracy import Accuracy, calibration_inputs, detection_map, labelled_split
 from stages.deploy.build import judge
 from stages.deploy.engine import ENGINE_NAME
 from stages.deploy.int8 import Method
-from stages.errors import EngineUnavailable, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +292,8 @@ def _gate(cfg: BuildEngineConfig, engine: Path, precision: str) -> _Gate:
     """The engine gated like every deploy target (``stages.deploy.build.judge``) on the reference's images,
     and its raw outputs against ONNX Runtime FP32's (``stages.deploy.engine.raw_parity``)."""
     from stages.backends import open_runner
+    from stages.backends.inference import load_inputs
     from stages.deploy.engine import PARITY_IMAGES, raw_parity
-    from stages.inference import load_inputs
 
     data = labelled_split(cfg.data_yaml, "val", cfg.eval_images)
     runner = open_runner("tensorrt", engine, workspace=cfg.workspace, device=cfg.options.device, precision=precision)

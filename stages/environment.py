@@ -1,7 +1,7 @@
 """Stage ``environment``: the machine fingerprint, checked cheaply when nothing changed.
 
 ``dvc.yaml`` runs this stage on every ``dvc repro`` (``always_changed``), so its cost is what a
-no-op ``dvc repro`` pays beyond ``dvc status``. The full fingerprint (:mod:`stages.fingerprint`)
+no-op ``dvc repro`` pays beyond ``dvc status``. The full fingerprint (:mod:`stages.core.fingerprint`)
 imports pydantic, validates ``params.yaml``, reads package metadata and asks ``nvidia-smi``: about
 half a second. This entry first computes a *machine key* from what the fingerprint is made of but is
 cheap to read with the standard library alone: the interpreter, the kernel, the CPU's model and
@@ -28,9 +28,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from stages.cli import REFUSED_EXIT, configure_logging
-from stages.errors import PipelineError
-from stages.lock import check_not_locked_by_another
+from stages.core.cli import REFUSED_EXIT, configure_logging
+from stages.core.errors import PipelineError
+from stages.core.lock import check_not_locked_by_another
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # The full fingerprint: pydantic, params validation, package metadata, nvidia-smi.
-    from stages import fingerprint
-    from stages.common import stage_main
+    from stages.core import fingerprint
+    from stages.core.common import stage_main
 
     def run_and_remember(cfg: fingerprint.EnvironmentConfig) -> fingerprint.EnvironmentResult:
         result = fingerprint.run(cfg)

@@ -12,7 +12,7 @@ exported model with a fixed square input cannot take. So the same validator also
 with square batches (``square`` in ``metrics/evaluate.json``): the figure the deploy gate's PyTorch
 reference must reproduce (``stages/deploy/build.py``), like with like.
 
-It also writes the pictures (``stages/pictures.py``): the PR curve and the confusion matrix that
+It also writes the pictures (``stages/reporting/pictures.py``): the PR curve and the confusion matrix that
 Ultralytics' validator measured, as CSV for ``dvc plots``, and a PNG grid of the first validation
 images with their true boxes (green) and the model's boxes (red).
 """
@@ -28,14 +28,14 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from stages import pictures, summary
-from stages.common import stage_main, write_json
-from stages.config import EvaluateParams, Params
-from stages.datasets import label_path_for, read_prepared_yaml, split_dirs
-from stages.errors import ConfigError, PipelineError
-from stages.inference import patient, square_val, validation_images
-from stages.runtime import import_ultralytics
-from stages.verdict import describe
+from stages.backends.inference import patient, square_val, validation_images
+from stages.core.common import stage_main, write_json
+from stages.core.config import EvaluateParams, Params
+from stages.core.errors import ConfigError, PipelineError
+from stages.core.runtime import import_ultralytics
+from stages.core.verdict import describe
+from stages.data.datasets import label_path_for, read_prepared_yaml, split_dirs
+from stages.reporting import pictures, summary
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class EvaluateConfig(BaseModel):
     model: Path
     data_yaml: Path
     metrics: Path
-    quality: Path  # the numbers experiments are compared on (stages.summary)
+    quality: Path  # the numbers experiments are compared on (stages.reporting.summary)
     pr_curve: Path
     confusion: Path
     val_predictions: Path
@@ -90,7 +90,7 @@ class ClassMetrics(BaseModel):
 
 
 class Check(BaseModel):
-    """One gate check, in numbers (``passed``: 1 or 0); :func:`stages.verdict.describe` words it."""
+    """One gate check, in numbers (``passed``: 1 or 0); :func:`stages.core.verdict.describe` words it."""
 
     value: float | None
     threshold: float

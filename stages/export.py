@@ -33,13 +33,13 @@ from pydantic import BaseModel, ConfigDict
 from stages.backends import open_runner
 from stages.backends.base import predict_all
 from stages.backends.compare import Tolerance, compare, failures
-from stages.common import read_json, stage_main, write_json, write_text
-from stages.config import DeployParams, ExportParams, Params
+from stages.backends.inference import load_inputs, validation_images
+from stages.core.common import read_json, stage_main, write_json, write_text
+from stages.core.config import DeployParams, ExportParams, Params
+from stages.core.errors import ExportError, PipelineError
+from stages.core.runtime import import_ultralytics
+from stages.core.verdict import failed_checks
 from stages.deploy.build import DeployInputs, build_and_gate
-from stages.errors import ExportError, PipelineError
-from stages.inference import load_inputs, validation_images
-from stages.runtime import import_ultralytics
-from stages.verdict import failed_checks
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import read_json, stage_main
-from stages.config import Params
-from stages.errors import GateFailed
-from stages.verdict import failed_checks
+from stages.core.common import read_json, stage_main
+from stages.core.config import Params
+from stages.core.errors import GateFailed
+from stages.core.verdict import failed_checks
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import stage_main, write_json, write_text
-from stages.config import Params, PrepareParams
-from stages.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, SPLITS, is_under, printable
-from stages.errors import DatasetError
-from stages.formats import read_source
-from stages.formats.base import Entry
+from stages.core.common import stage_main, write_json, write_text
+from stages.core.config import Params, PrepareParams
+from stages.core.errors import DatasetError
+from stages.data.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, SPLITS, is_under, printable
+from stages.data.formats import read_source
+from stages.data.formats.base import Entry
 
 log = logging.getLogger(__name__)
 

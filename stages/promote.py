@@ -27,7 +27,7 @@ stages.promote --recover``) finishes it or undoes it from the journal: productio
 version or the new one, complete, its folder and pointer agreeing, and nothing is left beside it. A
 failing ``dvc add`` or commit undoes the swap. The version number follows every version ever tagged,
 and a pointer older than the newest tag (an experiment applied, a checkout) is refused with the
-command that restores it. The CLI holds the workspace lock (``stages/lock.py``) for the whole run.
+command that restores it. The CLI holds the workspace lock (``stages/core/lock.py``) for the whole run.
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from stages import PIPELINE
-from stages.common import file_sha256, git_commit, read_json, stage_main, write_json, write_text
-from stages.config import Params, PromoteParams
-from stages.data_version import dvc_file_version, folder_version, production_metadata, recorded_data_version
+from stages.core.common import file_sha256, git_commit, read_json, stage_main, write_json, write_text
+from stages.core.config import Params, PromoteParams
+from stages.core.data_version import dvc_file_version, folder_version, production_metadata, recorded_data_version
+from stages.core.errors import PipelineError
+from stages.core.lock import hold_workspace
+from stages.core.verdict import failed_checks
 from stages.deploy.targets import TARGETS
-from stages.errors import PipelineError
-from stages.lock import hold_workspace
-from stages.verdict import failed_checks
 
 log = logging.getLogger(__name__)
 
@@ -616,7 +616,7 @@ def run(cfg: PromoteConfig) -> PromoteResult:
 
 
 def run_locked(cfg: PromoteConfig) -> PromoteResult:
-    """``run`` holding the workspace (``stages/lock.py``) for the whole promotion, as the CLI does."""
+    """``run`` holding the workspace (``stages/core/lock.py``) for the whole promotion, as the CLI does."""
     with hold_workspace(cfg.workspace, cfg.lock_timeout_s, f"python -m stages.promote (pid {os.getpid()})"):
         return run(cfg)
 

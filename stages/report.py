@@ -4,7 +4,7 @@ The card gathers what a reviewer needs to decide whether to deploy: the data ver
 the input dataset, read from ``dvc.lock``, or from ``data/dataset.dvc`` outside a DVC run), the
 params, the dataset validation summary, training and evaluation metrics, the gate verdict, export
 parity, the engine build and the latency table, and the machine the numbers come from. The HTML card
-(``stages/card_html.py``) says the same with the pictures: validation predictions, PR curve, confusion
+(``stages/reporting/card_html.py``) says the same with the pictures: validation predictions, PR curve, confusion
 matrix, training curves and latency, in one file that opens offline.
 """
 
@@ -18,12 +18,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from stages import card_html
-from stages.common import git_commit, read_json, stage_main, write_text
-from stages.config import PIPELINE_SECTIONS, Params
-from stages.data_version import recorded_data_version
-from stages.errors import PipelineError
-from stages.verdict import failed_checks
+from stages.core.common import git_commit, read_json, stage_main, write_text
+from stages.core.config import PIPELINE_SECTIONS, Params
+from stages.core.data_version import recorded_data_version
+from stages.core.errors import PipelineError
+from stages.core.verdict import failed_checks
+from stages.reporting import card_html
 
 log = logging.getLogger(__name__)
 

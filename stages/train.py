@@ -36,11 +36,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import DEFAULT_PARAMS, configure_logging, read_json, stage_main, write_json, write_text
-from stages.config import Params, TrainParams, load_params
-from stages.errors import ConfigError, PipelineError, TrainingError
-from stages.recorded_outputs import restore_recorded_outputs
-from stages.runtime import image_pixel_limit, import_ultralytics
+from stages.core.common import DEFAULT_PARAMS, configure_logging, read_json, stage_main, write_json, write_text
+from stages.core.config import Params, TrainParams, load_params
+from stages.core.errors import ConfigError, PipelineError, TrainingError
+from stages.core.recorded_outputs import restore_recorded_outputs
+from stages.core.runtime import image_pixel_limit, import_ultralytics
 from stages.training import launch, spec
 from stages.training.facts import node_facts
 
@@ -269,7 +269,7 @@ def _publish(run_dir: Path, cfg: TrainConfig) -> tuple[list[dict[str, float]], l
     lr = lr_rows(rows)
     write_text(cfg.lr_curves, "epoch,group,lr\n" + "".join(f"{r['epoch']},{r['group']},{r['lr']}\n" for r in lr))
     # Written aside and renamed: the previous outputs stay whole until the new ones are, and a
-    # previous file restored as a link to DVC's cache (stages.recorded_outputs) is replaced, never
+    # previous file restored as a link to DVC's cache (stages.core.recorded_outputs) is replaced, never
     # written through (that would change the cache object).
     cfg.best.parent.mkdir(parents=True, exist_ok=True)
     partial = cfg.best.parent / f".{cfg.best.name}.partial"

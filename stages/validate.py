@@ -31,9 +31,10 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import read_json, stage_main, write_json, write_text
-from stages.config import Params, ValidateParams
-from stages.datasets import (
+from stages.core.common import read_json, stage_main, write_json, write_text
+from stages.core.config import Params, ValidateParams
+from stages.core.errors import ValidationFailed
+from stages.data.datasets import (
     LABEL_SOURCES,
     SOURCE_PROBLEMS,
     ImageTooLarge,
@@ -44,7 +45,6 @@ from stages.datasets import (
     read_prepared_yaml,
     split_dirs,
 )
-from stages.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
 

@@ -62,8 +62,8 @@ def tiny_training_workspace(root: Path) -> tuple[Path, Path]:
     Returns:
         The workspace root and the dataset's ``data.yaml``.
     """
+    from stages.core.runtime import import_ultralytics
     from stages.data.sample_data import SampleSpec, generate
-    from stages.runtime import import_ultralytics
 
     import_ultralytics(root)
     generate(SampleSpec(out=root / "data", train=8, val=4, size=64, seed=0))
@@ -75,7 +75,7 @@ def tiny_training_workspace(root: Path) -> tuple[Path, Path]:
 def tiny_yolo_export(root: Path, imgsz: int) -> dict[str, Path]:
     """An untrained YOLO11n checkpoint in ``root`` and its FP32 ONNX export at ``imgsz`` px (no training,
     no download): ``{"root", "pt", "onnx"}``."""
-    from stages.runtime import import_ultralytics
+    from stages.core.runtime import import_ultralytics
 
     ultralytics = import_ultralytics(root)
     checkpoint = root / "model.pt"
@@ -97,7 +97,7 @@ def smooth_images(count: int, imgsz: int, seed: int = 0):
 
 def deploy_inputs(tiny: dict[str, Path], tmp_path: Path, deploy_dir: Path, imgsz: int, params: dict, **extra):
     """``stages.deploy.build.DeployInputs`` for a tiny export: files under ``tmp_path``, ``params`` parsed."""
-    from stages.config import parse_params
+    from stages.core.config import parse_params
     from stages.deploy.build import DeployInputs
 
     return DeployInputs(

@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 
 Precision = Literal["fp32", "fp16", "int8"]
 

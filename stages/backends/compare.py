@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from stages.errors import PipelineError
-from stages.inference import is_end_to_end
+from stages.backends.inference import is_end_to_end
+from stages.core.errors import PipelineError
 
 CONFIDENT = 0.25  # the score above which the reference's anchors count as detections
 MIN_CONFIDENT = 20  # fewer confident anchors, and top-class agreement is a coin toss, not evidence (1.0)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from stages.backends.base import Precision, RunInfo, TensorMeta
-from stages.errors import BackendUnavailable
-from stages.inference import cpu_threads
+from stages.backends.inference import cpu_threads
+from stages.core.errors import BackendUnavailable
 
 
 def _openvino() -> Any:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from stages.backends.base import Precision, RunInfo, TensorMeta
-from stages.errors import BackendUnavailable
-from stages.inference import cpu_threads, onnx_session
+from stages.backends.inference import cpu_threads, onnx_session
+from stages.core.errors import BackendUnavailable
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from stages.backends.base import Precision, RunInfo, TensorMeta
-from stages.errors import BackendUnavailable
-from stages.inference import cpu_threads, torch_model
+from stages.backends.inference import cpu_threads, torch_model
+from stages.core.errors import BackendUnavailable
 
 
 def torch_device(device: str) -> Any:
@@ -98,7 +98,7 @@ def set_cpu_threads(device: Any, threads: int) -> int | None:
 def load(path: Path, *, device: str, precision: Precision, threads: int, workspace: Path) -> TorchRunner:
     """The checkpoint at ``path`` as an eager module on ``device`` in ``precision`` (fp16 on CUDA only).
 
-    ``workspace`` holds Ultralytics' project-local settings (``stages.runtime``), which reading a checkpoint needs.
+    ``workspace`` holds Ultralytics' project-local settings (``stages.core.runtime``), which reading a checkpoint needs.
     """
     if precision == "int8":
         raise BackendUnavailable("the pytorch backend runs fp32 or fp16, not int8")

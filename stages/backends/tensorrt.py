@@ -35,8 +35,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from stages.backends.base import Precision, RunInfo, TensorMeta
-from stages.common import file_sha256
-from stages.errors import BackendUnavailable
+from stages.core.common import file_sha256
+from stages.core.errors import BackendUnavailable
 
 
 class Sidecar(BaseModel):

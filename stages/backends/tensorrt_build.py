@@ -30,8 +30,8 @@ from typing import Any
 from stages.backends.base import Precision
 from stages.backends.tensorrt import Sidecar, cuda_index, recorded_onnx, require_tensorrt, sidecar_path
 from stages.backends.tensorrt_lint import check_qdq
-from stages.common import file_sha256
-from stages.errors import BackendUnavailable, EngineUnavailable
+from stages.core.common import file_sha256
+from stages.core.errors import BackendUnavailable, EngineUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.errors import EngineUnavailable
+from stages.core.errors import EngineUnavailable
 
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
 

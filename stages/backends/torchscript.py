@@ -7,7 +7,7 @@ from typing import Any
 
 from stages.backends.base import Precision
 from stages.backends.pytorch import TorchRunner, describe, set_cpu_threads, torch_device
-from stages.errors import BackendUnavailable
+from stages.core.errors import BackendUnavailable
 
 BATCH_FILE = "batch.txt"
 SHAPE_FILE = "input_shape.txt"  # N,C,H,W of the example the module was traced on

@@ -1,7 +1,7 @@
 """The mAP of any artifact, measured the same way for all: one preprocessing, one NMS, one mAP code.
 
 Every runner (the PyTorch checkpoint included, which is the reference the drops are taken from)
-gets the same letterboxed validation images (``stages.inference.load_inputs``); its raw predictions
+gets the same letterboxed validation images (``stages.backends.inference.load_inputs``); its raw predictions
 go through Ultralytics' ``non_max_suppression`` and ``ap_per_class``, with predictions matched to
 labels greedily by confidence at the ten IoU thresholds 0.50:0.95. Boxes are compared in
 letterboxed pixels: a letterbox is a uniform scale and a shift, which IoU does not see, so no
@@ -26,9 +26,9 @@ import yaml
 from pydantic import BaseModel
 
 from stages.backends.base import Runner, predict_all
-from stages.datasets import iter_images, label_path_for, read_prepared_yaml, split_dirs
-from stages.errors import PipelineError
-from stages.inference import detections, letterbox_geometry, load_inputs, square_val
+from stages.backends.inference import detections, letterbox_geometry, load_inputs, square_val
+from stages.core.errors import PipelineError
+from stages.data.datasets import iter_images, label_path_for, read_prepared_yaml, split_dirs
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 CHUNK = 32  # images decoded and run at a time
@@ -100,7 +100,7 @@ def letterboxed_xyxy(boxes: np.ndarray, height: int, width: int, size: int) -> n
 
 
 def decoded_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image as decoded (``stages.inference.read_rgb``: EXIF orientation applied),
+    """(height, width) of an image as decoded (``stages.backends.inference.read_rgb``: EXIF orientation applied),
     read from its header."""
     from PIL import Image
 
@@ -235,7 +235,7 @@ def ultralytics_map(
     of the PyTorch model must reproduce. Its rectangular-batch figure (``metrics/evaluate.json``)
     letterboxes each batch to its own shape, which the exported models cannot take.
     """
-    from stages.runtime import import_ultralytics
+    from stages.core.runtime import import_ultralytics
 
     ultralytics = import_ultralytics(workspace)
     names = dict(enumerate(data.names))

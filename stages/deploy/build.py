@@ -21,8 +21,11 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.backends import open_runner
 from stages.backends.base import predict_all
-from stages.common import read_json, write_json
-from stages.config import DeployParams
+from stages.backends.inference import load_inputs, onnx_input_batch
+from stages.core.common import read_json, write_json
+from stages.core.config import DeployParams
+from stages.core.errors import PipelineError
+from stages.core.fingerprint import cpu_flags, cpu_model
 from stages.deploy.accuracy import (
     Accuracy,
     Calibration,
@@ -36,9 +39,6 @@ from stages.deploy.accuracy import (
 )
 from stages.deploy.int8 import Int8Cpu, check_scores, int8_cpu, quantize, quantize_openvino
 from stages.deploy.targets import TARGETS, Target
-from stages.errors import PipelineError
-from stages.fingerprint import cpu_flags, cpu_model
-from stages.inference import load_inputs, onnx_input_batch
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,8 @@ class _Builder:
         if target.name == "torchscript-fp32":
             import torch
 
+            from stages.backends.inference import torch_model
             from stages.backends.torchscript import trace
-            from stages.inference import torch_model
 
             batch = onnx_input_batch(self.onnx) or 1
             module = torch_model(cfg.model, cfg.workspace, "cpu").fuse(verbose=False)

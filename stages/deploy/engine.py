@@ -33,8 +33,8 @@ import numpy as np
 from stages.backends.base import Precision, Runner, predict_all
 from stages.backends.compare import Comparison, Tolerance, compare, failures
 from stages.backends.tensorrt_lint import check_qdq
+from stages.core.errors import EngineUnavailable
 from stages.deploy.int8 import Method, quantize
-from stages.errors import EngineUnavailable
 
 ENGINE_NAME = "model.engine"  # in build_engine.engine_dir; benchmark times it from there
 

@@ -41,9 +41,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from stages.backends.compare import Comparison, compare
-from stages.errors import BackendUnavailable, ExportError
-from stages.fingerprint import int8_extensions
-from stages.inference import onnx_input_batch
+from stages.backends.inference import onnx_input_batch
+from stages.core.errors import BackendUnavailable, ExportError
+from stages.core.fingerprint import int8_extensions
 
 Method = Literal["minmax", "entropy", "percentile"]
 TargetCpu = Literal["vnni", "no-vnni"]

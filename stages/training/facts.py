@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from stages.common import file_sha256, write_text
-from stages.errors import DatasetError
+from stages.core.common import file_sha256, write_text
+from stages.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

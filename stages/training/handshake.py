@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 
 
 class Placement(BaseModel):

@@ -36,8 +36,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from stages.cli import REFUSED_EXIT, configure_logging
-from stages.errors import PipelineError
+from stages.core.cli import REFUSED_EXIT, configure_logging
+from stages.core.errors import PipelineError
 from stages.training.site import JobSite, job_site
 
 log = logging.getLogger("stages.training.job")
@@ -249,7 +249,7 @@ def _connect(site: JobSite, timeout_s: float) -> JobChannel:
 
 def _refusal(site: JobSite, spec: Any, workspace: Path, params_file: Path, facts: Any) -> str | None:
     """This node's reason not to train the head's spec, or ``None`` when it matches."""
-    from stages.config import load_params
+    from stages.core.config import load_params
     from stages.training import facts as node_facts
     from stages.training.handshake import identity_differences
 
@@ -266,7 +266,7 @@ def _refusal(site: JobSite, spec: Any, workspace: Path, params_file: Path, facts
 
 def run_node(site: JobSite, workspace: Path, params_file: Path, join_timeout_s: float) -> int:
     """Follow the head's job until it ends: join every training attempt it starts. Returns the exit code."""
-    from stages.config import load_params
+    from stages.core.config import load_params
     from stages.training import facts as node_facts
     from stages.training import launch
     from stages.training.spec import LaunchSpec
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(args_in[:split])
     command = args_in[split + 1 :] or ["dvc", "repro", "train"]
     configure_logging()
-    from stages.config import load_params
+    from stages.core.config import load_params
 
     try:
         params_file = args.params.resolve()

@@ -22,8 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from stages.config import DistributedParams, TrainParams
-from stages.errors import ConfigError
+from stages.core.config import DistributedParams, TrainParams
+from stages.core.errors import ConfigError
 from stages.training.site import JobSite
 
 log = logging.getLogger(__name__)

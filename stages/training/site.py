@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel
 
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 
 DEFAULT_PORT = 29400
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from stages.common import write_json, write_text
-from stages.config import TrainParams
-from stages.data_version import dvc_lock_stage
-from stages.errors import ConfigError
+from stages.core.common import write_json, write_text
+from stages.core.config import TrainParams
+from stages.core.data_version import dvc_lock_stage
+from stages.core.errors import ConfigError
 from stages.training import facts as node_facts
 from stages.training.settings import TrainerSettings
 
@@ -156,7 +156,7 @@ def read_spec(path: Path) -> LaunchSpec:
 def checkpoint_epochs(path: Path) -> int | None:
     """Epochs an Ultralytics checkpoint has completed, or ``None`` when the file cannot be read whole.
 
-    Loaded with Ultralytics' safe loading (``stages.runtime.load_checkpoint``), as every checkpoint
+    Loaded with Ultralytics' safe loading (``stages.core.runtime.load_checkpoint``), as every checkpoint
     is: the run folder may be shared between nodes, and a resume loads the file anyway.
 
     Its ``epoch`` is 0-based, and -1 once the run finished (the optimizer stripped).
@@ -164,7 +164,7 @@ def checkpoint_epochs(path: Path) -> int | None:
     Raises:
         UnsafeCheckpoint: When the file names something outside Ultralytics' allow-list (never run).
     """
-    from stages.runtime import load_checkpoint
+    from stages.core.runtime import load_checkpoint
 
     try:
         ckpt = load_checkpoint(path)

@@ -1,6 +1,6 @@
 """The one subclass of Ultralytics' detection trainer: the seam where training at scale is added.
 
-Imported only after ``stages.runtime.import_ultralytics`` has set Ultralytics' offline settings (and,
+Imported only after ``stages.core.runtime.import_ultralytics`` has set Ultralytics' offline settings (and,
 in a launched process, after ``handshake`` has fixed the global rank, which Ultralytics reads from
 the environment when it is first imported).
 
@@ -50,8 +50,8 @@ from ultralytics.cfg import DEFAULT_CFG
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import LOCAL_RANK, RANK
 
-from stages.errors import ConfigError
-from stages.runtime import offline_amp_check
+from stages.core.errors import ConfigError
+from stages.core.runtime import offline_amp_check
 from stages.training import recipe as rules
 from stages.training import sync_bn
 from stages.training.settings import TrainerSettings

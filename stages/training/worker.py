@@ -22,8 +22,8 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from stages.cli import REFUSED_EXIT, configure_logging
-from stages.errors import PipelineError
+from stages.core.cli import REFUSED_EXIT, configure_logging
+from stages.core.errors import PipelineError
 from stages.training.spec import LaunchSpec, read_spec
 
 log = logging.getLogger("stages.training.worker")
@@ -85,7 +85,7 @@ def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
         placement.local_rank,
         restart,
     )
-    from stages.runtime import image_pixel_limit, import_ultralytics
+    from stages.core.runtime import image_pixel_limit, import_ultralytics
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(image_pixel_limit(spec.max_image_pixels))

@@ -9,7 +9,7 @@ import signal
 import pytest
 from PIL import Image
 
-from stages.lock import workspace_lock
+from stages.core.lock import workspace_lock
 from tests.conftest import tree_digest
 from tests.e2e.workspace import Workspace
 
@@ -22,7 +22,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 def test_promotion_then_data_check_then_regression_refused(ws: Workspace):
-    check = ws.run("-m", "stages.data_version")
+    check = ws.run("-m", "stages.core.data_version")
     assert check.returncode == 0 and json.loads(check.stdout)["production"] is None
 
     proc = ws.run("-m", "stages.promote")
@@ -33,7 +33,7 @@ def test_promotion_then_data_check_then_regression_refused(ws: Workspace):
     assert meta["data_version"] == json.loads(check.stdout)["current"]["md5"]
     assert ws.json("reports/promotion.json")["promoted"] is True
 
-    unchanged = ws.run("-m", "stages.data_version")
+    unchanged = ws.run("-m", "stages.core.data_version")
     assert unchanged.returncode == 10, unchanged.stdout + unchanged.stderr
     assert "unchanged" in unchanged.stderr
 
@@ -71,7 +71,7 @@ def test_flow_skips_unchanged_data_and_runs_when_it_changes(ws: Workspace):
     new_image = source.parent / "new_image.jpg"
     Image.open(source).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new_image, quality=95)
     try:
-        changed = ws.run("-m", "stages.data_version")
+        changed = ws.run("-m", "stages.core.data_version")
         assert changed.returncode == 0 and "dataset changed" in changed.stderr
 
         proc = ws.run("-m", "flows.pipeline", "--workspace", str(ws.root), "--only-if-data-changed", "--no-promote")

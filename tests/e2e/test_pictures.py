@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stages.charts import OFFLINE_TEMPLATE
+from stages.reporting.charts import OFFLINE_TEMPLATE
 from tests import browser
 from tests.e2e.workspace import Workspace
 
@@ -120,7 +120,7 @@ def _dvc_page(ws: Workspace, out: Path, *template: str) -> Path:
 def test_dvc_plots_page_draws_every_chart_offline(
     ws: Workspace, chromium_offline: None, tmp_path_factory: pytest.TempPathFactory
 ):
-    written = ws.run("-m", "stages.charts")  # what `make install` and `make plots` run
+    written = ws.run("-m", "stages.reporting.charts")  # what `make install` and `make plots` run
     assert written.returncode == 0, written.stderr
     assert (ws.root / OFFLINE_TEMPLATE).is_file()
     plots = _dvc_plots_json(ws)

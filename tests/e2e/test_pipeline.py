@@ -185,7 +185,7 @@ def test_second_repro_reruns_nothing(ws: Workspace):
     # ... and only its cheap check: DVC removed the fingerprint before running the stage, the check
     # wrote back the one recorded, and DVC found it unchanged (nothing after it ran).
     assert "unchanged since the last full fingerprint" in proc.stdout + proc.stderr
-    assert "stages.fingerprint" not in proc.stdout + proc.stderr
+    assert "stages.core.fingerprint" not in proc.stdout + proc.stderr
 
 
 def test_flow_after_repro_reruns_nothing(ws: Workspace):
@@ -290,7 +290,7 @@ def test_failing_gate_is_recorded_exports_nothing_and_is_refused(ws: Workspace, 
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.pipeline import pipeline
-    from stages.errors import StageFailed
+    from stages.core.errors import StageFailed
 
     production_before = tree_digest(ws.root / "models" / "production")
     with ws.edited("evaluate", min_map50=0.99):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import file_sha256
-from stages.config import PromoteParams
-from stages.errors import PipelineError
+from stages.core.common import file_sha256
+from stages.core.config import PromoteParams
+from stages.core.errors import PipelineError
 from tests.conftest import REPO, venv_env
 from tests.e2e.workspace import GIT_ENV
 
@@ -239,12 +239,12 @@ def test_a_pointer_older_than_the_newest_tag_is_refused(base: Path, tmp_path: Pa
 
 def test_the_lock_is_held_for_the_whole_promotion(base: Path, tmp_path: Path):
     """``python -m stages.promote`` waits for, then is refused by, a run holding the workspace."""
-    from stages.lock import workspace_lock
+    from stages.core.lock import workspace_lock
 
     root = copy_of(base, tmp_path)
     with workspace_lock(root, 0, "test holder"):
         proc = subprocess.run(
-            [sys.executable, "-m", "stages.lock", "--timeout", "0", "--", "true"],
+            [sys.executable, "-m", "stages.core.lock", "--timeout", "0", "--", "true"],
             cwd=root,
             env=env(),
             capture_output=True,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.lock import workspace_lock
+from stages.core.lock import workspace_lock
 from tests.conftest import REPO
 from tests.e2e.workspace import Workspace
 

@@ -37,7 +37,7 @@ COPY = [
     "prefect.yaml",
     ".gitignore",
 ]
-# Written by the first stage that imports Ultralytics (stages/runtime.py), with absolute paths in it.
+# Written by the first stage that imports Ultralytics (stages/core/runtime.py), with absolute paths in it.
 ULTRALYTICS_SETTINGS = Path(".cache/ultralytics/Ultralytics/settings.json")
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "ci",

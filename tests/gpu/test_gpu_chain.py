@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from stages import benchmark, build_engine, evaluate, export, prepare, runtime, train, validate
-from stages.config import parse_params
+from stages import benchmark, build_engine, evaluate, export, prepare, train, validate
+from stages.core import runtime
+from stages.core.config import parse_params
 from stages.data.sample_data import SampleSpec, generate
 from tests.conftest import cuda_available
 
@@ -43,7 +44,7 @@ def _weights_files(folder: Path, recursive: bool) -> set[Path]:
 def test_cuda_training_uses_amp_without_downloading(gpu_workspace, monkeypatch: pytest.MonkeyPatch):
     root, params = gpu_workspace
     # amp=True alone proves nothing: offline, Ultralytics' own check fails to download its model,
-    # warns and leaves AMP on. So the project's check (stages/runtime.py) must be the one that ran.
+    # warns and leaves AMP on. So the project's check (stages/core/runtime.py) must be the one that ran.
     verdicts: list[bool] = []
     project_check = runtime._amp_outputs_close
 

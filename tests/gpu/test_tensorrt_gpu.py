@@ -15,7 +15,7 @@ import pytest
 from stages.backends import open_runner
 from stages.backends.base import predict_all
 from stages.backends.tensorrt import sidecar_path, tensorrt_missing
-from stages.errors import BackendUnavailable
+from stages.core.errors import BackendUnavailable
 from tests.conftest import cuda_available, smooth_images, tiny_yolo_export
 
 IMGSZ = 160

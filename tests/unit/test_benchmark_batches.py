@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stages import benchmark
-from stages.errors import BackendUnavailable
+from stages.core.errors import BackendUnavailable
 from tests.unit.test_benchmark_noise import _FakeRunner, _stage
 
 
@@ -64,7 +64,7 @@ def test_a_profile_that_takes_the_batch_is_measured_at_its_sizes_only(tmp_path, 
 
 
 def test_the_engine_row_opens_on_engine_device(tmp_path, monkeypatch):
-    from stages.config import parse_params
+    from stages.core.config import parse_params
 
     params = parse_params({"engine": {"device": "cuda:1"}})
     cfg = benchmark.BenchmarkConfig.from_params(params, tmp_path)

@@ -23,8 +23,8 @@ from stages.benchmark import (
     summary_latency,
     summary_unstable,
 )
-from stages.config import BenchmarkParams
-from stages.summary import deployment
+from stages.core.config import BenchmarkParams
+from stages.reporting.summary import deployment
 
 DEPLOY = {
     "onnx-fp32": {"deployable": 1, "size_mb": 10.4},
@@ -148,7 +148,7 @@ def _stage(tmp_path, monkeypatch: pytest.MonkeyPatch, runners: dict[str, _FakeRu
     """``benchmark.run`` with its files faked and ``runners`` opened for the configured backends."""
     from pathlib import Path
 
-    from stages.config import parse_params
+    from stages.core.config import parse_params
 
     params = parse_params(
         {

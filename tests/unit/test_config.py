@@ -4,8 +4,8 @@ import pydantic
 import pytest
 import yaml
 
-from stages.config import Params, load_params, parse_params
-from stages.errors import ConfigError
+from stages.core.config import Params, load_params, parse_params
+from stages.core.errors import ConfigError
 from tests.conftest import REPO
 
 

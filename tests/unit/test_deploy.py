@@ -10,10 +10,10 @@ import pytest
 from stages.backends import open_runner
 from stages.backends.base import predict_all
 from stages.backends.ort import artifact_precision
-from stages.config import parse_params
+from stages.core.config import parse_params
+from stages.core.errors import BackendUnavailable, ConfigError, ExportError
 from stages.deploy.accuracy import LabelledImages, detection_map, letterboxed_xyxy, match
 from stages.deploy.int8 import check_scores, count_convs, head_tail_nodes, quantize
-from stages.errors import BackendUnavailable, ConfigError, ExportError
 from tests.conftest import deploy_inputs, smooth_images, tiny_yolo_export
 
 IMGSZ = 64
@@ -98,8 +98,8 @@ def test_runner_precision_must_match_the_artifact(tiny):
 def test_pytorch_onnx_and_torchscript_runners_agree(tiny, tmp_path):
     import torch
 
+    from stages.backends.inference import torch_model
     from stages.backends.torchscript import trace
-    from stages.inference import torch_model
 
     module = torch_model(tiny["pt"], tiny["root"], "cpu").fuse(verbose=False)
     scripted = trace(module, torch.zeros(1, 3, IMGSZ, IMGSZ), tmp_path / "model.torchscript")
@@ -207,7 +207,7 @@ def test_gating_marks_an_artifact_over_its_limit_not_deployable_and_removes_it(t
     """The gate logic of build_and_gate, with the measured mAPs fixed (the measuring is tested above)."""
     import shutil
 
-    from stages.common import read_json
+    from stages.core.common import read_json
     from stages.deploy import build
     from stages.deploy.accuracy import Accuracy, Calibration
 

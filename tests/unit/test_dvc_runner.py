@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from flows.dvc_runner import _EXITED, repro_stage
-from stages.common import REFUSED_EXIT
-from stages.errors import StageFailed
+from stages.core.common import REFUSED_EXIT
+from stages.core.errors import StageFailed
 
 # Each script counts its runs in ``<name>.runs`` (one character per run), so a test sees exactly how
 # often DVC started the stage, whatever Prefect reports.

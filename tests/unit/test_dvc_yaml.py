@@ -3,7 +3,7 @@
 import yaml
 
 from stages import PIPELINE
-from stages.config import Params
+from stages.core.config import Params
 from tests.conftest import REPO
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -50,7 +50,7 @@ def test_engine_and_benchmark_depend_on_the_environment_fingerprint():
 
 def test_no_stage_reads_the_tune_section_or_its_paths():
     """Changing the search space (or where studies are kept) must retrain nothing."""
-    from stages.config import PIPELINE_SECTIONS
+    from stages.core.config import PIPELINE_SECTIONS
 
     assert "tune" not in PIPELINE_SECTIONS
     text = (REPO / "dvc.yaml").read_text()
@@ -60,7 +60,7 @@ def test_no_stage_reads_the_tune_section_or_its_paths():
 
 
 def test_report_reads_exactly_the_pipeline_sections():
-    from stages.config import PIPELINE_SECTIONS
+    from stages.core.config import PIPELINE_SECTIONS
 
     assert DVC["report"]["params"] == list(PIPELINE_SECTIONS)
 

@@ -23,10 +23,10 @@ from stages.backends import tensorrt as trt_runtime
 from stages.backends import tensorrt_build
 from stages.backends.tensorrt import Sidecar, check_batch, check_origin, cuda_index, load, recorded_onnx, sidecar_path
 from stages.backends.tensorrt_lint import check_qdq, qdq_problems
-from stages.config import parse_params
+from stages.core.config import parse_params
+from stages.core.errors import BackendUnavailable, ConfigError, EngineUnavailable
 from stages.deploy.engine import PARITY_TOLERANCES, engine_onnx
 from stages.deploy.int8 import quantize
-from stages.errors import BackendUnavailable, ConfigError, EngineUnavailable
 from tests.conftest import smooth_images, tiny_training_workspace, tiny_yolo_export
 
 IMGSZ = 64
@@ -235,7 +235,7 @@ def _conv_model(tmp_path: Path, dims: list[int | str]) -> Path:
 
 
 def test_profile_spans_the_batch_sizes_of_a_model_whose_only_free_axis_is_the_batch(tmp_path):
-    from stages.inference import onnx_session
+    from stages.backends.inference import onnx_session
 
     model = _conv_model(tmp_path, ["batch", 3, IMGSZ, IMGSZ])
     name, shapes = tensorrt_build.profile_shapes(model, [4, 1, 8])
@@ -297,7 +297,7 @@ def test_the_device_comes_from_the_caller_and_params():
 
 
 def _sidecar(engine: Path, onnx: Path, **changes) -> Sidecar:
-    from stages.common import file_sha256
+    from stages.core.common import file_sha256
 
     sidecar = Sidecar(
         tensorrt="11.4.0.106",

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import environment, fingerprint
+from stages import environment
+from stages.core import fingerprint
 from tests.conftest import REPO
 
 
@@ -107,7 +108,7 @@ def test_a_memo_not_written_by_this_code_runs_the_full_fingerprint(workspace: Pa
 def test_the_cached_check_imports_neither_pydantic_nor_the_params_models(workspace: Path):
     probe = (
         "import sys; from stages import environment; rc = environment.main([]); "
-        "print(rc, 'pydantic' in sys.modules, 'stages.config' in sys.modules)"
+        "print(rc, 'pydantic' in sys.modules, 'stages.core.config' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.run([sys.executable, "-c", probe], cwd=workspace, env=env, capture_output=True, text=True)

@@ -22,7 +22,7 @@ SIZES = (1, 2, 8)
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An untrained YOLO11n checkpoint exported by Ultralytics at 64 px, static (batch 1) and dynamic."""
-    from stages.runtime import import_ultralytics
+    from stages.core.runtime import import_ultralytics
 
     root = tmp_path_factory.mktemp("dynamic-export")
     ultralytics = import_ultralytics(root)
@@ -65,7 +65,7 @@ def test_an_axis_left_free_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from stages.errors import ExportError
+    from stages.core.errors import ExportError
     from stages.export import batch_axis_only
 
     graph = helper.make_graph(

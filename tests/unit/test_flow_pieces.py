@@ -10,7 +10,7 @@ import yaml
 
 from flows import artifacts
 from flows.dvc_runner import StageRun
-from stages.config import parse_params
+from stages.core.config import parse_params
 from tests.conftest import REPO
 
 

@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from stages import prepare, validate
-from stages.config import parse_params
-from stages.errors import DatasetError, ValidationFailed
-from stages.formats import detect_format
+from stages.core.config import parse_params
+from stages.core.errors import DatasetError, ValidationFailed
+from stages.data.formats import detect_format
 from tests.conftest import tree_digest
 from tests.formats_fixtures import make_coco, make_voc
 
@@ -246,7 +246,7 @@ def test_coco_file_of_the_wrong_shape_is_a_dataset_error(tmp_path: Path, content
 
 
 def test_a_crash_while_reading_one_annotation_file_is_a_problem_of_that_file(tmp_path: Path, monkeypatch):
-    from stages.formats import coco
+    from stages.data.formats import coco
 
     make_coco(tmp_path / "data" / "dataset")
     real = coco._boxes

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from stages import prepare, validate
-from stages.config import parse_params
-from stages.errors import PipelineError
+from stages.core.config import parse_params
+from stages.core.errors import PipelineError
 from tests.formats_fixtures import tree_listing
 
 SECRET = "<SECRET>"  # replaced by the absolute path of a file outside the workspace

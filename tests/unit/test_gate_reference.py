@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.config import parse_params
+from stages.core.config import parse_params
+from stages.core.errors import PipelineError
 from stages.deploy.accuracy import LabelledImages, decoded_size, detection_map, labelled_split, letterboxed_xyxy
-from stages.errors import PipelineError
 from tests.conftest import deploy_inputs, tiny_yolo_export
 
 IMGSZ = 64
@@ -30,9 +30,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared sample dataset (12 train images) whose val JPEGs have the sizes of ``VAL_SIZES``."""
     from PIL import Image
 
+    from stages.core.runtime import import_ultralytics
     from stages.data.sample_data import SampleSpec, generate
     from stages.prepare import PrepareConfig, run
-    from stages.runtime import import_ultralytics
 
     root = tmp_path_factory.mktemp("gate-data")
     import_ultralytics(root)
@@ -54,7 +54,7 @@ def _assert_gate_sees_what_ultralytics_validator_sees(data_yaml: Path, imgsz: in
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_yolo_dataset
 
-    from stages.inference import load_inputs
+    from stages.backends.inference import load_inputs
 
     data = labelled_split(data_yaml, "val")
     cfg = get_cfg(overrides={"imgsz": imgsz, "rect": False, "task": "detect", "mode": "val"})
@@ -86,8 +86,8 @@ def test_gate_sees_the_pixels_and_labels_of_ultralytics_validator(prepared: Path
 
 def test_gate_sees_what_ultralytics_validator_sees_on_coco128(coco128: Path, tmp_path: Path):
     """The same on real photographs: JPEGs of every aspect, grayscale ones, images without labels."""
+    from stages.core.runtime import import_ultralytics
     from stages.prepare import PrepareConfig, run
-    from stages.runtime import import_ultralytics
 
     import_ultralytics(tmp_path)
     shutil.copytree(coco128, tmp_path / "data" / "dataset")
@@ -182,7 +182,7 @@ def _gate_config(
 ):
     """``build_and_gate`` of onnx-fp32 with the reference fixed at 0.5, Ultralytics' validator measuring
     ``ultralytics`` and, when given, ``evaluated`` as evaluate's square figure in metrics/evaluate.json."""
-    from stages.common import write_json
+    from stages.core.common import write_json
     from stages.deploy import build
     from stages.deploy.accuracy import Accuracy
 
@@ -222,7 +222,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_gate_fails_naming_both_numbers_when_ultralytics_does_not_reproduce_the_reference(tiny, tmp_path, monkeypatch):
-    from stages.common import read_json
+    from stages.core.common import read_json
     from stages.deploy import build
 
     cfg, seen, data = _gate_config(tiny, tmp_path, monkeypatch, ultralytics=0.4990)
@@ -278,7 +278,7 @@ def test_nms_never_gives_up_on_a_time_limit(monkeypatch: pytest.MonkeyPatch):
     import torch
     import ultralytics.utils.nms as nms_module
 
-    from stages.inference import detections
+    from stages.backends.inference import detections
 
     raw = np.zeros((4, 4 + 2, 8), dtype=np.float32)
     raw[:, :4, 0] = [[20.0], [20.0], [10.0], [10.0]]
@@ -292,7 +292,7 @@ def test_nms_never_gives_up_on_a_time_limit(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_calibration_images_are_a_seeded_random_draw_of_train(prepared: Path):
-    from stages.datasets import iter_images
+    from stages.data.datasets import iter_images
     from stages.deploy.accuracy import calibration_inputs, calibration_sample
 
     data_yaml = prepared / "data" / "prepared" / "data.yaml"
@@ -315,8 +315,8 @@ def test_an_nms_free_export_is_read_by_the_gate_and_compared_by_parity(tmp_path:
     from stages.backends import open_runner
     from stages.backends.base import predict_all
     from stages.backends.compare import Tolerance, compare, failures, is_end_to_end
-    from stages.inference import detections, load_inputs, torch_model
-    from stages.runtime import import_ultralytics
+    from stages.backends.inference import detections, load_inputs, torch_model
+    from stages.core.runtime import import_ultralytics
 
     ultralytics = import_ultralytics(tmp_path)
     checkpoint = tmp_path / "yolo26n.pt"
@@ -358,8 +358,8 @@ def test_ultralytics_validators_here_never_give_up_on_a_time_limit(monkeypatch: 
     import ultralytics.utils.nms as nms_module
     from ultralytics.models.yolo.detect import DetectionValidator
 
+    from stages.backends.inference import patient
     from stages.evaluate import _picture_validator
-    from stages.inference import patient
 
     raw = np.zeros((4, 4 + 2, 8), dtype=np.float32)
     raw[:, :4, 0] = [[20.0], [20.0], [10.0], [10.0]]

@@ -1,9 +1,9 @@
 import pytest
 
-from stages.config import EvaluateParams
-from stages.errors import ConfigError, GateFailed
+from stages.core.config import EvaluateParams
+from stages.core.errors import ConfigError, GateFailed
+from stages.core.verdict import describe, failed_checks
 from stages.evaluate import ClassMetrics, build_checks
-from stages.verdict import describe, failed_checks
 
 
 def per_class(**ap50):

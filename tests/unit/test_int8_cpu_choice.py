@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.config import parse_params
+from stages.core.config import parse_params
+from stages.core.errors import ConfigError
+from stages.core.fingerprint import int8_extensions
 from stages.deploy.int8 import detect_target_cpu, int8_cpu, quantize
-from stages.errors import ConfigError
-from stages.fingerprint import int8_extensions
 from tests.conftest import deploy_inputs, smooth_images, tiny_yolo_export
 
 IMGSZ = 64
@@ -120,7 +120,7 @@ def test_reduce_range_keeps_every_weight_within_7_bits(tiny, tmp_path):
 
 def _gate_with(tiny, tmp_path, monkeypatch, target_cpu: str, flags: list[str]) -> tuple[dict, dict, Path]:
     """``build_and_gate`` for onnx-int8 with the mAPs fixed, this machine's flags replaced by ``flags``."""
-    from stages.common import read_json
+    from stages.core.common import read_json
     from stages.deploy import build
     from stages.deploy.accuracy import Accuracy, Calibration, LabelledImages
 

@@ -92,7 +92,7 @@ def sample_data(tmp_path_factory) -> tuple[Path, Path]:
     ],
 )
 def test_one_epoch_records_the_rate_the_rule_asks_for(sample_data, tmp_path, optimizer, rule, lr0):
-    from stages.config import parse_params
+    from stages.core.config import parse_params
     from stages.training.settings import TrainerSettings
     from stages.training.trainer import RECIPE, PipelineTrainer, overrides
 

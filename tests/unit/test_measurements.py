@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from stages.backends.compare import compare
+from stages.backends.inference import batches, letterbox
 from stages.benchmark import stability, summarise, time_calls
-from stages.errors import PipelineError
-from stages.inference import batches, letterbox
+from stages.core.errors import PipelineError
 
 
 def test_summarise_percentiles():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.config import load_params, parse_params
-from stages.errors import ConfigError
+from stages.core.config import load_params, parse_params
+from stages.core.errors import ConfigError
 
 SECRET = "${oc.env:AWS_SECRET_ACCESS_KEY}"
 

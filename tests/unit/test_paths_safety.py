@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.config import PathsParams, parse_params
-from stages.errors import ConfigError
+from stages.core.config import PathsParams, parse_params
+from stages.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages import card_html, charts, pictures
-from stages.config import Params
+from stages.core.config import Params
+from stages.reporting import card_html, charts, pictures
 from stages.train import lr_rows
 from tests.conftest import REPO
 
@@ -192,11 +192,11 @@ def test_dvc_yaml_declares_every_picture():
     stages = DVC["stages"]
     pictures_out = ["${paths.pr_curve_plot}", "${paths.confusion_plot}", "${paths.val_predictions_plot}"]
     assert all(p in stages["evaluate"]["outs"] for p in pictures_out)
-    assert "stages/pictures.py" in stages["evaluate"]["deps"]
+    assert "stages/reporting/pictures.py" in stages["evaluate"]["deps"]
     assert "${paths.lr_plot}" in stages["train"]["outs"]
     for needed in [*pictures_out, "${paths.train_plot}", "${paths.lr_plot}", "${paths.latency_plot}"]:
         assert needed in stages["report"]["deps"], needed
-    assert {"stages/card_html.py", "stages/charts.py"} <= set(stages["report"]["deps"])
+    assert {"stages/reporting/card_html.py", "stages/reporting/charts.py"} <= set(stages["report"]["deps"])
     assert "${paths.model_card_html}" in stages["report"]["outs"]
 
 

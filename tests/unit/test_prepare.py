@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.config import parse_params
+from stages.core.config import parse_params
+from stages.core.errors import ConfigError, DatasetError
 from stages.data.sample_data import SampleSpec, generate
-from stages.errors import ConfigError, DatasetError
 from stages.prepare import PrepareConfig, checked_target, hash_split, run
 from tests.conftest import tree_digest
 
@@ -144,8 +144,8 @@ def test_a_moved_workspace_keeps_working(dataset: Path, tmp_path_factory: pytest
     """Copied or moved after prepare: our readers and Ultralytics' own resolve the data in its new place."""
     import shutil
 
-    from stages.datasets import read_prepared_yaml, split_dirs
-    from stages.runtime import import_ultralytics
+    from stages.core.runtime import import_ultralytics
+    from stages.data.datasets import read_prepared_yaml, split_dirs
 
     run(config(dataset))
     moved = tmp_path_factory.mktemp("moved") / "ws"
@@ -163,7 +163,7 @@ def test_a_moved_workspace_keeps_working(dataset: Path, tmp_path_factory: pytest
 
 
 def test_a_data_yaml_from_an_older_prepare_is_refused_with_the_fix(dataset: Path):
-    from stages.datasets import read_prepared_yaml
+    from stages.data.datasets import read_prepared_yaml
 
     run(config(dataset))
     data_yaml = dataset / "data" / "prepared" / "data.yaml"

@@ -31,7 +31,7 @@ def test_nothing_exported_is_refused():
 
 
 def test_a_candidate_is_production_only_when_its_model_files_match(tmp_path):
-    from stages.common import file_sha256
+    from stages.core.common import file_sha256
     from stages.promote import already_in_production
 
     files = {"model.pt": tmp_path / "model.pt", "model.onnx": tmp_path / "model.onnx"}

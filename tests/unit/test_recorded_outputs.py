@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stages.recorded_outputs import restore_recorded_outputs
+from stages.core.recorded_outputs import restore_recorded_outputs
 
 MODEL = b"the last good model"
 

@@ -76,8 +76,8 @@ def test_pytorch_declares_free_batch_and_size_and_closes(model):
 def test_torchscript_declares_the_shape_it_was_traced_on(model, tmp_path):
     import torch
 
+    from stages.backends.inference import torch_model
     from stages.backends.torchscript import trace
-    from stages.inference import torch_model
 
     module = torch_model(model["pt"], model["root"]).fuse(verbose=False)
     path = trace(module, torch.zeros(1, 3, IMGSZ, IMGSZ), tmp_path / "model.torchscript")

@@ -12,7 +12,7 @@ from tests.conftest import REPO, venv_env
 PROBE = """
 import json, os, sys
 from pathlib import Path
-from stages.runtime import import_ultralytics, ultralytics_config_dir
+from stages.core.runtime import import_ultralytics, ultralytics_config_dir
 ws = Path(sys.argv[1])
 import_ultralytics(ws)
 from ultralytics.utils import ONLINE, SETTINGS, USER_CONFIG_DIR
@@ -32,7 +32,7 @@ print(json.dumps({
 
 def test_ultralytics_runs_offline_with_project_local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # tests/conftest.py sets some of these for every test: without them gone, the process would
-    # inherit them and nothing here would show that stages/runtime.py sets them itself.
+    # inherit them and nothing here would show that stages/core/runtime.py sets them itself.
     for name in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "MPLBACKEND", "ULTRALYTICS_SAFE_LOAD"):
         monkeypatch.delenv(name, raising=False)
     env = venv_env()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from stages.config import parse_params
+from stages.core.config import parse_params
 from tests.conftest import tiny_training_workspace
 
 
@@ -66,7 +66,7 @@ def test_import_ultralytics_turns_safe_loading_on(workspace):
 
 
 def test_our_own_checkpoint_reader_refuses_a_crafted_pickle(workspace, crafted):
-    from stages.runtime import UnsafeCheckpoint, load_checkpoint
+    from stages.core.runtime import UnsafeCheckpoint, load_checkpoint
 
     path, marker = crafted
     with pytest.raises(UnsafeCheckpoint, match="allow-list") as err:
@@ -78,7 +78,7 @@ def test_our_own_checkpoint_reader_refuses_a_crafted_pickle(workspace, crafted):
 def test_the_resume_point_refuses_a_crafted_last_checkpoint(workspace, crafted):
     import json
 
-    from stages.runtime import UnsafeCheckpoint
+    from stages.core.runtime import UnsafeCheckpoint
     from stages.training.spec import FINGERPRINT, resume_point
 
     path, marker = crafted
@@ -94,7 +94,7 @@ def test_ultralytics_model_loads_refuse_a_crafted_pickle(workspace, crafted):
     """What evaluate, export and the PyTorch backend (``inference.torch_model``) do with ``models/best.pt``."""
     import ultralytics
 
-    from stages.inference import torch_model
+    from stages.backends.inference import torch_model
 
     path, marker = crafted
     with pytest.raises(TypeError, match="outside the supported"):
@@ -121,7 +121,7 @@ def test_our_own_checkpoints_load_safely_and_a_run_resumes(workspace, tmp_path):
     """A mid-run ``last.pt`` (optimizer, EMA, train_args, metrics) and the finished, stripped one."""
     import ultralytics
 
-    from stages.runtime import load_checkpoint
+    from stages.core.runtime import load_checkpoint
     from stages.training.spec import checkpoint_epochs
 
     _, data_yaml = workspace

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from stages import build_engine
-from stages.config import parse_params
-from stages.errors import ConfigError, EngineUnavailable
+from stages.core.config import parse_params
+from stages.core.errors import ConfigError, EngineUnavailable
 from stages.report import data_version
 from stages.train import read_results_csv
 from stages.training.spec import resolve_model
@@ -99,8 +99,8 @@ def test_data_version_prefers_dvc_lock(tmp_path: Path):
 
 
 def test_data_version_outside_a_dvc_project_is_a_clear_error(tmp_path: Path):
-    from stages.data_version import folder_version
-    from stages.errors import DatasetError
+    from stages.core.data_version import folder_version
+    from stages.core.errors import DatasetError
 
     (tmp_path / "data" / "dataset").mkdir(parents=True)
     with pytest.raises(DatasetError, match="not a DVC workspace"):

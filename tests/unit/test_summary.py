@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from stages.benchmark import ROWS, summary_latency, summary_name
 from stages.deploy.targets import TARGETS
-from stages.summary import deployment, quality
+from stages.reporting.summary import deployment, quality
 from tests.unit.test_dvc_yaml import DVC
 
 EVALUATE = {
@@ -68,7 +68,7 @@ def test_only_the_compared_files_are_declared_metrics_and_every_stage_file_is_st
     assert "${paths.quality_metrics}" in DVC["evaluate"]["metrics"]
     assert "${paths.deployment_metrics}" in DVC["benchmark"]["metrics"]
     for stage in ("evaluate", "benchmark"):
-        assert "stages/summary.py" in DVC[stage]["deps"]
+        assert "stages/reporting/summary.py" in DVC[stage]["deps"]
     outs = {next(iter(o)) if isinstance(o, dict) else o for stage in DVC.values() for o in stage.get("outs", [])}
     for name in ("train", "evaluate", "export", "deploy", "engine", "benchmark"):
         assert f"${{paths.{name}_metrics}}" in outs, f"metrics/{name}.json is no longer written as an output"

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from stages import train
-from stages.config import parse_params
-from stages.errors import TrainingError
+from stages.core.config import parse_params
+from stages.core.errors import TrainingError
 
 
 @pytest.fixture

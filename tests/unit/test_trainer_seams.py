@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from stages.config import parse_params
+from stages.core.config import parse_params
 from tests.conftest import tiny_training_workspace
 
 
@@ -282,13 +282,13 @@ def _import_with_the_others(workspace: str, barrier: Any, results: Any) -> None:
 
     import matplotlib  # noqa: F401  (the slow imports first, so that the processes reach Ultralytics together)
 
-    from stages import runtime
+    from stages.core import runtime
 
     root = Path(workspace)
     messages: list[str] = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("stages.runtime")
+    logger = logging.getLogger("stages.core.runtime")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     met: set[str] = set()
@@ -322,7 +322,7 @@ def test_processes_importing_ultralytics_at_once_write_one_at_a_time(tmp_path):
 
     import matplotlib
 
-    from stages.runtime import ultralytics_config_dir
+    from stages.core.runtime import ultralytics_config_dir
 
     processes = 4
     context = multiprocessing.get_context("spawn")  # fresh interpreters, none with Ultralytics imported

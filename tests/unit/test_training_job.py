@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 from stages.training import facts
 from stages.training.site import job_site
 
@@ -93,7 +93,7 @@ def test_node_facts_compare_the_data_on_disk_code_and_versions(tmp_path):
 
 
 def test_a_node_without_prepared_data_says_what_to_run(tmp_path):
-    from stages.errors import DatasetError
+    from stages.core.errors import DatasetError
 
     with pytest.raises(DatasetError, match="dvc repro prepare"):
         facts.node_facts(tmp_path, tmp_path / "data" / "prepared", "yolo11n.yaml")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from stages.config import ConfigError, normalize_device, parse_params
+from stages.core.config import ConfigError, normalize_device, parse_params
 from stages.training import handshake, launch, recipe, spec, sync_bn
 from stages.training.site import job_site
 
@@ -75,8 +75,8 @@ def test_unknown_optimizer_family_is_refused():
 
 def test_lr_in_the_optimizer_after_setup_follows_the_rule(tmp_path):
     """Read back from the param groups of the optimizer Ultralytics builds, through the pipeline's trainer."""
+    from stages.core.runtime import import_ultralytics
     from stages.data.sample_data import SampleSpec, generate
-    from stages.runtime import import_ultralytics
     from stages.training.settings import TrainerSettings
 
     import_ultralytics(tmp_path)
@@ -112,7 +112,7 @@ def test_lr_in_the_optimizer_after_setup_follows_the_rule(tmp_path):
 
 
 def test_trainer_class_survives_pickling():
-    from stages.runtime import import_ultralytics
+    from stages.core.runtime import import_ultralytics
 
     import_ultralytics(__import__("pathlib").Path(__import__("tempfile").mkdtemp()))
     from stages.training.settings import TrainerSettings

@@ -30,8 +30,8 @@ from flows.tuning import (
     set_arguments,
     suggest,
 )
-from stages.config import Params, load_params, parse_params
-from stages.errors import ConfigError, TuneError
+from stages.core.config import Params, load_params, parse_params
+from stages.core.errors import ConfigError, TuneError
 from tests.conftest import REPO
 
 SPACE = {

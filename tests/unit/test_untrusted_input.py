@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from stages import prepare, validate
-from stages.config import parse_params
+from stages.core.config import parse_params
+from stages.core.errors import DatasetError, ValidationFailed
+from stages.core.runtime import image_pixel_limit
 from stages.data.sample_data import SampleSpec, generate
-from stages.errors import DatasetError, ValidationFailed
-from stages.runtime import image_pixel_limit
 from tests.conftest import REPO, tree_digest, venv_env
 from tests.formats_fixtures import make_coco, make_voc, tree_listing
 
@@ -246,7 +246,7 @@ def test_an_exception_in_a_per_file_check_is_a_problem_for_that_file(tmp_path: P
 PIXEL_LIMIT_PROBE = """
 import sys
 from PIL import Image
-from stages.runtime import image_pixel_limit
+from stages.core.runtime import image_pixel_limit
 with image_pixel_limit(int(sys.argv[2])):
     import cv2
     try:

@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 
 from stages import prepare, validate
-from stages.config import parse_params
+from stages.core.config import parse_params
+from stages.core.errors import ValidationFailed
 from stages.data.sample_data import SampleSpec, generate
-from stages.errors import ValidationFailed
 from tests.conftest import tree_digest
 
 

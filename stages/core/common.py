@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from stages.cli import REFUSED_EXIT, configure_logging
-from stages.config import DEFAULT_PARAMS, Params, load_params
-from stages.errors import PipelineError
-from stages.lock import check_not_locked_by_another
+from stages.core.cli import REFUSED_EXIT, configure_logging
+from stages.core.config import DEFAULT_PARAMS, Params, load_params
+from stages.core.errors import PipelineError
+from stages.core.lock import check_not_locked_by_another
 
 log = logging.getLogger(__name__)
 

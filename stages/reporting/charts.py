@@ -6,7 +6,7 @@ fetched from a CDN:
 
 - the model card's charts are rendered here to inline SVG (:func:`to_svg`): the HTML card is one file
   with no script at all;
-- ``python -m stages.charts`` writes :data:`OFFLINE_TEMPLATE`, the HTML template ``dvc plots show`` and
+- ``python -m stages.reporting.charts`` writes :data:`OFFLINE_TEMPLATE`, the HTML template ``dvc plots show`` and
   ``dvc plots diff`` fill (``.dvc/config``: ``plots.html_template``). DVC's own page loads Vega from
   jsDelivr and is blank offline; this one holds the scripts inline (about 0.9 MB) and leaves out
   DVC's ``{scripts}`` placeholder, where DVC would put its CDN ``<script>`` tags.
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stages.common import configure_logging, write_text
+from stages.core.common import configure_logging, write_text
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ _PAGE = """<!DOCTYPE html>
   <meta charset="utf-8">
   {refresh_tag}
   <title>DVC plots</title>
-  <!-- {versions}: bundled by vl-convert-python (python -m stages.charts); no network needed. -->
+  <!-- {versions}: bundled by vl-convert-python (python -m stages.reporting.charts); no network needed. -->
   <script>{bundle}</script>
   <script>{wrapper}</script>
   <style>

@@ -1,6 +1,6 @@
 """Readers of the dataset formats ``prepare`` accepts: YOLO, Pascal VOC and COCO.
 
-Each reader turns a dataset folder into a :class:`~stages.formats.base.Source`: the class names, and
+Each reader turns a dataset folder into a :class:`~stages.data.formats.base.Source`: the class names, and
 for every image its split, its path and either its YOLO label file (YOLO) or its converted boxes
 (VOC, COCO), plus the problems met while reading annotations, each naming the source file.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.errors import DatasetError
-from stages.formats.base import Source
-from stages.formats.coco import coco_annotation_files, read_coco
-from stages.formats.voc import read_voc
-from stages.formats.yolo import read_yolo
+from stages.core.errors import DatasetError
+from stages.data.formats.base import Source
+from stages.data.formats.coco import coco_annotation_files, read_coco
+from stages.data.formats.voc import read_voc
+from stages.data.formats.yolo import read_yolo
 
 FORMATS = ("yolo", "voc", "coco")
 

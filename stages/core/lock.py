@@ -10,7 +10,7 @@ from starting a stage while a ``dvc repro`` runs.
 That check alone comes too late for a plain ``dvc repro``: DVC deletes a stage's outputs before its
 command starts, and restores run-cache entries without running stage code at all. So every entry
 point that writes holds the lock for its whole run: the flows, ``python -m stages.promote``, and
-commands run through ``python -m stages.lock -- COMMAND`` (``make demo``, CI).
+commands run through ``python -m stages.core.lock -- COMMAND`` (``make demo``, CI).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stages.errors import PipelineError
+from stages.core.errors import PipelineError
 
 TOKEN_ENV = "PIPELINE_LOCK_TOKEN"
 
@@ -158,7 +158,7 @@ def hold_workspace(workspace: Path, timeout_s: float, owner: str) -> Iterator[st
 
 
 def _default_timeout(workspace: Path) -> float:
-    from stages.config import load_params  # not at import: stages.config is heavier than this module
+    from stages.core.config import load_params  # not at import: stages.core.config is heavier than this module
 
     try:
         return float(load_params(workspace / "params.yaml").orchestration.lock_timeout_s)
@@ -167,14 +167,14 @@ def _default_timeout(workspace: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m stages.lock [--owner NAME] -- COMMAND...``: run a command holding the workspace.
+    """``python -m stages.core.lock [--owner NAME] -- COMMAND...``: run a command holding the workspace.
 
     For every entry point that writes outside the flows (``make demo``, CI): DVC deletes a stage's
     outputs before running it and restores run-cache entries without running stage code, so a check
     in each stage is not enough; the whole command holds the lock. Its processes get the token, so
     the stages it runs pass. SIGTERM and SIGINT are passed on to the command; the exit code is its own.
     """
-    parser = argparse.ArgumentParser(prog="python -m stages.lock", description=main.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.core.lock", description=main.__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, default=Path("."), help="workspace root (default: %(default)s)")
     parser.add_argument("--owner", default="a command", help="who holds it, for the message others get")
     parser.add_argument("--timeout", type=float, help="seconds to wait (default: orchestration.lock_timeout_s)")

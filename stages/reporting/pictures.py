@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from stages.common import write_text
+from stages.core.common import write_text
 
 log = logging.getLogger(__name__)
 

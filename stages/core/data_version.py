@@ -1,6 +1,6 @@
 """The version of the input dataset: DVC's own hash of it, and whether it differs from production's.
 
-``python -m stages.data_version`` prints the dataset's hash next to the one the production model was
+``python -m stages.core.data_version`` prints the dataset's hash next to the one the production model was
 trained on, and exits 0 when they differ (retraining is due), 10 when they are the same, 1 on error.
 CI and the Prefect flow call it to skip a retrain when the data has not changed.
 """
@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from stages.common import configure_logging, read_json
-from stages.config import DEFAULT_PARAMS, load_params
-from stages.errors import DatasetError, PipelineError
+from stages.core.common import configure_logging, read_json
+from stages.core.config import DEFAULT_PARAMS, load_params
+from stages.core.errors import DatasetError, PipelineError
 
 UNCHANGED_EXIT = 10
 
@@ -132,7 +132,7 @@ def check(workspace: Path, dataset: str, production: Path) -> DataCheck:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: exit 0 when the data changed since production, 10 when not, 1 on error."""
-    parser = argparse.ArgumentParser(prog="python -m stages.data_version", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.core.data_version", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     args = parser.parse_args(argv)
     configure_logging()

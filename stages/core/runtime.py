@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from stages.errors import ConfigError, PipelineError
+from stages.core.errors import ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from stages.data_version import dvc_lock_stage
+from stages.core.data_version import dvc_lock_stage
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
 # OmegaConf's interpolation (``${oc.env:NAME}``, ``${other.key}``): never allowed in a params value.

@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from stages.datasets import (
+from stages.core.errors import DatasetError
+from stages.data.datasets import (
     SPLITS,
     DatasetRoot,
     OutsideDataset,
@@ -17,8 +18,7 @@ from stages.datasets import (
     label_path_for,
     normalise_names,
 )
-from stages.errors import DatasetError
-from stages.formats.base import Entry, Source, SourceProblem, outside
+from stages.data.formats.base import Entry, Source, SourceProblem, outside
 
 STAGE = "prepare"
 # Keys a source data.yaml may hold. 'download' is refused on purpose: Ultralytics would execute it.

@@ -3,7 +3,7 @@
 Written by hand: the format is a few XML fields, and no maintained converter keeps the source line of
 each object (which problems must name) or a class order that stays stable as data is added.
 
-The files are untrusted: ``<filename>`` is resolved through :class:`~stages.datasets.DatasetRoot` (one
+The files are untrusted: ``<filename>`` is resolved through :class:`~stages.data.datasets.DatasetRoot` (one
 that leaves the dataset is a ``path_outside_dataset`` problem of its XML file, never read), and
 ``<path>``, where annotation tools record the annotator's own absolute path, is never used.
 """
@@ -16,9 +16,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from xml.parsers import expat
 
-from stages.datasets import IMAGE_SUFFIXES, SPLITS, DatasetRoot, OutsideDataset, is_file, open_image
-from stages.errors import DatasetError
-from stages.formats.base import ConvertedBox, Entry, Source, SourceProblem, crashed, outside
+from stages.core.errors import DatasetError
+from stages.data.datasets import IMAGE_SUFFIXES, SPLITS, DatasetRoot, OutsideDataset, is_file, open_image
+from stages.data.formats.base import ConvertedBox, Entry, Source, SourceProblem, crashed, outside
 
 STAGE = "prepare"
 

@@ -4,7 +4,7 @@ Written by hand: Ultralytics' ``convert_coco`` maps category ids with COCO-80 as
 its own folder layout; here any category ids are mapped to contiguous YOLO ids in id order, and
 every annotation problem names its file and annotation id.
 
-The JSON is untrusted: every ``file_name`` is resolved through :class:`~stages.datasets.DatasetRoot`
+The JSON is untrusted: every ``file_name`` is resolved through :class:`~stages.data.datasets.DatasetRoot`
 (one that leaves the dataset is a ``path_outside_dataset`` problem and is never read), and a value of
 the wrong type anywhere is a problem of its image or annotation, never an exception.
 """
@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stages.datasets import DatasetRoot, OutsideDataset, is_file, normalise_names, quoted
-from stages.errors import DatasetError
-from stages.formats.base import ConvertedBox, Entry, Source, SourceProblem, crashed, outside
+from stages.core.errors import DatasetError
+from stages.data.datasets import DatasetRoot, OutsideDataset, is_file, normalise_names, quoted
+from stages.data.formats.base import ConvertedBox, Entry, Source, SourceProblem, crashed, outside
 
 STAGE = "prepare"
 

@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import yaml
 
-from stages.errors import DatasetError
+from stages.core.errors import DatasetError
 
 # The image suffixes Ultralytics trains on (lower case).
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"})

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.common import write_json
-from stages.config import Params
+from stages.core.common import write_json
+from stages.core.config import Params
 
 log = logging.getLogger(__name__)
 

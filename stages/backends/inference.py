@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.datasets import iter_images, read_prepared_yaml, split_dirs
-from stages.errors import BackendUnavailable, PipelineError
+from stages.core.errors import BackendUnavailable, PipelineError
+from stages.data.datasets import iter_images, read_prepared_yaml, split_dirs
 
 
 def is_end_to_end(raw: np.ndarray) -> bool:
@@ -247,7 +247,7 @@ def onnx_input_batch(path: Path) -> int | None:
 
 def torch_model(weights: Path, workspace: Path, device: str = "cpu") -> Any:
     """The detection ``nn.Module`` inside an Ultralytics checkpoint: eval mode, float32, on ``device``."""
-    from stages.runtime import import_ultralytics
+    from stages.core.runtime import import_ultralytics
 
     ultralytics = import_ultralytics(workspace)
     model = ultralytics.YOLO(str(weights), task="detect").model

@@ -3,7 +3,7 @@
 It holds everything ``reports/model_card.md`` says (rendered from that same markdown, so the two never
 disagree: data version, gates with thresholds and verdict, per-class table, deploy table, latency),
 plus the pictures and the machine's full fingerprint. Charts are inline SVG rendered by
-``stages/charts.py`` and images are ``data:`` URIs: no script, no file beside it, no network.
+``stages/reporting/charts.py`` and images are ``data:`` URIs: no script, no file beside it, no network.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-from stages import charts
+from stages.reporting import charts
 
 log = logging.getLogger(__name__)
 
