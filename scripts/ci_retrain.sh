@@ -6,8 +6,8 @@
 # tag -> write the metrics diff against the base branch as a job summary -> fail if the model missed
 # the quality gate or a promotion asked for was refused.
 #
-# The whole run holds the workspace lock (stages/lock.py): it re-runs itself under
-# `python -m stages.lock` unless it already holds it.
+# The whole run holds the workspace lock (stages/core/lock.py): it re-runs itself under
+# `python -m stages.core.lock` unless it already holds it.
 #
 # Environment:
 #   CI_BASE_REF           branch or commit to diff metrics against (default: main)
@@ -25,7 +25,7 @@ self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$self")/.."
 py=${PYTHON:-python}
 if [ -z "${PIPELINE_LOCK_TOKEN:-}" ]; then
-  exec "$py" -m stages.lock --owner "scripts/ci_retrain.sh" -- bash "$self" "$@"
+  exec "$py" -m stages.core.lock --owner "scripts/ci_retrain.sh" -- bash "$self" "$@"
 fi
 base=${CI_BASE_REF:-main}
 summary=${GITHUB_STEP_SUMMARY:-reports/ci_summary.md}
@@ -52,7 +52,7 @@ echo "== pull data, outputs and run-cache"
 
 if [ "${ONLY_IF_DATA_CHANGED:-0}" = 1 ]; then
   status=0
-  "$py" -m stages.data_version >/dev/null || status=$?
+  "$py" -m stages.core.data_version >/dev/null || status=$?
   if [ "$status" = 10 ]; then
     printf '## Retraining skipped\n\nThe dataset is the one the production model was trained on.\n' >>"$summary"
     exit 0
