@@ -1,0 +1,447 @@
+"""The fleet's container image and Prefect work-pool templates, checked offline (infra/).
+
+No container runtime or cluster exists where these tests run: the image is never built and no Job is
+ever created. What is checked instead: the work-pool templates as Prefect's server accepts them and
+as its template machinery renders them; the rendered Kubernetes Job against the Kubernetes API's JSON
+schemas (kubernetes-validate, strict: an unknown field fails); that the worker's own API URL and
+auth string are not copied into a container in clear; the Dockerfile's sources, pins and entry; and
+the entry script itself, run with ``sh``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import jsonschema
+import kubernetes_validate
+import prefect
+import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.server.schemas.actions import WorkPoolCreate
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+from prefect.utilities.schema_tools import validate as prefect_validate
+from prefect.utilities.schema_tools.validation import ValidationError as PrefectValidationError
+from prefect.workers.base import BaseJobConfiguration
+
+from tests.conftest import REPO
+
+INFRA = REPO / "infra"
+POOLS = {"docker": INFRA / "prefect" / "docker-pool.json", "kubernetes": INFRA / "prefect" / "kubernetes-pool.json"}
+DOCKERFILE = INFRA / "docker" / "Dockerfile"
+ENTRYPOINT = INFRA / "docker" / "entrypoint.sh"
+DVC_SYSTEM_CONFIG = INFRA / "dvc" / "config"
+# The Kubernetes releases the Job is checked against: the oldest and newest minor versions whose
+# schemas kubernetes-validate 1.37.0 ships among those still served by the main cloud providers.
+K8S_VERSIONS = ("1.33", "1.34", "1.35", "1.36", "1.37")
+# Kubernetes' resource quantity grammar (apimachinery's resource.Quantity): a decimal number and an
+# optional binary (Ki..Ei) or decimal (m, k..E, or an exponent) suffix. The JSON schemas accept any
+# string as a quantity, so the template's own strings are checked against the grammar here.
+QUANTITY = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE]|[eE][+-]?[0-9]+)?$")
+# What a deployment's job variables set in these tests: a flow run of the retrain deployment.
+RUN_VALUES = {"name": "yolo-retrain", "labels": {"app.kubernetes.io/part-of": "yolo-pipeline"}}
+
+
+def load_pool(kind: str) -> dict[str, Any]:
+    """The base job template of one work pool, as `prefect work-pool create` reads it."""
+    return json.loads(POOLS[kind].read_text())
+
+
+def bundled_default_template(kind: str) -> dict[str, Any]:
+    """The worker type's default base job template, as Prefect 3.8.8 bundles it for its server."""
+    views = Path(prefect.__file__).parent / "server" / "api" / "collections_data" / "views"
+    metadata = json.loads((views / "aggregate-worker-metadata.json").read_text())
+    return metadata[f"prefect-{kind}"][kind]["default_base_job_configuration"]
+
+
+class _NoServer:
+    """Stands in for Prefect's client: rendering these templates must not need a server (no block or
+    variable references), so any use of it fails the test."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"rendering the template used the Prefect client ({name})")
+
+
+class KubernetesJobConfiguration(BaseJobConfiguration):
+    """The job configuration keys prefect-kubernetes 0.8.0's worker reads, beyond the base ones."""
+
+    env: dict[str, str | None] | list[dict[str, Any]] = {}  # noqa: RUF012 (pydantic copies defaults)
+    namespace: str = "default"
+    job_manifest: dict[str, Any]
+    job_watch_timeout_seconds: int | None = None
+    pod_watch_timeout_seconds: int = 60
+    stream_output: bool = True
+
+
+class DockerJobConfiguration(BaseJobConfiguration):
+    """The job configuration keys prefect-docker 0.7.4's worker reads that these templates set."""
+
+    image: str
+    image_pull_policy: str | None = None
+    networks: list[str] = []  # noqa: RUF012
+    auto_remove: bool = False
+    stream_output: bool = True
+    mem_limit: str | None = None
+    volumes: list[str] = []  # noqa: RUF012
+    container_create_kwargs: dict[str, Any] | None = None
+
+
+CONFIGURATIONS: dict[str, type[BaseJobConfiguration]] = {
+    "docker": DockerJobConfiguration,
+    "kubernetes": KubernetesJobConfiguration,
+}
+
+
+def render(kind: str, template: dict[str, Any], values: dict[str, Any]) -> Any:
+    """The job configuration a worker builds for a flow run: Prefect's own templating
+    (``BaseJobConfiguration.from_template_and_values``: variable defaults, then the deployment's
+    values, placeholders replaced, unset ones dropped)."""
+    cls = CONFIGURATIONS[kind]
+    return asyncio.run(cls.from_template_and_values(template, values, client=_NoServer()))  # type: ignore[arg-type]
+
+
+def render_job(template: dict[str, Any], values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Kubernetes Job manifest rendered from ``template``, as the API server would receive it.
+
+    prefect-kubernetes' worker refuses a template whose pod spec lacks ``parallelism: 1`` and
+    ``completions: 1`` (``_get_base_job_manifest``, checked by ``_validate_job_manifest``), though
+    they belong to the Job spec, not the pod spec: Prefect's own default template carries them there
+    too, and the API server drops unknown fields (with a warning) unless asked for strict field
+    validation, which the worker does not ask for. They are removed here, and nothing else, so that
+    the strict schema checks every other field.
+    """
+    config = render("kubernetes", template, {**RUN_VALUES, **(values or {})})
+    job = copy.deepcopy(config.job_manifest)
+    pod = job["spec"]["template"]["spec"]
+    assert (pod.pop("parallelism"), pod.pop("completions")) == (1, 1)
+    return job
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    """The flow run's container (the worker requires it first and named ``prefect-job``)."""
+    first = job["spec"]["template"]["spec"]["containers"][0]
+    assert first["name"] == "prefect-job"
+    return first
+
+
+def dvc_cache_dir() -> str:
+    """The cache folder the image's DVC system config names."""
+    match = re.search(r"^\s*dir\s*=\s*(\S+)\s*$", DVC_SYSTEM_CONFIG.read_text(), re.MULTILINE)
+    assert match, f"{DVC_SYSTEM_CONFIG} sets no cache dir"
+    return match.group(1)
+
+
+# --- the templates as Prefect's server takes them --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(POOLS))
+def test_server_accepts_template_and_every_placeholder_is_declared(kind: str) -> None:
+    template = load_pool(kind)
+    # The server's own check (`validate_base_job_template`): every {{ var }} is a declared variable.
+    WorkPoolCreate(name=f"yolo-{kind}", type=kind, base_job_template=template)
+    # ... and the same read here independently, so a broken server check cannot pass it.
+    used = set(re.findall(r"{{\s*([\w.\-]+)\s*}}", json.dumps(template["job_configuration"])))
+    assert used <= set(template["variables"]["properties"]), used - set(template["variables"]["properties"])
+    assert {"gpu_count", "image"} <= used
+
+
+@pytest.mark.parametrize("kind", sorted(POOLS))
+def test_undeclared_placeholder_is_refused(kind: str) -> None:
+    template = load_pool(kind)
+    template["job_configuration"]["name"] = "{{ gpus }}"
+    with pytest.raises(ValueError, match="gpus"):
+        WorkPoolCreate(name=f"yolo-{kind}", type=kind, base_job_template=template)
+
+
+@pytest.mark.parametrize("kind", sorted(POOLS))
+def test_variables_schema_is_json_schema_and_defaults_conform(kind: str) -> None:
+    variables = load_pool(kind)["variables"]
+    jsonschema.Draft202012Validator.check_schema(variables)
+    defaults = {name: spec["default"] for name, spec in variables["properties"].items() if "default" in spec}
+    jsonschema.Draft202012Validator(variables).validate(defaults)
+    assert defaults["gpu_count"] == 1
+
+
+@pytest.mark.parametrize("kind", sorted(POOLS))
+def test_job_configuration_sets_only_what_the_worker_reads(kind: str) -> None:
+    # A key the worker's configuration class lacks is dropped silently: the GPU request or the cache
+    # mount would vanish. The bundled default template lists the keys; prefect-docker 0.7.4 adds
+    # container_create_kwargs (passed to docker-py's containers.create), the only way to a GPU there.
+    known = set(bundled_default_template(kind)["job_configuration"])
+    if kind == "docker":
+        known.add("container_create_kwargs")
+    assert set(load_pool(kind)["job_configuration"]) <= known
+
+
+@pytest.mark.parametrize(
+    ("kind", "values"),
+    [
+        ("kubernetes", {"gpu_count": "one"}),
+        ("kubernetes", {"gpu_count": -1}),
+        ("kubernetes", {"memory_limit": "32 GB"}),
+        ("kubernetes", {"shm_size": "lots"}),
+        ("kubernetes", {"dvc_cache_claim": "Yolo_Cache"}),
+        ("docker", {"gpu_count": 0}),
+        ("docker", {"shm_size": "8Gi"}),
+        ("docker", {"prefect_secrets_dir": "relative/dir"}),
+    ],
+)
+def test_deployment_job_variables_out_of_schema_are_refused(kind: str, values: dict[str, Any]) -> None:
+    # What the server runs on a deployment's job variables (DeploymentCreate.check_valid_configuration).
+    variables = load_pool(kind)["variables"]
+    with pytest.raises(PrefectValidationError):
+        prefect_validate(values, variables, raise_on_error=True, preprocess=True, ignore_required=True)
+
+
+def test_deployment_job_variables_in_schema_are_accepted() -> None:
+    variables = load_pool("kubernetes")["variables"]
+    good = {"gpu_count": 4, "memory_limit": "64Gi", "cpu_request": "500m", "shm_size": "16Gi"}
+    prefect_validate(good, variables, raise_on_error=True, preprocess=True, ignore_required=True)
+
+
+# --- the Kubernetes Job against the Kubernetes API schemas ------------------------------------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_rendered_job_validates_against_kubernetes_schema(version: str) -> None:
+    job = render_job(load_pool("kubernetes"))
+    assert kubernetes_validate.validate(job, version, strict=True) == version
+
+
+def test_rendered_job_requests_gpus_mounts_cache_and_reads_secrets() -> None:
+    job = render_job(load_pool("kubernetes"), {"gpu_count": 2})
+    pod = job["spec"]["template"]["spec"]
+    main = container(job)
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == 2
+    for quantities in main["resources"].values():
+        for resource, value in quantities.items():
+            assert isinstance(value, int) or QUANTITY.match(value), (resource, value)
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["dvc-cache"] == dvc_cache_dir()
+    assert volumes["dvc-cache"]["persistentVolumeClaim"]["claimName"] == "yolo-dvc-cache"
+    assert mounts["dshm"] == "/dev/shm" and volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    env = {e["name"]: e for e in main["env"]}
+    for name, key in (("PREFECT_API_URL", "api-url"), ("PREFECT_API_AUTH_STRING", "auth-string")):
+        assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {"name": "prefect-api", "key": key}}}
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["fsGroup"] == 10001
+
+
+def _misspell_field(job: dict[str, Any]) -> None:
+    main = container(job)
+    main["imagePulPolicy"] = main.pop("imagePullPolicy")
+
+
+def _gpu_limit_not_a_quantity(job: dict[str, Any]) -> None:
+    container(job)["resources"]["limits"]["nvidia.com/gpu"] = {"count": 1}
+
+
+def _mount_without_name(job: dict[str, Any]) -> None:
+    del container(job)["volumeMounts"][0]["name"]
+
+
+def _env_secret_without_key(job: dict[str, Any]) -> None:
+    del container(job)["env"][1]["valueFrom"]["secretKeyRef"]["key"]
+
+
+def _backoff_as_text(job: dict[str, Any]) -> None:
+    job["spec"]["backoffLimit"] = "none"
+
+
+@pytest.mark.parametrize(
+    "breaks",
+    [_misspell_field, _gpu_limit_not_a_quantity, _mount_without_name, _env_secret_without_key, _backoff_as_text],
+)
+def test_broken_job_fails_kubernetes_schema(breaks: Any) -> None:
+    job = render_job(load_pool("kubernetes"))
+    kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)  # the same Job, unbroken, passes
+    breaks(job)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+
+
+def test_broken_template_fails_once_rendered() -> None:
+    # A typo in the template file itself (not in a rendered copy) reaches the schema check too.
+    template = load_pool("kubernetes")
+    limits = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["resources"]
+    limits["limit"] = limits.pop("limits")
+    with pytest.raises(kubernetes_validate.ValidationError, match="limit"):
+        kubernetes_validate.validate(render_job(template), K8S_VERSIONS[-1], strict=True)
+
+
+# --- the API URL and auth string never in clear -----------------------------------------------------
+
+
+def _flow_run_env(kind: str, template: dict[str, Any]) -> dict[str, Any]:
+    """The environment a worker holding an API URL and auth string gives a flow run's container
+    (``prepare_for_flow_run``, which both workers call first: it merges the worker's own settings
+    under the template's ``env`` and drops the names set to null)."""
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api", PREFECT_API_AUTH_STRING: "admin:s3cret"}):
+        config = render(kind, template, RUN_VALUES)
+        config.prepare_for_flow_run(FlowRun(flow_id=uuid4(), name="brave-yak"))
+    return dict(config.env)
+
+
+@pytest.mark.parametrize("kind", sorted(POOLS))
+def test_worker_settings_do_not_reach_the_container_in_clear(kind: str) -> None:
+    env = _flow_run_env(kind, load_pool(kind))
+    assert "PREFECT_API_URL" not in env and "PREFECT_API_AUTH_STRING" not in env
+    assert "s3cret" not in json.dumps(env)
+    if kind == "docker":
+        assert env["PREFECT_API_AUTH_STRING_FILE"] == "/run/secrets/prefect/auth-string"
+    # Without the template's nulls the worker would copy both in clear: what the nulls are for.
+    template = load_pool(kind)
+    del template["variables"]["properties"]["env"]["default"]
+    leaked = _flow_run_env(kind, template)
+    assert leaked["PREFECT_API_AUTH_STRING"] == "admin:s3cret"
+
+
+def test_templates_hold_no_credentials() -> None:
+    for path in POOLS.values():
+        text = path.read_text()
+        assert not re.search(r"https?://|:[^/\s\"]+@|password|token", text, re.IGNORECASE), path
+
+
+# --- Docker: GPUs and the cache ---------------------------------------------------------------------
+
+
+def test_docker_container_gets_gpus_cache_and_secrets() -> None:
+    config = render("docker", load_pool("docker"), {**RUN_VALUES, "gpu_count": 2})
+    assert config.container_create_kwargs == {
+        "device_requests": [{"driver": "nvidia", "count": 2, "capabilities": [["gpu"]]}],
+        "shm_size": "8g",
+    }
+    binds = {volume.split(":")[1]: volume for volume in config.volumes}
+    assert binds[dvc_cache_dir()] == f"yolo-dvc-cache:{dvc_cache_dir()}"
+    assert binds["/run/secrets/prefect"].endswith(":ro")
+    assert config.image == "yolo-pipeline:cuda"
+
+
+# --- the image's DVC config -------------------------------------------------------------------------
+
+
+def test_image_dvc_config_points_dvc_at_the_mounted_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvc.repo import Repo
+
+    monkeypatch.setenv("DVC_SYSTEM_CONFIG_DIR", str(DVC_SYSTEM_CONFIG.parent))
+    monkeypatch.setenv("DVC_GLOBAL_CONFIG_DIR", str(tmp_path / "global"))
+    repo = Repo.init(str(tmp_path / "ws"), no_scm=True)
+    try:
+        assert repo.config["cache"]["dir"] == dvc_cache_dir() == "/var/cache/dvc"
+        assert repo.cache.local.path == "/var/cache/dvc/files/md5"
+        assert repo.config["cache"]["shared"] == "group"
+    finally:
+        repo.close()
+
+
+# --- the Dockerfile, statically ---------------------------------------------------------------------
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    joined: list[str] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        pending += line.rstrip("\\").rstrip() + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            if pending.strip():
+                joined.append(pending.strip())
+            pending = ""
+    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in joined]
+
+
+def _dockerignore_lets_in() -> set[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in lines, ".dockerignore should exclude everything by default"
+    return {line[1:] for line in lines if line.startswith("!")}
+
+
+def test_every_copy_source_exists_and_reaches_the_build() -> None:
+    let_in = _dockerignore_lets_in()
+    sources = []
+    for instruction, args in _instructions():
+        if instruction == "COPY":
+            parts = [p for p in args.split() if not p.startswith("--")]
+            sources += parts[:-1]
+    assert sources, "no COPY in the Dockerfile"
+    for source in sources:
+        assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+        assert source in let_in, f"COPY {source}: excluded by .dockerignore"
+
+
+def _pins() -> dict[str, str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["gpu"]
+    return dict(re.fullmatch(r"([\w.-]+)==([\w.]+)", r).groups() for r in requirements if "==" in r)  # type: ignore[misc]
+
+
+def test_dockerfile_pins_equal_pyproject() -> None:
+    args = dict(a.split("=", 1) for i, a in _instructions() if i == "ARG" and "=" in a)
+    pins = _pins()
+    assert args["TORCH_VERSION"] == pins["torch"] == "2.14.1"
+    assert args["TORCHVISION_VERSION"] == pins["torchvision"] == "0.29.1"
+    assert args["ONNXRUNTIME_GPU_VERSION"] == pins["onnxruntime-gpu"]
+    assert args["VARIANT"] in {"cpu", "cuda"}
+    # Base images by tag, never a moving `latest` or none at all.
+    for name in ("CPU_BASE", "CUDA_BASE"):
+        image, _, tag = args[name].rpartition(":")
+        assert image and tag and tag != "latest", args[name]
+
+
+def test_dockerfile_runtime_environment_user_and_entry() -> None:
+    instructions = _instructions()
+    env = " ".join(a for i, a in instructions if i == "ENV")
+    for setting in ("YOLO_OFFLINE=true", "DO_NOT_TRACK=1", "ORT_DISABLE_TELEMETRY=1", "DVC_SYSTEM_CONFIG_DIR=/etc/dvc"):
+        assert setting in env.split(), setting
+    users = [a for i, a in instructions if i == "USER"]
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    entry = json.loads(next(a for i, a in reversed(instructions) if i == "ENTRYPOINT"))
+    assert entry[-1] == "/usr/local/bin/pipeline-entrypoint"
+    assert json.loads(next(a for i, a in reversed(instructions) if i == "CMD")) == ["worker"]
+    assert "prefect worker start --pool" in ENTRYPOINT.read_text()
+
+
+# --- the entry script, run ----------------------------------------------------------------------------
+
+
+def _entry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *args], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_entry_reads_secrets_from_files_and_runs_the_command(tmp_path: Path) -> None:
+    (tmp_path / "auth-string").write_text("admin:s3cret\n")
+    (tmp_path / "api-url").write_text("http://127.0.0.1:4200/api")
+    done = _entry(
+        "sh",
+        "-c",
+        'printf "%s|%s" "$PREFECT_API_URL" "$PREFECT_API_AUTH_STRING"',
+        env={
+            "PREFECT_API_URL_FILE": str(tmp_path / "api-url"),
+            "PREFECT_API_AUTH_STRING_FILE": str(tmp_path / "auth-string"),
+        },
+    )
+    assert (done.returncode, done.stdout) == (0, "http://127.0.0.1:4200/api|admin:s3cret")
+
+
+def test_entry_names_a_missing_secret_file(tmp_path: Path) -> None:
+    done = _entry("true", env={"PREFECT_API_AUTH_STRING_FILE": str(tmp_path / "absent")})
+    assert done.returncode == 64
+    assert "PREFECT_API_AUTH_STRING_FILE" in done.stderr and str(tmp_path / "absent") in done.stderr
+
+
+def test_entry_worker_needs_a_pool_and_an_api() -> None:
+    done = _entry(env={})
+    assert done.returncode == 64 and "PREFECT_WORK_POOL" in done.stderr
+    done = _entry("worker", env={"PREFECT_WORK_POOL": "yolo-gpu-kubernetes"})
+    assert done.returncode == 64 and "PREFECT_API_URL" in done.stderr
