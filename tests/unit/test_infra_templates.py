@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import dockerfile
 import jsonschema
 import kubernetes_validate
 import prefect
 import pytest
+from docker.errors import DockerException
 from prefect.client.schemas.objects import FlowRun
 from prefect.server.schemas.actions import WorkPoolCreate
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
@@ -256,15 +258,33 @@ def _backoff_as_text(job: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "breaks",
-    [_misspell_field, _gpu_limit_not_a_quantity, _mount_without_name, _env_secret_without_key, _backoff_as_text],
+    ("breaks", "where"),
+    [
+        (_misspell_field, ["containers", 0]),
+        (_gpu_limit_not_a_quantity, ["containers", 0, "resources", "limits", "nvidia.com/gpu"]),
+        (_mount_without_name, ["containers", 0, "volumeMounts", 0]),
+        (_env_secret_without_key, ["containers", 0, "env", 1, "valueFrom", "secretKeyRef"]),
+        (_backoff_as_text, ["spec", "backoffLimit"]),
+    ],
 )
-def test_broken_job_fails_kubernetes_schema(breaks: Any) -> None:
+def test_broken_job_fails_kubernetes_schema(breaks: Any, where: list[Any]) -> None:
     job = render_job(load_pool("kubernetes"))
     kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)  # the same Job, unbroken, passes
     breaks(job)
-    with pytest.raises(kubernetes_validate.ValidationError):
+    with pytest.raises(kubernetes_validate.ValidationError) as refused:
         kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+    assert list(refused.value.path)[-len(where) :] == where  # refused where it was broken, not elsewhere
+
+
+def test_pod_fields_prefect_requires_are_the_only_ones_outside_the_schema() -> None:
+    # What render_job removes, and why: with them the strict check fails at the pod spec, on those two
+    # names alone; the lenient one (unknown fields allowed, as the API server treats them) passes.
+    job = copy.deepcopy(render("kubernetes", load_pool("kubernetes"), RUN_VALUES).job_manifest)
+    kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=False)
+    with pytest.raises(kubernetes_validate.ValidationError) as refused:
+        kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+    assert list(refused.value.path) == ["spec", "template", "spec"]
+    assert "'completions', 'parallelism' were unexpected" in refused.value.message
 
 
 def test_broken_template_fails_once_rendered() -> None:
@@ -312,16 +332,57 @@ def test_templates_hold_no_credentials() -> None:
 # --- Docker: GPUs and the cache ---------------------------------------------------------------------
 
 
+def docker_create_args(config: DockerJobConfiguration) -> dict[str, Any]:
+    """What docker-py sends the Docker Engine API for the container prefect-docker's worker creates:
+    the worker passes these configuration fields, and ``container_create_kwargs`` spread beside them,
+    to ``containers.create`` (``DockerWorker._build_container_settings``), which docker-py turns into
+    the create request and its HostConfig with ``_create_container_args``, offline."""
+    from docker.constants import DEFAULT_DOCKER_API_VERSION
+    from docker.models.containers import _create_container_args
+
+    kwargs = {
+        "image": config.image,
+        "command": config.command,
+        "environment": config.env,
+        "auto_remove": config.auto_remove,
+        "labels": config.labels,
+        "name": config.name,
+        "volumes": config.volumes,
+        "mem_limit": config.mem_limit,
+        **(config.container_create_kwargs or {}),
+        "version": DEFAULT_DOCKER_API_VERSION,
+    }
+    return _create_container_args(kwargs)
+
+
 def test_docker_container_gets_gpus_cache_and_secrets() -> None:
     config = render("docker", load_pool("docker"), {**RUN_VALUES, "gpu_count": 2})
-    assert config.container_create_kwargs == {
-        "device_requests": [{"driver": "nvidia", "count": 2, "capabilities": [["gpu"]]}],
-        "shm_size": "8g",
-    }
-    binds = {volume.split(":")[1]: volume for volume in config.volumes}
-    assert binds[dvc_cache_dir()] == f"yolo-dvc-cache:{dvc_cache_dir()}"
-    assert binds["/run/secrets/prefect"].endswith(":ro")
     assert config.image == "yolo-pipeline:cuda"
+    host = docker_create_args(config)["host_config"]
+    assert host["DeviceRequests"] == [
+        {"Driver": "nvidia", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+    ]
+    assert host["ShmSize"] == 8 * 1024**3 and host["Memory"] == 32 * 1024**3
+    binds = {bind.split(":")[1]: bind for bind in host["Binds"]}
+    assert binds[dvc_cache_dir()] == f"yolo-dvc-cache:{dvc_cache_dir()}"
+    assert binds["/run/secrets/prefect"] == "/etc/yolo-pipeline/prefect:/run/secrets/prefect:ro"
+
+
+@pytest.mark.parametrize(
+    ("breaks", "error"),
+    [
+        # A misspelled docker-py argument: docker-py refuses it (the Engine would never see a GPU).
+        (lambda create: create.update(device_request=create.pop("device_requests")), TypeError),
+        # Kubernetes' quantity where Docker wants its own units.
+        (lambda create: create.update(shm_size="8Gi"), DockerException),
+    ],
+)
+def test_broken_docker_container_settings_are_refused(breaks: Any, error: type[Exception]) -> None:
+    template = load_pool("docker")
+    breaks(template["job_configuration"]["container_create_kwargs"])
+    config = render("docker", template, RUN_VALUES)
+    with pytest.raises(error):
+        docker_create_args(config)
 
 
 # --- the image's DVC config -------------------------------------------------------------------------
@@ -344,19 +405,19 @@ def test_image_dvc_config_points_dvc_at_the_mounted_cache(tmp_path: Path, monkey
 # --- the Dockerfile, statically ---------------------------------------------------------------------
 
 
-def _instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
-    joined: list[str] = []
-    pending = ""
-    for line in DOCKERFILE.read_text().splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        pending += line.rstrip("\\").rstrip() + " " if line.endswith("\\") else line
-        if not line.endswith("\\"):
-            if pending.strip():
-                joined.append(pending.strip())
-            pending = ""
-    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in joined]
+def _instructions() -> list[Any]:
+    """The Dockerfile's instructions, read by Docker's own parser (BuildKit's, in the ``dockerfile``
+    package): a syntax error fails here, as it would fail ``docker build``."""
+    return list(dockerfile.parse_file(str(DOCKERFILE)))
+
+
+def test_every_run_is_valid_shell() -> None:
+    # RUN's shell form runs under /bin/sh -c: each must at least parse there.
+    runs = [c for c in _instructions() if c.cmd == "RUN"]
+    assert runs
+    for run in runs:
+        checked = subprocess.run(["sh", "-n", "-c", run.value[0]], capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, (run.start_line, checked.stderr)
 
 
 def _dockerignore_lets_in() -> set[str]:
@@ -368,10 +429,9 @@ def _dockerignore_lets_in() -> set[str]:
 def test_every_copy_source_exists_and_reaches_the_build() -> None:
     let_in = _dockerignore_lets_in()
     sources = []
-    for instruction, args in _instructions():
-        if instruction == "COPY":
-            parts = [p for p in args.split() if not p.startswith("--")]
-            sources += parts[:-1]
+    for instruction in _instructions():
+        if instruction.cmd == "COPY":
+            sources += instruction.value[:-1]
     assert sources, "no COPY in the Dockerfile"
     for source in sources:
         assert (REPO / source).exists(), f"COPY {source}: not in the repository"
@@ -385,7 +445,7 @@ def _pins() -> dict[str, str]:
 
 
 def test_dockerfile_pins_equal_pyproject() -> None:
-    args = dict(a.split("=", 1) for i, a in _instructions() if i == "ARG" and "=" in a)
+    args = dict(c.value[0].split("=", 1) for c in _instructions() if c.cmd == "ARG" and "=" in c.value[0])
     pins = _pins()
     assert args["TORCH_VERSION"] == pins["torch"] == "2.14.1"
     assert args["TORCHVISION_VERSION"] == pins["torchvision"] == "0.29.1"
@@ -399,15 +459,26 @@ def test_dockerfile_pins_equal_pyproject() -> None:
 
 def test_dockerfile_runtime_environment_user_and_entry() -> None:
     instructions = _instructions()
-    env = " ".join(a for i, a in instructions if i == "ENV")
-    for setting in ("YOLO_OFFLINE=true", "DO_NOT_TRACK=1", "ORT_DISABLE_TELEMETRY=1", "DVC_SYSTEM_CONFIG_DIR=/etc/dvc"):
-        assert setting in env.split(), setting
-    users = [a for i, a in instructions if i == "USER"]
-    assert users and users[-1].split(":")[0] not in {"0", "root"}
-    entry = json.loads(next(a for i, a in reversed(instructions) if i == "ENTRYPOINT"))
-    assert entry[-1] == "/usr/local/bin/pipeline-entrypoint"
-    assert json.loads(next(a for i, a in reversed(instructions) if i == "CMD")) == ["worker"]
+    env: dict[str, str] = {}
+    for command in instructions:
+        if command.cmd == "ENV":
+            env.update(zip(command.value[::2], command.value[1::2], strict=True))
+    assert env["YOLO_OFFLINE"] == "true"
+    assert env["DO_NOT_TRACK"] == env["ORT_DISABLE_TELEMETRY"] == "1"
+    assert env["DVC_SYSTEM_CONFIG_DIR"] == "/etc/dvc"
+    user = [c.value[0] for c in instructions if c.cmd == "USER"][-1]
+    assert user.split(":")[0] not in {"0", "root"}
+    entry = next(c for c in reversed(instructions) if c.cmd == "ENTRYPOINT")
+    assert entry.json  # exec form: the entry gets signals, not a shell
+    assert entry.value[-1] == "/usr/local/bin/pipeline-entrypoint"
+    cmd = next(c for c in reversed(instructions) if c.cmd == "CMD")
+    assert cmd.json and cmd.value == ("worker",)
     assert "prefect worker start --pool" in ENTRYPOINT.read_text()
+    # COPY keeps the file's mode: the entry must be executable as git stores it.
+    staged = subprocess.run(
+        ["git", "ls-files", "--stage", str(ENTRYPOINT.relative_to(REPO))], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    assert staged.startswith("100755 "), staged or "entrypoint.sh is not tracked by git"
 
 
 # --- the entry script, run ----------------------------------------------------------------------------
