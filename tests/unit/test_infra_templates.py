@@ -323,6 +323,32 @@ def test_worker_settings_do_not_reach_the_container_in_clear(kind: str) -> None:
     assert leaked["PREFECT_API_AUTH_STRING"] == "admin:s3cret"
 
 
+def test_real_kubernetes_worker_builds_a_valid_job_without_secrets_in_clear() -> None:
+    # The stand-in configuration classes above against the worker's own: where prefect-kubernetes is
+    # importable, its configuration prepares the Job exactly as the worker would submit it.
+    worker = pytest.importorskip(
+        "prefect_kubernetes.worker",
+        reason="prefect-kubernetes is not a project dependency (the image installs 0.8.0, infra/docker/Dockerfile); "
+        "pip install prefect-kubernetes==0.8.0 to run this check",
+    )
+    secrets = {PREFECT_API_URL: "http://127.0.0.1:4200/api", PREFECT_API_AUTH_STRING: "admin:s3cret"}
+    with temporary_settings(secrets):
+        config = asyncio.run(
+            worker.KubernetesWorkerJobConfiguration.from_template_and_values(
+                load_pool("kubernetes"), {"gpu_count": 2}, client=_NoServer()
+            )
+        )
+        config.prepare_for_flow_run(FlowRun(flow_id=uuid4(), name="brave-yak"))
+    job = copy.deepcopy(config.job_manifest)
+    assert "s3cret" not in json.dumps(job)
+    env = {e["name"]: e for e in container(job)["env"]}
+    assert env["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {"name": "prefect-api", "key": "auth-string"}
+    pod = job["spec"]["template"]["spec"]
+    del pod["parallelism"], pod["completions"]  # as in render_job
+    assert kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True) == K8S_VERSIONS[-1]
+    assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == 2
+
+
 def test_templates_hold_no_credentials() -> None:
     for path in POOLS.values():
         text = path.read_text()
