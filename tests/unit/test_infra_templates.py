@@ -25,6 +25,7 @@ import jsonschema
 import kubernetes_validate
 import prefect
 import pytest
+import yaml
 from docker.errors import DockerException
 from prefect.client.schemas.objects import FlowRun
 from prefect.server.schemas.actions import WorkPoolCreate
@@ -234,6 +235,16 @@ def test_rendered_job_requests_gpus_mounts_cache_and_reads_secrets() -> None:
     for name, key in (("PREFECT_API_URL", "api-url"), ("PREFECT_API_AUTH_STRING", "auth-string")):
         assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {"name": "prefect-api", "key": key}}}
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["fsGroup"] == 10001
+
+
+def test_dvc_cache_claim_manifest_matches_the_template() -> None:
+    claim = yaml.safe_load((INFRA / "kubernetes" / "dvc-cache-pvc.yaml").read_text())
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(claim, version, strict=True)
+    variables = load_pool("kubernetes")["variables"]["properties"]
+    assert claim["metadata"]["name"] == variables["dvc_cache_claim"]["default"]
+    assert claim["metadata"]["namespace"] == variables["namespace"]["default"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # concurrent runs on several nodes
 
 
 def _misspell_field(job: dict[str, Any]) -> None:
