@@ -505,6 +505,10 @@ def test_dockerfile_runtime_environment_user_and_entry() -> None:
     assert env["DVC_SYSTEM_CONFIG_DIR"] == "/etc/dvc"
     user = [c.value[0] for c in instructions if c.cmd == "USER"][-1]
     assert user.split(":")[0] not in {"0", "root"}
+    # The pods run as the image's user, and the cache volume belongs to its group (fsGroup).
+    pod = load_pool("kubernetes")["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    context = pod["securityContext"]
+    assert user == f"{context['runAsUser']}:{context['runAsGroup']}" and context["fsGroup"] == context["runAsGroup"]
     entry = next(c for c in reversed(instructions) if c.cmd == "ENTRYPOINT")
     assert entry.json  # exec form: the entry gets signals, not a shell
     assert entry.value[-1] == "/usr/local/bin/pipeline-entrypoint"
