@@ -18,7 +18,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export PIPELINE_WORKSPACE ?= $(CURDIR)
 PREFECT_PORT ?= 4200
 
-.PHONY: compare demo flow test test-unit test-e2e lint sample-data install clean server deploy worker retrain-ci promote plots report
+.PHONY: compare demo flow test test-unit test-e2e lint sample-data install clean server deploy worker retrain-ci promote plots report pool-docker pool-kubernetes
 
 install: $(VENV)/.installed
 
@@ -64,6 +64,19 @@ server: install
 deploy: install
 	$(BIN)/prefect work-pool inspect yolo-cpu >/dev/null 2>&1 || $(BIN)/prefect work-pool create yolo-cpu --type process
 	$(BIN)/prefect --no-prompt deploy --all
+
+## GPU work pools on the server in PREFECT_API_URL, from the base job templates in infra/prefect/
+## (a container per flow run from infra/docker/Dockerfile's image, GPUs requested, the shared DVC
+## cache mounted); --overwrite updates a pool that exists. Point a deployment at one with its
+## work_pool name; start its worker from the same image (PREFECT_WORK_POOL=<pool>).
+POOL_DOCKER ?= yolo-gpu-docker
+POOL_KUBERNETES ?= yolo-gpu-kubernetes
+
+pool-docker: install
+	$(BIN)/prefect work-pool create $(POOL_DOCKER) --type docker --base-job-template infra/prefect/docker-pool.json --overwrite
+
+pool-kubernetes: install
+	$(BIN)/prefect work-pool create $(POOL_KUBERNETES) --type kubernetes --base-job-template infra/prefect/kubernetes-pool.json --overwrite
 
 ## A process worker that runs the deployments' flow runs in this workspace.
 worker: install
