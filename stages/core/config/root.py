@@ -8,7 +8,8 @@ error naming the key and the file.
 Each section's model lives in its own module of this package, named after the section
 (``train.py`` holds ``TrainParams``); this module composes them into ``Params`` and holds what reads
 across sections: the tuning space's checks against the other sections, dotted keys, the unknown-key
-suggestions, and reading ``params.yaml``. Adding a key touches its section's module only.
+suggestions, and reading ``params.yaml``. Adding a key to a section touches that section's module
+(and ``params.yaml``, which lists every key); only a new section touches this one.
 """
 
 from __future__ import annotations
