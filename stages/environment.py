@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 STAGE = "environment"
 KEY_FILE = Path(".cache") / "environment-key.json"
 # The code whose change can change the fingerprint or the params verdict: this stage's two modules,
-# and the params models that decide what params.yaml may hold.
-_CODE = tuple(Path(__file__).with_name(name) for name in ("environment.py", "fingerprint.py", "config.py"))
+# and the params models that decide what params.yaml may hold (every module of stages/core/config/).
+_CORE = Path(__file__).parent / "core"
+_CODE = (Path(__file__), _CORE / "fingerprint.py", *sorted((_CORE / "config").glob("*.py")))
 _NVIDIA_PROC = Path("/proc/driver/nvidia")
 
 

@@ -115,3 +115,13 @@ def test_the_cached_check_imports_neither_pydantic_nor_the_params_models(workspa
     assert first.stdout.split() == ["0", "True", "True"], first.stderr
     second = subprocess.run([sys.executable, "-c", probe], cwd=workspace, env=env, capture_output=True, text=True)
     assert second.stdout.split() == ["0", "False", "False"], second.stderr
+
+
+def test_the_key_reads_this_stage_and_every_params_model_module():
+    # A file the key names but cannot find counts as "<missing>" on every run, so a change to it
+    # would never run the full fingerprint nor validate params.yaml again.
+    missing = [str(path) for path in environment._CODE if not path.is_file()]
+    assert not missing, f"the environment key names files that do not exist: {missing}"
+    config_modules = set((REPO / "stages/core/config").glob("*.py"))
+    wanted = {REPO / "stages/environment.py", REPO / "stages/core/fingerprint.py", *config_modules}
+    assert len(config_modules) > 1 and wanted <= {path.resolve() for path in environment._CODE}

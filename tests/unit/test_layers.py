@@ -66,7 +66,7 @@ def test_the_layers_hold_today(copy: Path):
     [
         ("stages/training/worker.py", "import stages.train", "flows -> stage entries -> domain packages -> core"),
         ("stages/benchmark.py", "import stages.build_engine", "flows -> stage entries -> domain packages -> core"),
-        ("stages/core/config.py", "import stages.deploy", "flows -> stage entries -> domain packages -> core"),
+        ("stages/core/config/root.py", "import stages.deploy", "flows -> stage entries -> domain packages -> core"),
         ("stages/backends/tensorrt.py", "import stages.deploy.engine", "backends do not import deploy"),
         ("flows/pipeline.py", "import stages.training.launch", "flows reach the domain packages only through"),
     ],

@@ -1,0 +1,164 @@
+"""The ``train`` section and its ``distributed`` part (``stages/train.py``, ``stages/training/``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from stages.core.config.base import _Section
+
+
+class DistributedParams(_Section):
+    """How many processes train, and how they wait for each other (``stages/training/``).
+
+    One process on one node trains in the stage's own process. Anything larger runs through PyTorch's
+    elastic launcher (``torch.distributed.run``). *Where* a job runs (the head's address, this node's
+    rank, the allocation's node count) is never a param: it changes with every allocation and would make
+    every job retrain and write host names into ``dvc.lock``. It comes from the launcher's environment
+    (Slurm, Kubernetes, torchrun) or the command line of ``python -m stages.training.job``.
+    """
+
+    nnodes: int = Field(1, ge=1, description="nodes taking part; the head node is one of them")
+    nproc_per_node: int = Field(1, ge=1, description="training processes per node (one per GPU on CUDA)")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: NCCL on CUDA, gloo on CPU")
+    join_timeout_s: float = Field(900.0, gt=0.0, description="longest wait for every node to join a training attempt")
+    collective_timeout_s: float = Field(
+        1800.0, gt=0.0, description="longest wait for one collective operation (the process group's timeout)"
+    )
+    max_restarts: int = Field(0, ge=0, description="times the launcher restarts all workers after a failure")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _where_is_not_a_param(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = {
+                "rdzv_endpoint": "the endpoint comes from MASTER_ADDR/MASTER_PORT (Slurm, Kubernetes) or "
+                "'python -m stages.training.job --endpoint host:port'",
+                "rdzv_id": "the rendezvous name comes from the job (SLURM_JOB_ID, PET_RDZV_ID or --run-id)",
+                "timeout_s": "it is now two keys: join_timeout_s and collective_timeout_s",
+            }
+            found = [f"'{key}' is no longer a param: {why}" for key, why in moved.items() if key in data]
+            if found:
+                raise ValueError("; ".join(found) + " (README: Training at scale)")
+        return data
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all nodes."""
+        return self.nnodes * self.nproc_per_node
+
+
+# The parts of `train` that do not change what is trained: how long the nodes wait, how often to restart.
+LAUNCH_ONLY_KEYS = ("join_timeout_s", "collective_timeout_s", "max_restarts")
+
+
+def normalize_device(value: Any) -> str:
+    """``train.device`` as Ultralytics takes it, from the forms users write.
+
+    ``0``, ``"0"``, ``"cuda:0"`` -> ``"0"``; ``[0, 1]``, ``"0,1"``, ``"cuda:0,1"`` -> ``"0,1"``;
+    ``"cpu"`` and ``"mps"`` stay as they are.
+
+    Raises:
+        ValueError: For anything else (a negative or repeated id, an unknown device type).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"must be cpu, mps, a CUDA device id or a list of ids, got {value!r}")
+    if isinstance(value, int):
+        ids = [value]
+    elif isinstance(value, list):
+        ids = value
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text in {"cpu", "mps"}:
+            return text
+        text = text.removeprefix("cuda:")
+        ids = [part.strip() for part in text.split(",")]
+    else:
+        raise ValueError(f"must be cpu, mps, a CUDA device id or a list of ids, got {value!r}")
+    parsed = []
+    for item in ids:
+        valid_int = isinstance(item, int) and not isinstance(item, bool) and item >= 0
+        if not (valid_int or (isinstance(item, str) and item.isdigit())):
+            raise ValueError(f"must be cpu, mps, a CUDA device id or a list of ids, got {value!r}")
+        parsed.append(int(item))
+    if not parsed or len(set(parsed)) != len(parsed):
+        raise ValueError(f"CUDA device ids must be listed once each, got {value!r}")
+    return ",".join(str(i) for i in parsed)
+
+
+class TrainParams(_Section):
+    """Ultralytics training settings, passed explicitly to its trainer, and the large-batch recipe."""
+
+    model: str = "yolo11n.yaml"
+    epochs: int = Field(30, ge=1)
+    imgsz: int = Field(160, ge=32)
+    batch: int = Field(16, ge=1, description="global batch: images per forward pass over all processes")
+    device: str = Field("cpu", description="cpu | mps | CUDA ids: 0, 0,1, [0, 1], cuda:0")
+    workers: int = Field(2, ge=0)
+    seed: int = 0
+    deterministic: bool = True
+    optimizer: Literal["auto", "SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"] = "auto"
+    lr0: float = Field(0.01, gt=0.0)
+    lrf: float = Field(0.01, gt=0.0, le=1.0, description="final learning rate as a fraction of the peak")
+    cos_lr: bool = Field(False, description="cosine decay instead of linear")
+    momentum: float = Field(0.937, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0005, ge=0.0)
+    warmup_epochs: float = Field(3.0, ge=0.0)
+    warmup_momentum: float = Field(0.8, ge=0.0, lt=1.0)
+    warmup_bias_lr: float = Field(0.1, ge=0.0)
+    nbs: int = Field(64, ge=1, description="nominal batch: Ultralytics accumulates gradients up to it")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="scale lr0 with global batch / base_batch (see README: Training at scale)"
+    )
+    base_batch: int = Field(16, ge=1, description="the global batch lr0 was chosen for")
+    sync_bn: bool = Field(False, description="SyncBatchNorm when several CUDA processes train")
+    patience: int = Field(100, ge=0)
+    amp: bool = True
+    cache: bool = False
+    mosaic: float = Field(1.0, ge=0.0, le=1.0)
+    close_mosaic: int = Field(10, ge=0)
+    distributed: DistributedParams = Field(default_factory=DistributedParams)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_as_users_write_it(cls, value: Any) -> str:
+        return normalize_device(value)
+
+    @field_validator("imgsz")
+    @classmethod
+    def _stride_multiple(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"must be a multiple of 32 (the model stride), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> TrainParams:
+        world = self.distributed.world_size
+        if self.batch % world:
+            raise ValueError(
+                f"batch ({self.batch}) must be a multiple of the {world} training processes "
+                f"(distributed.nnodes x distributed.nproc_per_node)"
+            )
+        devices = self.device.split(",") if self.device not in {"cpu", "mps"} else []
+        # One process per listed GPU; NCCL refuses two ranks on one GPU, so one id for two processes is refused too.
+        if devices and (len(devices) > 1 or world > 1) and len(devices) != self.distributed.nproc_per_node:
+            raise ValueError(
+                f"device lists {len(devices)} GPUs but distributed.nproc_per_node is "
+                f"{self.distributed.nproc_per_node}: one process trains on each listed GPU"
+            )
+        if world > 1 and self.device == "mps":
+            raise ValueError("several training processes need CUDA GPUs or the CPU, not mps")
+        if self.sync_bn and world > 1 and self.device == "cpu":
+            raise ValueError(
+                "sync_bn needs CUDA: PyTorch's SyncBatchNorm trains only on GPUs; set sync_bn: false "
+                "to train several CPU processes (each keeps its own batch norm statistics)"
+            )
+        return self
+
+    def training_identity(self) -> dict[str, Any]:
+        """The values that decide what is trained (not where the nodes meet): fingerprints compare these."""
+        data = self.model_dump(mode="json")
+        for key in LAUNCH_ONLY_KEYS:
+            data["distributed"].pop(key)
+        return data
