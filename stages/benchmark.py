@@ -4,8 +4,8 @@ Every backend is opened through ``stages.backends`` and gets the same letterboxe
 Two figures per backend: ``model_ms``, one forward pass of one batch, and ``end_to_end_ms``, one
 image as an application runs it (decode, letterbox, forward, NMS, without NMS's time limit).
 
-``model_ms`` has one boundary for every backend (:data:`MODEL_MS_BOUNDARY`): the batch is already in
-the runtime's memory before the clock starts (a CUDA tensor for PyTorch, an ``OrtValue`` bound
+``model_ms`` has one boundary for every backend (:data:`stages.latency.results.MODEL_MS_BOUNDARY`): the
+batch is already in the runtime's memory before the clock starts (a CUDA tensor for PyTorch, an ``OrtValue`` bound
 through ONNX Runtime's ``IOBinding`` on the session's device, TensorRT's device buffer; host memory
 on the CPU), the outputs stay where the runtime wrote them, and CUDA work is synchronised before the
 clock stops: no host-device copy is timed. What ran (provider, device, precision, threads) is read
@@ -17,7 +17,8 @@ each, so drift on the machine hits them all alike. Every round, every timed step
 end to end, each batch size of the throughput sweep) first runs ``benchmark.warmup`` untimed calls;
 then the forward pass and end to end are timed ``benchmark.iterations`` times, each batch size
 ``benchmark.sweep_iterations`` times. Every percentile (p10, p50, p90, p99) is taken over every
-timed call of every round, pooled (:func:`stages.latency.stats.summarise`); ``cv`` is the spread of the round medians.
+timed call of every round, pooled (:func:`stages.latency.stats.summarise`); ``cv`` is the spread of
+the round medians.
 ``stable: 0`` (and a warning) when ``cv`` exceeds 0.10 or the p50 is more than 3 times the fastest
 call; ``metrics/deployment.json`` flags such a row beside its number (``stages.reporting.summary``). Deploy
 artifacts that were not built or are not deployable are skipped with the reason.
