@@ -6,6 +6,9 @@ params, the dataset validation summary, training and evaluation metrics, the gat
 parity, the engine build and the latency table, and the machine the numbers come from. The HTML card
 (``stages/reporting/card_html.py``) says the same with the pictures: validation predictions, PR curve, confusion
 matrix, training curves and latency, in one file that opens offline.
+
+The card's content lives in ``stages.reporting`` (``card_sections``: tables and notes; ``card_markdown``:
+the card in order); this entry reads the stages' records and writes the two files.
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
 from stages.core.common import git_commit, read_json, stage_main, write_text
 from stages.core.config import PIPELINE_SECTIONS, Params
-from stages.core.data_version import recorded_data_version
 from stages.core.errors import PipelineError
-from stages.core.verdict import failed_checks
 from stages.reporting import card_html
+from stages.reporting.card_markdown import CardInputs, markdown
+
+# merged_benchmark is also the entry's public name for flows.artifacts (flows import only stage entries).
+from stages.reporting.card_sections import data_version, merged_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -105,152 +109,12 @@ class ReportResult(BaseModel):
     gate_passed: bool
 
 
-def data_version(workspace: Path, dataset: str) -> str:
-    """DVC's hash of the dataset this pipeline ran on, described for a reader."""
-    found = recorded_data_version(workspace, dataset)
-    if found is None:
-        return "unknown: the dataset is not tracked by DVC and the pipeline did not run through DVC"
-    return f"{found.md5} ({found.nfiles} files, {found.size} bytes; from {found.source})"
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def merged_benchmark(numbers: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
-    """``metrics/benchmark.json`` and ``reports/benchmark.json`` as one record per backend, with the skips."""
-    facts = text.get("backends", {})
-    backends = {
-        name: {"backend": name, **row, **facts.get(name, {})} for name, row in numbers.get("backends", {}).items()
-    }
-    return {"backends": backends, "skipped": text.get("skipped", {})}
-
-
-def latency_table(benchmark: dict[str, Any]) -> list[str]:
-    """Markdown rows of the latency table, and a warning under it for every row that is not stable."""
-    columns = ["backend", "provider", "device", "precision", "threads", "batch", "imgsz"]
-    columns += ["p50 ms", "p90 ms", "end-to-end ms", "cv", "stable", "img/s"]
-    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    unstable = []
-    for r in benchmark.get("backends", {}).values():
-        lat = r["latency_ms"]
-        lines.append(
-            f"| {r['backend']} | {r['provider']} | {r['device']} | {r['precision']} | {_fmt(r.get('threads'))} | "
-            f"{r['batch']} | {r['imgsz']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {_fmt(r.get('end_to_end_ms'), 2)} | "
-            f"{r['cv']:.2f} | {'yes' if r['stable'] else '**NO**'} | {r['throughput_ips']:.1f} |"
-        )
-        if not r["stable"]:
-            unstable.append(r["backend"])
-    if unstable:
-        lines += [
-            "",
-            f"**Not stable:** {', '.join(unstable)}: the rounds disagree (cv above 0.10, or a p50 over 3 "
-            "times the fastest call); the machine was busy. Rerun before comparing.",
-        ]
-    return lines
-
-
-def int8_note(env: dict[str, Any], facts: dict[str, Any]) -> list[str]:
-    """The CPU each INT8 artifact was built for and how that was chosen, and whether this CPU is one.
-
-    An artifact built for VNNI CPUs (8-bit weights) loses accuracy on a CPU without VNNI, whose 16-bit
-    pair sums saturate: the card says so when the machine it is written on is such a CPU.
-    """
-    built = {name: f for name, f in facts.items() if f["precision"] == "int8"}
-    if not built:
-        return []
-    found = env.get("cpu_int8") or []
-    lines = []
-    for name, f in built.items():
-        cpu = f.get("int8_cpu")
-        if not cpu:
-            continue
-        weights = "7-bit weights, which cannot saturate" if cpu["reduce_range"] else "full 8-bit weights"
-        flags = ", ".join(cpu["machine_int8_flags"]) or "none"
-        lines.append(
-            f"{name} is built for **{cpu['target']}** CPUs ({weights}; chosen by {cpu['chosen_by']}; "
-            f"built on {cpu['machine']}, INT8 flags: {flags})."
-        )
-        if cpu["target"] == "vnni" and not found:
-            lines.append(
-                f"**This CPU has no VNNI:** {name}'s 8-bit products can saturate here and lose accuracy; "
-                "build it with deploy.int8.target_cpu: no-vnni for such CPUs."
-            )
-    if found:
-        lines.append(f"This CPU has {', '.join(found)}: INT8 convolutions run on integer dot-product instructions.")
-    else:
-        lines.append(
-            "This CPU reports no integer dot-product extension (VNNI, AMX, dot-product): INT8 is not expected "
-            "to be faster here; the latency table says what it measured."
-        )
-    return [*(f"{line}\n" for line in lines[:-1]), lines[-1], ""]
-
-
-def deploy_table(metrics: dict[str, Any], facts: dict[str, Any]) -> list[str]:
-    """Markdown rows of the deploy artifacts: accuracy against the PyTorch model, size, and the verdict."""
-    if not facts:
-        return ["Nothing was built: nothing was exported."]
-    reference = metrics["pytorch"]
-    lines = [
-        f"PyTorch model, same preprocessing, NMS and mAP code: mAP50 {reference['map50']:.4f}, "
-        f"mAP50-95 {reference['map50_95']:.4f}.",
-        "",
-        "| artifact | precision | runtime | mAP50 | mAP50-95 | drop (points) | size MB | deployable | why |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, f in facts.items():
-        m = metrics[name]
-        drop = m.get("drop_map50_95")
-        share = m.get("integer_conv_share")
-        lines.append(
-            f"| {name} | {f['precision']} | {f.get('provider') or '—'} | "
-            f"{_fmt(m.get('map50'))} | {_fmt(m.get('map50_95'))} | "
-            f"{'—' if drop is None else f'{drop * 100:+.2f}'} | {_fmt(m.get('size_mb'), 2)} | "
-            f"{'yes' if f['deployable'] else '**no**'} | {f['reason']}"
-            f"{'; ' + f['scheme'] if f.get('scheme') else ''}"
-            f"{'' if share is None else f'; {share:.0%} of convolutions run as integer ops'} |"
-        )
-    return lines
-
-
-def _engine_cell(engine: dict[str, Any]) -> str:
-    if engine["status"] != "built":
-        return f"{engine['status']}: {engine.get('reason')}"
-    verdict = "deployable" if engine.get("deployable") else "**not deployable** (over deploy.max_drop)"
-    return (
-        f"built, {engine['precision']}, TensorRT {engine['tensorrt']} on {engine['gpu']}; mAP50-95 "
-        f"{_fmt(engine.get('map50_95'))}, a drop of {100 * (engine.get('drop_map50_95') or 0):.2f} points: {verdict}"
-    )
-
-
-def _parity_cell(parity: dict[str, Any] | None) -> str:
-    if parity is None:
-        return "not measured: nothing was exported"
-    return (
-        f"{'passed' if parity['passed'] else 'FAILED'} (max Δbox {parity['max_abs_diff_boxes_px']:.2e} px, "
-        f"max Δscore {parity['max_abs_diff_scores']:.2e})"
-    )
-
-
-def _export_text(export: dict[str, Any]) -> str:
-    if not export.get("exported"):
-        return "Nothing was exported: the model failed the evaluation gate, so it is not deployable."
-    parity = export["parity"]
-    return (
-        f"ONNX opset {export['opset']}, {export['size_mb']} MB, batch {export['batch']}"
-        f"{' (dynamic)' if export['dynamic'] else ''}; parity measured with {export['onnxruntime_provider']} "
-        f"against PyTorch on {parity['images']} validation images: max |Δ| boxes "
-        f"{parity['max_abs_diff_boxes_px']:.3g} px, scores {parity['max_abs_diff_scores']:.3g}, "
-        f"top-1 agreement {100 * parity['top_class_agreement']:.0f}%."
-    )
-
-
 def render(cfg: ReportConfig) -> tuple[str, str, bool]:
-    """The card's markdown, the data version, and the gate verdict."""
+    """The card's markdown, the data version, and the gate verdict.
+
+    Raises:
+        PipelineError: When an earlier stage's output is missing.
+    """
     validate = read_json(cfg.validate_report, stage=STAGE)
     train = read_json(cfg.train_metrics, stage=STAGE)
     train_facts = read_json(cfg.train_report, stage=STAGE)
@@ -265,95 +129,25 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
     )
     env = read_json(cfg.environment, stage=STAGE)
     version = data_version(cfg.workspace, cfg.dataset)
-    gates = evaluate["gates"]
-    parity = export.get("parity")
-
-    out = [
-        f"# Model card: {cfg.title}",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| Data version (DVC) | `{version}` |",
-        f"| Code version (git) | `{git_commit(cfg.workspace)}` |",
-        f"| Model | `{train_facts['model']}`, {train['epochs_run']} epochs, imgsz {cfg.params['train']['imgsz']} |",
-        f"| Gate | **{'PASSED' if gates['passed'] else 'FAILED: not deployable'}** |",
-        f"| mAP50 / mAP50-95 | {_fmt(evaluate['map50'])} / {_fmt(evaluate['map50_95'])} |",
-        f"| Export parity | {_parity_cell(parity)} |",
-        f"| TensorRT engine | {_engine_cell(engine)} |",
-        "",
-        "## Evaluation",
-        "",
-        f"Precision {_fmt(evaluate['precision'])}, recall {_fmt(evaluate['recall'])}, "
-        f"{evaluate['instances']} validation boxes.",
-        "",
-        "| class | boxes | precision | recall | AP50 | AP50-95 |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, c in evaluate["per_class"].items():
-        out.append(
-            f"| {name} | {c['instances']} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | "
-            f"{_fmt(c['ap50'])} | {_fmt(c['ap50_95'])} |"
-        )
-    out += ["", "### Gate", "", "| check | value | threshold | result |", "|---|---|---|---|"]
-    for name, check in gates["checks"].items():
-        out.append(
-            f"| {name} | {_fmt(check['value'])} | {check['threshold']} | {'pass' if check['passed'] else '**FAIL**'} |"
-        )
-    out += [
-        "",
-        "## Training",
-        "",
-        f"{train['epochs_run']} epochs in {train['seconds']:.0f} s on `{train_facts['device']}` "
-        f"(AMP {train_facts['amp']}); best epoch {train['best_epoch']}. "
-        f"{train['distributed']['world_size']} training process(es) on {train['distributed']['nnodes']} node(s)"
-        f"{', ' + train_facts['backend'] if train_facts['backend'] != 'none' else ''}; global batch "
-        f"{train['recipe']['global_batch']} ({train['recipe']['images_per_step']} images per optimizer step); "
-        f"{train_facts['optimizer']} at peak lr {train['recipe']['lr_peak']:.4g} (rule {train_facts['lr_rule']}, "
-        f"SyncBN {train_facts['sync_bn']}); last epoch {train['throughput']['images_per_s']:.1f} images/s, "
-        f"{100 * train['throughput']['dataloader_wait_share']:.0f}% of it waiting for data.",
-        "",
-        "## Export",
-        "",
-        _export_text(export),
-        "",
-        "### Deploy artifacts",
-        "",
-        *deploy_table(deploy_metrics, deploy_facts),
-        "",
-        *int8_note(env, deploy_facts),
-        "## Latency",
-        "",
-        *latency_table(benchmark),
-        "",
-    ]
-    if benchmark.get("skipped"):
-        out += [
-            "Not measured here: " + ", ".join(f"{k} ({v})" for k, v in benchmark["skipped"].items()) + ".",
-            "",
-        ]
-    gpus = ", ".join(f"{g['name']} (driver {g['driver']})" for g in env["gpus"]) or "none"
-    pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
-    out += [
-        f"Machine: {env['cpu']} ({env['cpu_count']} cores), GPUs: {gpus}; {env['system']}, "
-        f"Python {env['python']}; {pkgs}.",
-        "",
-    ]
     summary = cfg.validate_summary.read_text(encoding="utf-8") if cfg.validate_summary.is_file() else ""
-    out += [
-        summary.rstrip(),
-        "",
-        "## Params",
-        "",
-        "```yaml",
-        yaml.safe_dump(cfg.params, sort_keys=False).rstrip(),
-        "```",
-        "",
-    ]
-    if not validate.get("ok", False):
-        out.insert(2, "> **Warning:** the dataset validation report has errors.\n")
-    if not gates["passed"]:
-        out.insert(2, "> **Not deployable:** the quality gate failed: " + "; ".join(failed_checks(gates)) + ".\n")
-    return "\n".join(out), version, bool(gates["passed"])
+    card = CardInputs(
+        title=cfg.title,
+        params=cfg.params,
+        data_version=version,
+        commit=git_commit(cfg.workspace),
+        validate_report=validate,
+        validate_summary=summary,
+        train=train,
+        train_facts=train_facts,
+        evaluate=evaluate,
+        export=export,
+        deploy_metrics=deploy_metrics,
+        deploy_facts=deploy_facts,
+        engine=engine,
+        benchmark=benchmark,
+        env=env,
+    )
+    return markdown(card), version, bool(evaluate["gates"]["passed"])
 
 
 def run(cfg: ReportConfig) -> ReportResult:

@@ -57,9 +57,9 @@ def deployment(
     Args:
         deploy: What ``metrics/deploy.json`` holds, or ``None`` when nothing was exported (failed gate).
         latency_ms: The p50 of each deploy artifact's forward pass, by its summary name
-            (:func:`stages.benchmark.summary_latency`).
+            (:func:`stages.latency.rows.summary_latency`).
         unstable: The names in ``latency_ms`` whose measurement was flagged as noise
-            (:func:`stages.benchmark.summary_unstable`).
+            (:func:`stages.latency.rows.summary_unstable`).
 
     Returns:
         How many artifacts are deployable, the latency (with the noise flags) and size of each.

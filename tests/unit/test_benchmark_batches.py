@@ -8,6 +8,7 @@ import pytest
 
 from stages import benchmark
 from stages.core.errors import BackendUnavailable
+from stages.latency import rounds
 from tests.unit.test_benchmark_noise import _FakeRunner, _stage
 
 
@@ -32,10 +33,10 @@ class _ProfiledRunner(_FakeRunner):
 def test_a_runner_is_sent_only_the_batch_sizes_its_profile_takes():
     runner = _ProfiledRunner("tensorrt")
     pool = np.zeros((8, 3, 8, 8), np.float32)
-    assert [b for b in (1, 2, 4, 8) if benchmark.takes(runner, pool, b)] == [2, 4]
+    assert [b for b in (1, 2, 4, 8) if rounds.takes(runner, pool, b)] == [2, 4]
     static = _FakeRunner("onnxruntime")
     static.batch = static.max_batch = 1
-    assert [b for b in (1, 2, 8) if benchmark.takes(static, pool, b)] == [1]
+    assert [b for b in (1, 2, 8) if rounds.takes(static, pool, b)] == [1]
 
 
 def test_an_automatic_gpu_row_whose_profile_misses_the_batch_is_skipped_with_the_reason(tmp_path, monkeypatch):

@@ -15,15 +15,12 @@ import numpy as np
 import pytest
 
 from stages import benchmark
-from stages.benchmark import (
-    MODEL_MS_BOUNDARY,
-    BenchmarkResult,
-    pinned_cpus,
-    summarise,
-    summary_latency,
-    summary_unstable,
-)
 from stages.core.config import BenchmarkParams
+from stages.latency import rounds
+from stages.latency.pinning import pinned_cpus
+from stages.latency.results import MODEL_MS_BOUNDARY, BenchmarkResult
+from stages.latency.rows import summary_latency, summary_unstable
+from stages.latency.stats import summarise
 from stages.reporting.summary import deployment
 
 DEPLOY = {
@@ -76,7 +73,7 @@ def test_every_step_is_warmed_up_and_timed_enough_every_round():
     e2e, end_to_end = _counting()
     sweep, batch_step = _counting()
     timed = {"fake": SimpleNamespace(step=step, end_to_end=end_to_end, batch_steps={8: batch_step})}
-    samples = benchmark._measure(timed, o)["fake"]
+    samples = rounds.measure(timed, o)["fake"]
     # time_calls passes 0.. to the warm-up calls, then 0.. to the timed ones: each round is both, in turn.
     assert model == [*range(10), *range(50)] * 3
     assert e2e == [*range(10), *range(50)] * 3
@@ -174,7 +171,7 @@ def _stage(tmp_path, monkeypatch: pytest.MonkeyPatch, runners: dict[str, _FakeRu
     monkeypatch.setattr(benchmark, "validation_images", lambda data, count: [Path(f"{i}.jpg") for i in range(count)])
     monkeypatch.setattr(benchmark, "load_inputs", lambda images, imgsz: np.zeros((len(images), 3, 8, 8), np.float32))
     monkeypatch.setattr(benchmark, "read_prepared_yaml", lambda path: {"names": {0: "a"}})
-    monkeypatch.setattr(benchmark, "end_to_end", lambda runner, image, imgsz, classes: runner.predict(image))
+    monkeypatch.setattr(rounds, "end_to_end", lambda runner, image, imgsz, classes: runner.predict(image))
     monkeypatch.setattr(benchmark, "_open", lambda backend, cfg, deploy: runners[backend])
     monkeypatch.setattr(benchmark, "write_outputs", lambda cfg, result: written.update(result=result))
     return cfg, written

@@ -232,7 +232,7 @@ def test_nncf_overflow_fix_halves_every_convolution_weight_range_only_without_vn
 
 
 def test_the_model_card_says_which_cpu_int8_was_built_for_and_warns_on_a_cpu_without_vnni():
-    from stages.report import int8_note
+    from stages.reporting.card_sections import int8_note
 
     built = int8_cpu("auto", ["avx2", "avx512_vnni"], "Xeon (test)").model_dump()
     facts = {"onnx-fp32": {"precision": "fp32"}, "onnx-int8": {"precision": "int8", "int8_cpu": built}}

@@ -3,8 +3,8 @@ import pytest
 
 from stages.backends.compare import compare
 from stages.backends.inference import batches, letterbox
-from stages.benchmark import stability, summarise, time_calls
 from stages.core.errors import PipelineError
+from stages.latency.stats import stability, summarise, time_calls
 
 
 def test_summarise_percentiles():

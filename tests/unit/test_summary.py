@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from stages.benchmark import ROWS, summary_latency, summary_name
 from stages.deploy.targets import TARGETS
+from stages.latency.rows import ROWS, summary_latency, summary_name
 from stages.reporting.summary import deployment, quality
 from tests.unit.test_dvc_yaml import DVC
 
