@@ -54,14 +54,12 @@ from stages.core.errors import ConfigError
 from stages.core.runtime import offline_amp_check
 from stages.training import recipe as rules
 from stages.training import sync_bn
+from stages.training.outputs import EPOCH_STATS, FINAL_EVAL, RECIPE
 from stages.training.settings import TrainerSettings
 from stages.training.spec import PREVIOUS
 
 log = logging.getLogger(__name__)
 
-EPOCH_STATS = "epoch_stats.csv"  # in the run folder, written by global rank 0
-RECIPE = "recipe.json"  # in the run folder, written by global rank 0
-FINAL_EVAL = "final_eval.json"  # in the run folder: how many images the final validation saw
 STAT_COLUMNS = ("epoch", "images_per_s", "dataloader_wait_share", "gpu_mem_peak_gib")
 # Under weights/: where checkpoints are written before each replaces its namesake whole. Hidden, so that
 # Ultralytics' search for a run's last*.pt (glob skips dot-folders) never finds a half-written one.
