@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from PIL import UnidentifiedImageError
+
 from stages.data.datasets import ImageTooLarge, iter_images, label_path_for, open_image, printable
 from stages.data.validation.labels import check_label_lines
 from stages.data.validation.problems import Problem
@@ -140,6 +142,10 @@ def _check_image(
                 f"validate.max_image_pixels={exc.limit}; not decoded"
             )
             problems.append(_problem("image_too_large", shown, message))
+        except UnidentifiedImageError:
+            # PIL's words name the data by its repr, an in-memory object's address: a report that
+            # changed from run to run for the same file.
+            problems.append(_problem("image_unreadable", shown, "cannot decode image: cannot identify image file"))
         except OSError as exc:  # PIL raises OSError subclasses for most undecodable data
             code = "image_truncated" if "truncated" in str(exc).lower() else "image_unreadable"
             problems.append(_problem(code, shown, f"cannot decode image: {exc}"))
