@@ -11,8 +11,10 @@ One process trains here, in the stage's own process. More than one (several GPUs
 several CPU processes) run through ``torch.distributed.run``, which this stage starts on the head
 node; several nodes run as a job (``python -m stages.training.job`` on every node, which
 ``python -m stages.train --print-launch`` prints). The run's description (launch spec, fingerprint,
-resume point), the job, the node checks, the learning-rate rule and the trainer subclass live in
-``stages/training/``; this module keeps the stage's DVC work: publish, restore, metrics.
+resume point), the job, the node checks, the learning-rate rule, the trainer subclass, the
+publishing of a finished run and the words for a full disk live in ``stages/training/``; this module
+keeps the stage's config, result and CLI and the order of its work: train or resume, publish,
+restore the last good outputs on failure, write the metrics.
 
 Ultralytics' run folder, with the ``last.pt`` checkpoint, lives outside the stage's outputs, in
 ``paths.train_runs/<fingerprint>/``: the outputs are then ordinary ones that DVC's run-cache keeps,
@@ -23,10 +25,7 @@ outputs of the last good run, which DVC removed before starting the stage.
 
 from __future__ import annotations
 
-import csv
-import errno
 import logging
-import re
 import shutil
 import signal
 import sys
@@ -36,34 +35,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.core.common import DEFAULT_PARAMS, configure_logging, read_json, stage_main, write_json, write_text
+from stages.core.common import DEFAULT_PARAMS, configure_logging, read_json, stage_main, write_json
 from stages.core.config import Params, TrainParams, load_params
 from stages.core.errors import ConfigError, PipelineError, TrainingError
 from stages.core.recorded_outputs import restore_recorded_outputs
 from stages.core.runtime import image_pixel_limit, import_ultralytics
-from stages.training import launch, spec
+from stages.training import launch, outputs, spec
 from stages.training.facts import node_facts
+from stages.training.full_disk import full_disk_error, no_space, no_space_message
 
 log = logging.getLogger(__name__)
 
 STAGE = "train"
-RUN_RECORD = ("results.csv", "args.yaml")  # what of Ultralytics' run folder becomes the train_dir output
-
-# Ultralytics results.csv columns -> names used in metrics/train.json and the curves file.
-_COLUMNS = {
-    "epoch": "epoch",
-    "time": "time_s",
-    "train/box_loss": "train_box_loss",
-    "train/cls_loss": "train_cls_loss",
-    "train/dfl_loss": "train_dfl_loss",
-    "metrics/precision(B)": "precision",
-    "metrics/recall(B)": "recall",
-    "metrics/mAP50(B)": "map50",
-    "metrics/mAP50-95(B)": "map50_95",
-    "val/box_loss": "val_box_loss",
-    "val/cls_loss": "val_cls_loss",
-    "val/dfl_loss": "val_dfl_loss",
-}
 
 
 class TrainConfig(BaseModel):
@@ -156,48 +139,6 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"train.device={device!r} asks for a CUDA GPU but none is visible here", key="train.device")
 
 
-def read_results_csv(path: Path) -> list[dict[str, float]]:
-    """Rows of Ultralytics' ``results.csv`` with our column names (unknown columns keep theirs)."""
-    rows = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for raw in csv.DictReader(fh):
-            row = {}
-            for key, value in raw.items():
-                name = _COLUMNS.get(key.strip(), re.sub(r"[^0-9a-zA-Z]+", "_", key.strip()).strip("_"))
-                row[name] = float(value)
-            rows.append(row)
-    return rows
-
-
-def write_curves(rows: list[dict[str, float]], path: Path) -> None:
-    """Write the per-epoch curves as CSV for ``dvc plots``."""
-    if not rows:
-        raise TrainingError("training produced no per-epoch results", stage=STAGE, path=path)
-    header = list(rows[0])
-    lines = [",".join(header)]
-    lines += [",".join(f"{row[k]:.6g}" if k != "epoch" else str(int(row[k])) for k in header) for row in rows]
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def lr_rows(rows: list[dict[str, float]]) -> list[dict[str, object]]:
-    """The learning rate per epoch of each distinct schedule, one row per epoch and schedule.
-
-    Ultralytics logs the rate of every optimizer parameter group (``lr/pg0``, ``lr/pg1``, ...), and
-    several groups follow one schedule: the BatchNorm weights always share the conv weights' (they differ
-    in weight decay only), and MuSGD adds its own groups. A schedule is real when no lower group has
-    the same rate at every epoch; it is named by every group that follows it, e.g. ``pg0+pg1``.
-    """
-    columns = sorted((k for k in rows[0] if re.fullmatch(r"lr_pg\d+", k)), key=lambda k: int(k[len("lr_pg") :]))
-    schedules: dict[tuple[str, ...], list[str]] = {}
-    for column in columns:
-        schedules.setdefault(tuple(f"{row[column]:.6g}" for row in rows), []).append(column.removeprefix("lr_"))
-    return [
-        {"epoch": int(row["epoch"]), "group": "+".join(groups), "lr": f"{row['lr_' + groups[0]]:.6g}"}
-        for groups in schedules.values()
-        for row in rows
-    ]
-
-
 def _raise_on_sigterm(signum: int, _frame: Any) -> None:
     # A stop request (a timeout, a scheduler) becomes an exception, so the failure path below runs.
     raise SystemExit(128 + signum)
@@ -247,81 +188,6 @@ def _train(cfg: TrainConfig, model_source: str, run_dir: Path, fingerprint: str)
     return (resumed[0] if resumed else None), len(starts)
 
 
-def _publish(run_dir: Path, cfg: TrainConfig) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """Copy the finished run's weights and record into the stage's outputs.
-
-    Returns:
-        The per-epoch rows of ``results.csv`` and of the throughput record.
-    """
-    from stages.training.trainer import EPOCH_STATS
-
-    best = run_dir / "weights" / "best.pt"
-    results_csv = run_dir / "results.csv"
-    if not best.is_file():
-        raise TrainingError("Ultralytics finished without writing best.pt", stage=STAGE, path=best)
-    if not results_csv.is_file():
-        raise TrainingError("Ultralytics finished without writing results.csv", stage=STAGE, path=results_csv)
-    rows = read_results_csv(results_csv)
-    stats = read_results_csv(run_dir / EPOCH_STATS) if (run_dir / EPOCH_STATS).is_file() else []
-    by_epoch = {int(r["epoch"]): r for r in stats}
-    merged = [{**row, **{k: v for k, v in by_epoch.get(int(row["epoch"]), {}).items() if k != "epoch"}} for row in rows]
-    write_curves(merged, cfg.curves)
-    lr = lr_rows(rows)
-    write_text(cfg.lr_curves, "epoch,group,lr\n" + "".join(f"{r['epoch']},{r['group']},{r['lr']}\n" for r in lr))
-    # Written aside and renamed: the previous outputs stay whole until the new ones are, and a
-    # previous file restored as a link to DVC's cache (stages.core.recorded_outputs) is replaced, never
-    # written through (that would change the cache object).
-    cfg.best.parent.mkdir(parents=True, exist_ok=True)
-    partial = cfg.best.parent / f".{cfg.best.name}.partial"
-    try:
-        shutil.copyfile(best, partial)
-        partial.replace(cfg.best)
-    finally:
-        partial.unlink(missing_ok=True)
-    record = cfg.run_dir.parent / f".{cfg.run_dir.name}.partial"
-    shutil.rmtree(record, ignore_errors=True)
-    try:
-        record.mkdir(parents=True)
-        for name in RUN_RECORD:
-            if (run_dir / name).is_file():
-                shutil.copyfile(run_dir / name, record / name)
-        if cfg.run_dir.exists():
-            shutil.rmtree(cfg.run_dir)
-        record.rename(cfg.run_dir)
-    finally:
-        shutil.rmtree(record, ignore_errors=True)
-    return rows, stats
-
-
-def _no_space(error: BaseException) -> OSError | None:
-    """The "no space left on device" error behind ``error`` (itself, its cause or its context), if any."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _no_space_message(error: OSError, cfg: TrainConfig) -> str:
-    """Which file could not be written and how much space was left, for the first line of the failure."""
-    where = Path(error.filename) if error.filename else None
-    if where is None and error.strerror and " not written" in error.strerror:
-        # The checkpoint writer's own words name the file and the space left (stages.training.trainer).
-        return f"no space left on device: {error.strerror}"
-    what = f"writing {where}" if where else str(error.strerror or error)
-    probe = where.parent if where is not None else cfg.runs
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free in {probe}"
-    except OSError as usage_error:
-        free = f"free space in {probe} unknown ({usage_error.strerror})"
-    return f"no space left on device: {what}; {free}"
-
-
 def run(cfg: TrainConfig) -> TrainResult:
     """Train (or resume an interrupted run), and write the model, run record, metrics and curves.
 
@@ -353,12 +219,12 @@ def _run(cfg: TrainConfig) -> TrainResult:
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         resumed_after, starts = _train(cfg, model_source, run_dir, fingerprint)
-        rows, stats = _publish(run_dir, cfg)
+        rows, stats = outputs.publish(run_dir, cfg)
     except BaseException as error:
         # Said first, before anything else is tried: what could not be written and the space left.
-        full = _no_space(error)
+        full = no_space(error)
         if full is not None:
-            message = _no_space_message(full, cfg)
+            message = no_space_message(full, cfg.runs)
             log.error("training stopped: %s", message)
         # The checkpoint stays for a resume; the workspace gets the last good results back (as links
         # to DVC's cache: no space needed).
@@ -366,22 +232,19 @@ def _run(cfg: TrainConfig) -> TrainResult:
         if restored:
             log.error("training failed; restored the last good outputs: %s", ", ".join(restored))
         if full is not None:
-            kept = (
-                f"the last good outputs were put back ({', '.join(restored)})"
-                if restored
-                else "the outputs already in the workspace are untouched"
-            )
-            raise TrainingError(
-                f"{message}; {kept}; free space and run 'dvc repro' again (training resumes from its last checkpoint)",
-                stage=STAGE,
-                path=Path(full.filename) if full.filename else None,
-            ) from error
+            raise full_disk_error(full, message, restored, STAGE) from error
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - started
 
-    result = _result(cfg, run_dir, rows, stats, (resumed_after, starts), round(seconds, 2))
+    result = TrainResult(
+        model=cfg.hyper.model,
+        resumed_after_epoch=resumed_after,
+        starts=starts,
+        seconds=round(seconds, 2),
+        **outputs.run_summary(run_dir, rows, stats),
+    )
     write_json(cfg.metrics, result.metrics_record())
     write_json(cfg.report, result.report_record())
     # Finished and published: the checkpoint has no further use (DVC's cache holds the results).
@@ -399,46 +262,6 @@ def _run(cfg: TrainConfig) -> TrainResult:
         result.final.get("map50_95", float("nan")),
     )
     return result
-
-
-def _result(
-    cfg: TrainConfig,
-    run_dir: Path,
-    rows: list[dict[str, float]],
-    stats: list[dict[str, float]],
-    starts: tuple[int | None, int],
-    seconds: float,
-) -> TrainResult:
-    """The summary, from what the run folder holds (written by global rank 0, wherever training ran)."""
-    from stages.training.trainer import FINAL_EVAL, RECIPE
-
-    recipe = read_json(run_dir / RECIPE, stage=STAGE)
-    best_row = max(rows, key=lambda r: 0.1 * r.get("map50", 0.0) + 0.9 * r.get("map50_95", 0.0))
-    return TrainResult(
-        model=cfg.hyper.model,
-        device=recipe["text"]["device"],
-        amp=recipe["text"]["amp"] == "on",
-        backend=recipe["text"]["backend"],
-        optimizer=recipe["text"]["optimizer"],
-        lr_rule=recipe["text"]["lr_rule"],
-        sync_bn=recipe["text"]["sync_bn"] == "on",
-        resumed_after_epoch=starts[0],
-        starts=starts[1],
-        epochs_run=len(rows),
-        final_val_images=read_json(run_dir / FINAL_EVAL, stage=STAGE)["images"],
-        best_epoch=int(best_row["epoch"]) if "epoch" in best_row else None,
-        seconds=seconds,
-        final={k: v for k, v in rows[-1].items() if k != "epoch"},
-        best={k: v for k, v in best_row.items() if k != "epoch"},
-        distributed=recipe["distributed"],
-        recipe=recipe["recipe"],
-        throughput={
-            "images_per_s": stats[-1]["images_per_s"] if stats else 0.0,
-            "dataloader_wait_share": stats[-1]["dataloader_wait_share"] if stats else 0.0,
-            "gpu_mem_peak_gib": max((s["gpu_mem_peak_gib"] for s in stats), default=0.0),
-        },
-        epochs=stats,
-    )
 
 
 def print_launch(argv: list[str] | None = None) -> int:

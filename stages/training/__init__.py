@@ -1,6 +1,6 @@
 """Training at scale: the run's description, the job, the node checks, the large-batch recipe and the trainer.
 
-``stages/train.py`` is the stage's thin entry (publish, restore, metrics). What it needs lives here,
+``stages/train.py`` is the stage's thin entry (config, result, CLI, the order of the work). What it needs lives here,
 one concern per module; none of them imports a stage entry:
 
 - ``spec``: the run's description the head resolves once (run folder, fingerprint, model, trainer
@@ -16,5 +16,11 @@ one concern per module; none of them imports a stage entry:
 - ``recipe``: the learning-rate rule for images per optimizer step, per optimizer family (pure arithmetic).
 - ``trainer``: the one subclass of Ultralytics' detection trainer (the seam where DDP set-up, SyncBN,
   the learning-rate rule, whole checkpoints, the final validation and per-epoch throughput are added).
+- ``checkpoints``: checkpoints written beside their namesakes, flushed, then each put in place whole.
+- ``ddp``: where Ultralytics assumes one node and one GPU per process (CPU DDP, a local rank's GPU,
+  rank 0 validating alone).
 - ``worker``: the program ``torch.distributed.run`` starts in every training process.
+- ``outputs``: a finished run folder made into the stage's outputs (model, run record, curves, the
+  learning-rate curves) and the numbers of the training summary.
+- ``full_disk``: a failure for want of space said first: the file not written, the space left, what to do.
 """

@@ -27,6 +27,11 @@ What it changes, each in one overridden method:
 - ``build_optimizer``: the learning-rate rule of ``recipe`` on top of whatever Ultralytics chose.
 - callbacks: per-epoch throughput, data-loader wait and peak GPU memory, and the recipe actually
   used, written by global rank 0 into the run folder.
+
+How checkpoints are written whole lives in ``checkpoints``, the patches for processes Ultralytics does
+not expect (CPU DDP, a local rank's GPU, validation alone) in ``ddp``. What stays is one cohesive
+thing: the subclass, whose overrides share the trainer's state and Ultralytics' call order, and the
+two functions that build and run it (``overrides``, ``fit``).
 """
 
 from __future__ import annotations
@@ -38,185 +43,26 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from ultralytics.cfg import DEFAULT_CFG
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import LOCAL_RANK, RANK
 
 from stages.core.errors import ConfigError
 from stages.core.runtime import offline_amp_check
+from stages.training import checkpoints, ddp, sync_bn
 from stages.training import recipe as rules
-from stages.training import sync_bn
+from stages.training.outputs import EPOCH_STATS, FINAL_EVAL, RECIPE
 from stages.training.settings import TrainerSettings
-from stages.training.spec import PREVIOUS
 
 log = logging.getLogger(__name__)
 
-EPOCH_STATS = "epoch_stats.csv"  # in the run folder, written by global rank 0
-RECIPE = "recipe.json"  # in the run folder, written by global rank 0
-FINAL_EVAL = "final_eval.json"  # in the run folder: how many images the final validation saw
 STAT_COLUMNS = ("epoch", "images_per_s", "dataloader_wait_share", "gpu_mem_peak_gib")
-# Under weights/: where checkpoints are written before each replaces its namesake whole. Hidden, so that
-# Ultralytics' search for a run's last*.pt (glob skips dot-folders) never finds a half-written one.
-SCRATCH = ".saving"
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a folder's) contents to the disk; a rename is durable only after both."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(scratch: Path, folder: Path) -> list[Path]:
-    """Move every file of ``scratch`` into ``folder``, each replacing its namesake in one step.
-
-    Every file is flushed to the disk before any is moved, so a failure (a full disk often shows only
-    when the data is flushed) leaves ``folder`` as it was. ``scratch`` must be on ``folder``'s
-    filesystem (``os.replace`` is atomic only there).
-
-    Args:
-        scratch: The folder holding the complete new files.
-        folder: Where they go.
-
-    Returns:
-        The replaced paths in ``folder``.
-
-    Raises:
-        OSError: From flushing or moving, with ``filename`` set to the file it concerns.
-    """
-    files = sorted(p for p in scratch.iterdir() if p.is_file())
-    for path in files:
-        try:
-            _fsync(path)
-        except OSError as error:
-            error.filename = str(path)
-            raise
-    published = []
-    for path in files:
-        target = folder / path.name
-        os.replace(path, target)
-        published.append(target)
-    _fsync(folder)  # the renames themselves
-    return published
-
-
-def keep_previous(last: Path) -> None:
-    """Keep the checkpoint ``last`` as ``last.prev.pt`` before a new one replaces it.
-
-    Should ``last.pt`` ever be unreadable (a file system that lost it, a copy cut short), a resume falls
-    back to this one (``stages.training.spec.resume_point``) instead of failing every retry. A hard link:
-    no copy, no extra space.
-    """
-    if not last.is_file():
-        return
-    scratch = last.with_name(f".{PREVIOUS}.tmp")
-    scratch.unlink(missing_ok=True)
-    try:
-        os.link(last, scratch)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(last, scratch)
-    os.replace(scratch, last.with_name(PREVIOUS))
-
-
-def _checkpoint_error(error: OSError, target: Path) -> OSError:
-    """``error`` restated with the checkpoint it was writing and the space left where it goes."""
-    try:
-        free = f"{shutil.disk_usage(target.parent).free / 2**20:.1f} MiB free"
-    except OSError as usage_error:
-        free = f"free space unknown ({usage_error.strerror})"
-    message = (
-        f"checkpoint {target} not written ({error.strerror or error}); {free} in {target.parent}; "
-        "the checkpoints already there are unchanged"
-    )
-    return OSError(error.errno, message)
-
-
-def cuda_index(device: str, local_rank: int) -> int:
-    """The torch CUDA index of the GPU a launched process trains on: its local rank's entry of ``device``.
-
-    Through Ultralytics' ``parse_device``, which turns physical ids under an external
-    ``CUDA_VISIBLE_DEVICES`` (``device: 2,3`` with ``CUDA_VISIBLE_DEVICES=2,3``) into torch's indices.
-    """
-    from ultralytics.utils.torch_utils import parse_device
-
-    return int(parse_device(device).split(",")[local_rank])
-
-
-class _CpuDDP(DistributedDataParallel):
-    """DDP for a CPU module: Ultralytics passes ``device_ids=[device.index]``, which is ``[None]`` on CPU."""
-
-    def __init__(self, module: torch.nn.Module, device_ids: Any = None, **kwargs: Any) -> None:
-        super().__init__(module, device_ids=None, **kwargs)
-
-
-@contextlib.contextmanager
-def _cpu_ddp_wrap() -> Iterator[None]:
-    original = torch.nn.parallel.DistributedDataParallel
-    torch.nn.parallel.DistributedDataParallel = _CpuDDP
-    try:
-        yield
-    finally:
-        torch.nn.parallel.DistributedDataParallel = original
-
-
-@contextlib.contextmanager
-def _single_process_validation() -> Iterator[None]:
-    """Ultralytics' validators behave as in a single process (they read the rank as a module constant)."""
-    from ultralytics.engine import validator
-    from ultralytics.models.yolo.detect import val
-
-    originals = {module: module.RANK for module in (validator, val)}
-    try:
-        for module in originals:
-            module.RANK = -1
-        yield
-    finally:
-        for module, rank in originals.items():
-            module.RANK = rank
-
-
-@contextlib.contextmanager
-def _stripping_whole() -> Iterator[None]:
-    """Ultralytics' final strip of the optimizer state rewrites ``last.pt`` and ``best.pt`` whole, too.
-
-    ``strip_optimizer`` saves over the checkpoint in place (``torch.save``); here it saves into the
-    scratch folder beside it and the complete file replaces the checkpoint.
-    """
-    from ultralytics.engine import trainer
-
-    original = trainer.strip_optimizer
-
-    def strip(f: str | Path, s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:
-        target = Path(s or f)
-        scratch = target.parent / SCRATCH
-        partial = scratch / target.name
-        try:
-            scratch.mkdir(exist_ok=True)
-            stripped = original(f, str(partial), updates)
-            if partial.exists():  # nothing is written for a file that is no checkpoint
-                _fsync(partial)
-                os.replace(partial, target)
-        except OSError as error:
-            raise _checkpoint_error(error, target) from error
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return stripped
-
-    trainer.strip_optimizer = strip
-    try:
-        yield
-    finally:
-        trainer.strip_optimizer = original
 
 
 class PipelineTrainer(DetectionTrainer):
@@ -249,7 +95,7 @@ class PipelineTrainer(DetectionTrainer):
 
     def _setup_ddp(self) -> None:
         if self.device.type != "cpu":
-            index = cuda_index(self.args.device, LOCAL_RANK)
+            index = ddp.cuda_index(self.args.device, LOCAL_RANK)
             torch.cuda.set_device(index)
             self.device = torch.device("cuda", index)
         # No TORCH_NCCL_BLOCKING_WAIT (Ultralytics sets it): NCCL's watchdog already enforces the timeout
@@ -266,7 +112,7 @@ class PipelineTrainer(DetectionTrainer):
 
     def _setup_train(self) -> None:
         cpu_ddp = self.world_size > 1 and self.device.type == "cpu"
-        with offline_amp_check(), _cpu_ddp_wrap() if cpu_ddp else contextlib.nullcontext():
+        with offline_amp_check(), ddp.cpu_ddp_wrap() if cpu_ddp else contextlib.nullcontext():
             super()._setup_train()
         if self.sync_bn_active:
             # The EMA copy is what checkpoints hold; its updates copy tensors by name, which match.
@@ -280,7 +126,7 @@ class PipelineTrainer(DetectionTrainer):
         # beside the checkpoints instead (last.pt, best.pt and epochN.pt alike, whatever it decides to write),
         # and each complete file then replaces its checkpoint whole. Only global rank 0 calls this.
         wdir, last, best = self.wdir, self.last, self.best
-        scratch = wdir / SCRATCH
+        scratch = wdir / checkpoints.SCRATCH
         shutil.rmtree(scratch, ignore_errors=True)  # left by a save that was killed
         try:
             scratch.mkdir(parents=True)
@@ -289,14 +135,14 @@ class PipelineTrainer(DetectionTrainer):
                 saved = super().save_model()
             finally:
                 self.wdir, self.last, self.best = wdir, last, best
-            keep_previous(last)
-            publish(scratch, wdir)
+            checkpoints.keep_previous(last)
+            checkpoints.publish(scratch, wdir)
         except OSError as error:
             # Written in this order by Ultralytics: the last file begun is the one that failed.
             begun = [n for n in (last.name, best.name, f"epoch{self.epoch}.pt") if (scratch / n).exists()]
             failed = Path(error.filename) if error.filename else None
             name = failed.name if failed is not None and failed.parent == scratch else (begun or [last.name])[-1]
-            raise _checkpoint_error(error, wdir / name) from error
+            raise checkpoints.checkpoint_error(error, wdir / name) from error
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return saved
@@ -324,7 +170,7 @@ class PipelineTrainer(DetectionTrainer):
                 self.data[self.args.split], batch_size=self.test_loader.batch_size, rank=-1, mode="val"
             )
             # Ultralytics' validator would gather results from the other ranks, which have left.
-            with _single_process_validation():
+            with ddp.single_process_validation():
                 self._final_validation()
             return
         self._final_validation()
@@ -332,7 +178,7 @@ class PipelineTrainer(DetectionTrainer):
     def _final_validation(self) -> None:
         """Ultralytics' final validation of ``best.pt``, recording how many images it saw."""
         self.validator.seen = 0  # stays 0 if there is no best.pt to validate
-        with _stripping_whole():
+        with checkpoints.stripping_whole():
             super().final_eval()
         images = int(self.validator.seen or 0)
         log.info("final validation: %d images", images)

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 def _device(spec: LaunchSpec, local_rank: int) -> object:
     import torch
 
-    from stages.training.trainer import cuda_index
+    from stages.training.ddp import cuda_index
 
     if spec.settings.backend != "nccl":
         return torch.device("cpu")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from stages.core.config import Params
 from stages.reporting import card_html, charts, pictures
-from stages.train import lr_rows
+from stages.training.outputs import lr_rows
 from tests.conftest import REPO
 
 NAMES = ["square", "disc", "triangle"]

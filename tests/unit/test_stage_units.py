@@ -10,7 +10,7 @@ from stages import build_engine
 from stages.core.config import parse_params
 from stages.core.errors import ConfigError, EngineUnavailable
 from stages.reporting.card_sections import data_version
-from stages.train import read_results_csv
+from stages.training.outputs import read_results_csv
 from stages.training.spec import resolve_model
 from tests.conftest import cuda_available
 

@@ -19,6 +19,8 @@ import pytest
 from stages import train
 from stages.core.config import parse_params
 from stages.core.errors import TrainingError
+from stages.training import outputs
+from stages.training.full_disk import no_space, no_space_message
 
 
 @pytest.fixture
@@ -57,13 +59,13 @@ def test_a_full_disk_is_said_first_then_the_outputs_come_back(cfg, monkeypatch, 
 
 def test_a_full_disk_elsewhere_names_the_file_and_the_space_left(cfg, tmp_path: Path):
     error = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "models" / "train" / "results.csv"))
-    message = train._no_space_message(error, cfg)
+    message = no_space_message(error, cfg.runs)
     assert f"writing {tmp_path / 'models' / 'train' / 'results.csv'}" in message
     assert f"MiB free in {tmp_path}" in message  # the nearest folder that exists
     wrapped = RuntimeError("training failed")
     wrapped.__cause__ = error
-    assert train._no_space(wrapped) is error
-    assert train._no_space(RuntimeError("other")) is None
+    assert no_space(wrapped) is error
+    assert no_space(RuntimeError("other")) is None
 
 
 def test_publishing_replaces_a_restored_linked_model_instead_of_writing_through_it(cfg, tmp_path: Path):
@@ -81,7 +83,7 @@ def test_publishing_replaces_a_restored_linked_model_instead_of_writing_through_
     old_record.parent.mkdir(parents=True)
     os.link(cache_object, old_record)
 
-    train._publish(run_dir, cfg)
+    outputs.publish(run_dir, cfg)
     assert cfg.best.read_bytes() == b"new model"
     assert cache_object.read_bytes() == b"last good model", "the cache object is unchanged"
     assert sorted(p.name for p in cfg.run_dir.iterdir()) == ["args.yaml", "results.csv"]

@@ -110,7 +110,7 @@ def test_a_full_disk_mid_save_leaves_the_previous_checkpoints_intact(saved_train
 
 def test_a_full_disk_when_flushing_leaves_the_previous_checkpoints_intact(saved_trainer, monkeypatch):
     """A full disk can show only when the data is flushed (delayed allocation, network filesystems)."""
-    from stages.training import trainer as module
+    from stages.training import checkpoints as module
 
     trainer = saved_trainer
     before = checkpoints(trainer.wdir)

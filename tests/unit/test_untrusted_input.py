@@ -224,14 +224,16 @@ def test_voc_bomb_without_a_size_in_its_xml_does_not_crash_prepare(tmp_path: Pat
 
 def test_an_exception_in_a_per_file_check_is_a_problem_for_that_file(tmp_path: Path, monkeypatch):
     generate(SampleSpec(out=tmp_path / "data" / "dataset", train=3, val=1, size=32, seed=0))
-    real = validate.check_label_lines
+    from stages.data.validation import images  # where each label file's check is looked up
+
+    real = images.check_label_lines
 
     def flaky(lines, file, *args, **kwargs):
         if file.endswith("train_00001.txt"):
             raise ZeroDivisionError("planted")
         return real(lines, file, *args, **kwargs)
 
-    monkeypatch.setattr(validate, "check_label_lines", flaky)
+    monkeypatch.setattr(images, "check_label_lines", flaky)
     params = parse_params({"validate": {"workers": 1}})
     prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
     with pytest.raises(ValidationFailed, match="check_crashed"):

@@ -1,6 +1,7 @@
 import pytest
 
-from stages.validate import CODES, check_label_lines, outside_fraction
+from stages.data.validation.labels import check_label_lines, outside_fraction
+from stages.data.validation.problems import CODES
 
 
 def codes(lines, num_classes=3, size=(100, 100)):

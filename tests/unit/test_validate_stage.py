@@ -102,6 +102,25 @@ def test_every_problem_kind_is_reported_and_the_input_is_untouched(tmp_path: Pat
     assert tree_digest(tmp_path / "data" / "dataset") == before
 
 
+def test_a_report_with_an_unidentifiable_image_is_the_same_on_every_run(tmp_path: Path):
+    """PIL names the unidentified file by its repr, which for data read into memory is an object's
+    address: the report (a DVC output) then changed from run to run for the same dataset."""
+    generate(SampleSpec(out=tmp_path / "data" / "dataset", train=3, val=1, size=64, seed=0))
+    (tmp_path / "data" / "dataset" / "images" / "train" / "train_00000.jpg").write_bytes(b"definitely not an image")
+    params = parse_params({"validate": {"workers": 1}})
+    prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
+    reports = []
+    for _ in range(2):
+        with pytest.raises(ValidationFailed, match="image_unreadable"):
+            validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+        reports.append((tmp_path / "reports" / "validate.json").read_bytes())
+    (unreadable,) = [p for p in json.loads(reports[0])["problems"] if p["code"] == "image_unreadable"]
+    assert unreadable["file"] == "data/dataset/images/train/train_00000.jpg"
+    assert " at 0x" not in unreadable["message"], unreadable["message"]
+    assert "cannot identify" in unreadable["message"]
+    assert reports[0] == reports[1]
+
+
 def test_empty_split_is_an_error(tmp_path: Path):
     generate(SampleSpec(out=tmp_path / "data" / "dataset", train=3, val=1, size=64, seed=0))
     for f in (tmp_path / "data" / "dataset" / "images" / "val").iterdir():
