@@ -43,8 +43,7 @@ from stages.core.common import read_json, stage_main, write_json
 from stages.core.config import BenchmarkParams, Params
 from stages.core.errors import BackendUnavailable, ConfigError, PipelineError
 from stages.data.datasets import read_prepared_yaml
-from stages.deploy.engine import ENGINE_NAME
-from stages.deploy.targets import TARGETS
+from stages.deploy.targets import ENGINE_NAME, TARGETS
 from stages.latency.pinning import pinned_cpus
 from stages.latency.results import BenchmarkResult, BenchmarkRow, measured_row, write_plots
 from stages.latency.rounds import Timed, measure

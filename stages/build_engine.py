@@ -39,8 +39,8 @@ from stages.core.config import EngineParams, Params
 from stages.core.errors import EngineUnavailable, PipelineError
 from stages.deploy.accuracy import Accuracy, calibration_inputs, detection_map, labelled_split
 from stages.deploy.build import judge
-from stages.deploy.engine import ENGINE_NAME
 from stages.deploy.int8 import Method
+from stages.deploy.targets import ENGINE_NAME
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,6 @@ from stages.backends.tensorrt_lint import check_qdq
 from stages.core.errors import EngineUnavailable
 from stages.deploy.int8 import Method, quantize
 
-ENGINE_NAME = "model.engine"  # in build_engine.engine_dir; benchmark times it from there
-
 PARITY_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_boxes_px=0.5, max_scores=0.005, min_top_class_agreement=0.99),
     "fp16": Tolerance(max_boxes_px=2.0, max_scores=0.05, min_top_class_agreement=0.95),

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.backends.base import Precision
 
+ENGINE_NAME = "model.engine"  # the TensorRT engine's file in build_engine's engine_dir; benchmark times it from there
+
 
 class Target(BaseModel):
     """One deployable artifact kind (``file`` may lie in a folder of its own, with files beside it)."""
