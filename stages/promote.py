@@ -22,12 +22,15 @@ and checked against what was read (a run that did not hold the workspace may hav
 since); a journal (``.production.promotion.json``) is written; two renames swap it in; then
 ``dvc add`` versions it, and the pointer ``models/production.dvc`` is committed to git (that file
 alone) and tagged ``production-v<N>``, so a ``dvc exp apply``, a checkout or a ``dvc gc --all-tags``
-cannot lose a promoted version. Killed at any point, the next promotion (or ``python -m
-stages.promote --recover``) finishes it or undoes it from the journal: production is then the old
-version or the new one, complete, its folder and pointer agreeing, and nothing is left beside it. A
-failing ``dvc add`` or commit undoes the swap. The version number follows every version ever tagged,
-and a pointer older than the newest tag (an experiment applied, a checkout) is refused with the
-command that restores it. The CLI holds the workspace lock (``stages/core/lock.py``) for the whole run.
+cannot lose a promoted version. Where ``dvc.yaml`` declares the production folder as an artifact
+(``artifacts:``), the commit is also version ``v<N>.0.0`` of it and assigned to stage ``prod`` in
+GTO's tag format, so ``dvc artifacts get <repo> <name> --stage prod`` fetches production anywhere.
+Killed at any point, the next promotion (or ``python -m stages.promote --recover``) finishes it or
+undoes it from the journal: production is then the old version or the new one, complete, its folder
+and pointer agreeing, and nothing is left beside it. A failing ``dvc add`` or commit undoes the swap.
+The version number follows every version ever tagged, and a pointer older than the newest tag (an
+experiment applied, a checkout) is refused with the command that restores it.
+The CLI holds the workspace lock (``stages/core/lock.py``) for the whole run.
 
 This module is the entry (configuration, ``run``, the CLI); the work is in ``stages/promotion/``.
 """
@@ -57,7 +60,7 @@ from stages.promotion.checks import (
 )
 from stages.promotion.outcome import PromoteResult, PromotionCheck, PromotionRefused
 from stages.promotion.staging import assemble, digests, write_metadata
-from stages.promotion.tags import latest_tag, tag_mismatch
+from stages.promotion.tags import latest_tag, registry_name, tag_mismatch
 from stages.promotion.transaction import STEPS, Journal, places
 
 __all__ = [
@@ -210,6 +213,8 @@ def run(cfg: PromoteConfig) -> PromoteResult:
             f"cannot promote: missing {missing or 'the data version (run the chain through DVC)'}", stage=STAGE
         )
 
+    # A dvc.yaml artifact the registry tags cannot name is refused before production changes.
+    registry_name(cfg.workspace, cfg.production)
     tagged = latest_tag(cfg.workspace)
     # After every version ever promoted here, not only the one in the folder (a rolled-back folder).
     new_version = max(current["version"] if current else 0, tagged[1] if tagged else 0) + 1

@@ -32,3 +32,5 @@ class PromoteResult(BaseModel):
     production: str
     commit: str | None = None  # the git commit holding the new pointer (None: not a git work tree)
     tag: str | None = None  # production-v<N>
+    # The model-registry tags of the commit (<name>@v<N>.0.0, <name>#prod#<counter>): what to push with it.
+    registry_tags: list[str] = []

@@ -1,9 +1,18 @@
-"""Every promoted version is a git commit of the pointer and a tag, so no checkout loses it."""
+"""Every promoted version is a git commit of the pointer and tags, so no checkout loses it.
+
+Two kinds of tags on the promotion commit. ``production-v<N>`` (lightweight) numbers the versions and
+is what the checks compare the pointer with. When ``dvc.yaml`` declares the production folder as an
+artifact (``artifacts:``), the model-registry tags DVC reads (GTO's format) go beside it: the version
+``<name>@v<N>.0.0`` and the stage assignment ``<name>#prod#<counter>``, both annotated (GTO skips
+lightweight tags), so ``dvc artifacts get <repo> <name> --stage prod`` (or ``--rev v<N>.0.0``) fetches
+it on any machine with the git and DVC remotes.
+"""
 
 from __future__ import annotations
 
+import re
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -11,6 +20,10 @@ from stages.core.errors import PipelineError
 from stages.promotion.outcome import STAGE
 
 TAG_PREFIX = "production-v"
+# The model-registry stage a promotion assigns (what `dvc artifacts get --stage prod` asks for).
+REGISTRY_STAGE = "prod"
+# GTO's artifact name (gto/constants.py `name`): DVC refuses to register any other.
+REGISTRY_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-/_]*[a-zA-Z0-9])?")
 # Used only where git has no identity of its own (a fresh CI runner): a commit needs one.
 FALLBACK_IDENTITY = ("-c", "user.name=yolo-pipeline promotion", "-c", "user.email=promotion@localhost")
 
@@ -105,3 +118,81 @@ def unstage(workspace: Path, path: Path) -> None:
     """Take ``path`` out of git's index again (a commit that failed may have staged it)."""
     if in_git(workspace):
         _git(workspace, "reset", "--quiet", "--", path.relative_to(workspace).as_posix())
+
+
+def registry_name(workspace: Path, production: Path) -> str | None:
+    """The model-registry name of the production folder, as tags spell it, or ``None`` when it has none.
+
+    It is the ``dvc.yaml`` artifact whose ``path`` is the production folder; a workspace in a subfolder
+    of its repository prefixes it with that folder (GTO's ``<dir>=<name>``, the ``<dir>:<name>`` DVC takes).
+
+    Raises:
+        PipelineError: When ``dvc.yaml`` cannot be read, names the folder twice or gives it a name GTO refuses.
+    """
+    dvc_yaml = workspace / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        return None
+    try:
+        artifacts = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("artifacts") or {}
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"dvc.yaml is not valid YAML: {exc}", stage=STAGE, path=dvc_yaml) from None
+    rel = PurePosixPath(production.relative_to(workspace).as_posix())
+    names = [
+        name
+        for name, spec in artifacts.items()
+        if isinstance(spec, dict) and PurePosixPath(str(spec.get("path", ""))) == rel
+    ]
+    if not names:
+        return None
+    if len(names) > 1:
+        raise PipelineError(
+            f"dvc.yaml declares {rel} as more than one artifact ({', '.join(names)}): keep one",
+            stage=STAGE,
+            path=dvc_yaml,
+        )
+    name = str(names[0])
+    if not REGISTRY_NAME.fullmatch(name):
+        raise PipelineError(
+            f"artifact name '{name}' is not one DVC's model registry accepts (letters, digits, '-', '_', '/')",
+            stage=STAGE,
+            path=dvc_yaml,
+            key=f"artifacts.{name}",
+        )
+    prefix = _git(workspace, "rev-parse", "--show-prefix").stdout.strip().rstrip("/") if in_git(workspace) else ""
+    return f"{prefix}={name}" if prefix else name
+
+
+def _counter(workspace: Path, name: str) -> int:
+    """The next counter of GTO's tags for ``name``: one more than any tag of that artifact carries."""
+    found = [0]
+    for tag in _git(workspace, "tag", "--list", f"{name}[@#]*").stdout.split():
+        if match := re.fullmatch(rf"{re.escape(name)}[@#].*#(\d+)", tag):
+            found.append(int(match[1]))
+    return max(found) + 1
+
+
+def registry_tags(workspace: Path, production: Path, version: int) -> list[str]:
+    """Tag HEAD (the promotion commit) as version ``v<version>.0.0`` of the registry artifact, in stage prod.
+
+    Idempotent, as a promotion finished again after a kill must be: an existing version tag is kept, and
+    HEAD already assigned to the stage is not assigned again.
+
+    Returns:
+        The version and stage tags of HEAD; empty when ``dvc.yaml`` declares no artifact at ``production``.
+    """
+    name = registry_name(workspace, production)
+    if name is None or not in_git(workspace):
+        return []
+    identity = () if _git(workspace, "config", "user.email").stdout.strip() else FALLBACK_IDENTITY
+    unsigned = ("-c", "tag.gpgsign=false")
+    message = f"Promote production version {version}"
+    version_tag = f"{name}@v{version}.0.0"
+    if _git(workspace, "rev-parse", "--quiet", "--verify", f"refs/tags/{version_tag}").returncode != 0:
+        _git_checked(workspace, *identity, *unsigned, "tag", "--annotate", "-m", message, version_tag, "HEAD")
+    pattern = f"{name}#{REGISTRY_STAGE}#*"
+    assigned = _git(workspace, "tag", "--points-at", "HEAD", "--list", pattern).stdout.split()
+    if not assigned:
+        stage_tag = f"{name}#{REGISTRY_STAGE}#{_counter(workspace, name)}"
+        _git_checked(workspace, *identity, *unsigned, "tag", "--annotate", "-m", message, stage_tag, "HEAD")
+        assigned = [stage_tag]
+    return [version_tag, *assigned]

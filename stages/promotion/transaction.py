@@ -2,9 +2,10 @@
 
 The new folder is assembled beside the old one (``.production.staging``); a journal
 (``.production.promotion.json``) is written; two renames swap it in; then ``dvc add`` versions it and
-the pointer is committed and tagged (``tags``). Killed at any point, ``recover`` finishes it or undoes
-it from the journal: production is then the old version or the new one, complete, its folder and
-pointer agreeing, and nothing is left beside it. A failing ``dvc add`` or commit undoes the swap.
+the pointer is committed and tagged, ``production-v<N>`` and the model-registry tags (``tags``).
+Killed at any point, ``recover`` finishes it or undoes it from the journal: production is then the
+old version or the new one, complete, its folder and pointer agreeing, and nothing is left beside it.
+A failing ``dvc add`` or commit undoes the swap.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def finish(site: Site, journal: Journal) -> PromoteResult:
             committed = tags.commit(site.workspace, pl.pointer, journal.version)
             if committed is not None:
                 result.commit, result.tag = committed
+                result.registry_tags = tags.registry_tags(site.workspace, site.production, journal.version)
         step("committed")
     except PipelineError as exc:
         roll_back(site, journal)
