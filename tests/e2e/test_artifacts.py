@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,21 @@ def test_gto_and_dvc_agree_on_what_is_in_production(origin: Path, tmp_path: Path
     # The same commits the promotion's own tags name.
     assert sh(origin, "git", "rev-parse", "production-v2^{commit}").strip() == commits["v2.0.0"]
     assert not log.exists() or log.read_text() == "", f"reached beyond loopback: {log.read_text()}"
+
+
+def test_an_artifact_name_the_registry_refuses_changes_nothing(origin: Path, tmp_path: Path):
+    """A ``dvc.yaml`` that names production in a way GTO cannot tag is refused before the swap, not after."""
+    from stages.core.errors import PipelineError
+    from stages.promote import run
+
+    root = tmp_path / "ws"
+    shutil.copytree(origin.parent / "ws", root, symlinks=True)
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"artifacts": {"yolo detector!": {"path": "models/production"}}}))
+    tags_before = sh(root, "git", "tag", "--list")
+    write_candidate(root, b"v3")
+    with pytest.raises(PipelineError, match="not one DVC's model registry accepts") as caught:
+        run(config(root))
+    assert caught.value.path == root / "dvc.yaml" and caught.value.key == "artifacts.yolo detector!"
+    assert json.loads((root / "models/production/metadata.json").read_text())["version"] == 2
+    assert sh(root, "git", "tag", "--list") == tags_before
+    assert sorted(p.name for p in (root / "models").iterdir()) == [".gitignore", "production", "production.dvc"]
