@@ -14,7 +14,8 @@
 #   GITHUB_STEP_SUMMARY   where the summary goes (GitHub sets it; default: reports/ci_summary.md)
 #   ONLY_IF_DATA_CHANGED  1: stop early, successfully, when the data is the production model's
 #   PROMOTE               1: promote the model when every check passes; the promotion commits
-#                         models/production.dvc and tags it production-v<N>, and both are pushed.
+#                         models/production.dvc and tags it production-v<N> (and, where dvc.yaml
+#                         declares the artifact, <name>@v<N>.0.0 and <name>#prod#<k>), all pushed.
 #                         Where they cannot be pushed (a detached HEAD, no push access) the run
 #                         refuses to promote, says why, and fails.
 #   PROMOTION_PUSH_URL    where the promotion is pushed (default: origin)
@@ -71,6 +72,7 @@ gate=0
 "$py" -m stages.gate || gate=$?
 
 promoted=""
+registry=()
 failed=$gate
 if [ "${PROMOTE:-0}" = 1 ] && [ "$gate" = 0 ]; then
   if [ -n "$cannot_push" ]; then
@@ -86,6 +88,8 @@ if [ "${PROMOTE:-0}" = 1 ] && [ "$gate" = 0 ]; then
       failed=$status
     else
       promoted=$("$py" -c 'import json; r = json.load(open("reports/promotion.json")); print((r["tag"] or "untagged") if r["promoted"] else "")')
+      # The model-registry tags (GTO's format) that `dvc artifacts get --stage prod` reads, pushed with it.
+      read -r -a registry <<<"$("$py" -c 'import json; r = json.load(open("reports/promotion.json")); print(" ".join("refs/tags/" + t for t in r.get("registry_tags", [])))')"
       if [ "$promoted" = untagged ]; then
         echo "error: promoted but not committed (promote.commit is false): this run cannot share it" >&2
         printf '## Promotion not committed
@@ -110,7 +114,7 @@ fi
 if [ -n "$promoted" ]; then
   # After its files are on the DVC remote, so the pushed pointer always refers to pushed files.
   echo "== push the promotion ($promoted)"
-  if git push --quiet "$push_to" "HEAD:refs/heads/$branch" "refs/tags/$promoted"; then
+  if git push --quiet "$push_to" "HEAD:refs/heads/$branch" "refs/tags/$promoted" ${registry[@]+"${registry[@]}"}; then
     printf '## Promoted\n\n%s, committed as %s and pushed to %s.\n\n' "$promoted" "$(git rev-parse --short HEAD)" "$branch" >>"$summary"
   else
     echo "error: promoted $promoted here but pushing its commit and tag failed; it is not shared" >&2

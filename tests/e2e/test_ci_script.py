@@ -80,6 +80,11 @@ def test_ci_script_shares_results_through_the_remote(tmp_path_factory: pytest.Te
     assert first.git("show", "feature:models/production.dvc") == pointer
     assert first.git("show", "production-v1:models/production.dvc") == pointer
     assert "## Promoted" in diff and "production-v1" in diff
+    # With the model-registry tags `dvc artifacts get <repo> yolo-detector --stage prod` reads.
+    assert sorted(first.git("tag", "--points-at", "production-v1", "--list", "yolo-detector*").split()) == [
+        "yolo-detector#prod#1",
+        "yolo-detector@v1.0.0",
+    ]
     cloud = second.run("-m", "dvc", "status", "--cloud", "--json", "models/production.dvc")
     assert cloud.returncode == 0 and json.loads(cloud.stdout or "{}") == {}, cloud.stdout
 

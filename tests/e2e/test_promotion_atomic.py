@@ -58,8 +58,9 @@ DRIVER = """
 import json, os, signal, sys
 from pathlib import Path
 import stages.promote as promote
+import stages.promotion.transaction as transaction
 target = sys.argv[2]
-promote.step = lambda name: os.kill(os.getpid(), signal.SIGKILL) if name == target else None
+transaction.step = lambda name: os.kill(os.getpid(), signal.SIGKILL) if name == target else None
 cfg = promote.PromoteConfig.model_validate_json(Path(sys.argv[1]).read_text())
 promote.run(cfg)
 """
@@ -184,24 +185,25 @@ def test_a_promotion_killed_at_any_step_is_finished_or_undone_by_the_next_run(ba
     assert production_state(root) == 2 and leftovers(root) == []
 
 
-@pytest.mark.parametrize("failing", ["_dvc_add", "_commit"])
+@pytest.mark.parametrize("failing", ["dvc_add", "commit"])
 def test_a_failing_dvc_add_or_commit_leaves_the_previous_production(
     base: Path, tmp_path: Path, monkeypatch, failing: str
 ):
     import stages.promote as promote
+    from stages.promotion import tags, transaction
 
     root = copy_of(base, tmp_path)
-    real = getattr(promote, failing)
+    module = tags if failing == "commit" else transaction
 
     def fail(workspace: Path, target: Path, *args):
-        if failing == "_commit":  # as far as a commit goes before failing: the new pointer staged
+        if failing == "commit":  # as far as a commit goes before failing: the new pointer staged
             sh(root, "git", "add", "models/production.dvc")
         raise PipelineError("failed: no space left on device", stage="promote", path=target)
 
-    monkeypatch.setattr(promote, failing, fail)
+    monkeypatch.setattr(module, failing, fail)
     with pytest.raises(PipelineError, match=r"still the previous version.*no space left"):
         promote.run(config(root))
-    monkeypatch.setattr(promote, failing, real)
+    monkeypatch.undo()
     assert production_state(root) == 1 and leftovers(root) == []
     assert sh(root, "git", "status", "--porcelain", "--", "models/production.dvc") == ""
     report = json.loads((root / "reports/promotion.json").read_text())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from stages import promote
+from stages.promotion import tags
 
 POINTER = "outs:\n- md5: {md5}.dir\n  path: production\n"
 IDENTITY = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
@@ -35,7 +35,7 @@ def test_a_promotion_commits_and_tags_where_the_user_signs_every_commit(tmp_path
     pointer = repo / "models" / "production.dvc"
     pointer.parent.mkdir()
     pointer.write_text(POINTER.format(md5="a" * 32))
-    commit, tag = promote._commit(repo, pointer, 1)
+    commit, tag = tags.commit(repo, pointer, 1)
     assert tag == "production-v1"
     assert _git(repo, "rev-parse", "production-v1^{commit}").strip() == commit
     assert _git(repo, "show", "--name-only", "--format=", commit).split() == ["models/production.dvc"]
@@ -50,7 +50,7 @@ def test_the_tag_check_reads_the_pointer_of_a_workspace_in_a_subfolder(tmp_path:
     _git(repo, "add", "detector/models/production.dvc")
     _git(repo, "commit", "--quiet", "-m", "v2")
     _git(repo, "tag", "production-v2")
-    assert promote.tag_mismatch(workspace, pointer) is None
+    assert tags.tag_mismatch(workspace, pointer) is None
     pointer.write_text(POINTER.format(md5="c" * 32))  # an exp apply put an older pointer back
-    found = promote.tag_mismatch(workspace, pointer)
+    found = tags.tag_mismatch(workspace, pointer)
     assert found is not None and "is not the latest promoted version, tag production-v2" in found

@@ -15,5 +15,7 @@ class PromoteParams(_Section):
     )
     version_with_dvc: bool = Field(True, description="dvc add the production folder after promoting")
     commit: bool = Field(
-        True, description="git commit the production pointer and tag it production-v<N> (in a git repository)"
+        True,
+        description="git commit the production pointer and tag it production-v<N>, and <artifact>@v<N>.0.0 and "
+        "<artifact>#prod#<k> where dvc.yaml declares it (in a git repository)",
     )
