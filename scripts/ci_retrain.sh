@@ -48,7 +48,7 @@ fi
 
 echo "== pull data, outputs and run-cache"
 # --allow-missing: on the first run, or for outputs never pushed, there is nothing to pull yet.
-"$py" -m dvc pull --run-cache --allow-missing
+"$py" -m stages.core.remotes pull --run-cache --allow-missing
 
 if [ "${ONLY_IF_DATA_CHANGED:-0}" = 1 ]; then
   status=0

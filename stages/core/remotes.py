@@ -1,12 +1,13 @@
 """Pushing to the DVC remote: which remote, a warning when it is no backup, and failures as typed errors.
 
 Every push of the project goes through :func:`push` (``python -m stages.core.remotes push``: ``make
-demo`` and ``scripts/ci_retrain.sh``). It pushes with DVC's own API and turns what can go wrong with a
-remote on another machine into a :class:`~stages.errors.RemoteError` that names the remote and says
-what to do: no remote set, a server that does not answer, credentials refused, a connection dropped
-mid-push. A dropped connection is retried (DVC uploads each file to a temporary name and renames it,
-and skips files the remote already has, so a retry sends only what is missing); the local cache is only
-read, never changed, by a push.
+demo`` and ``scripts/ci_retrain.sh``), and CI's pull through :func:`pull`. They transfer with DVC's
+own API and turn what can go wrong with a remote on another machine into a
+:class:`~stages.errors.RemoteError` that names the remote and says what to do: no remote set, a server
+that does not answer, credentials refused, a connection dropped mid-transfer. A dropped connection is
+retried (DVC uploads each file to a temporary name and renames it, checks each download against its
+hash, and skips files already on the other side, so a retry moves only what is missing); the local
+cache is only read, never changed, by a push.
 
 Credentials never go into the committed ``.dvc/config``: they go into ``.dvc/config.local`` (``dvc
 remote modify --local``) or the environment (``AWS_ACCESS_KEY_ID``...; SSH keys in ``~/.ssh``).
@@ -181,18 +182,19 @@ def _is_dropped(exc: BaseException) -> bool:
     # as ConnectionLost (or "Connection not open" on the next request); the kernel as a reset.
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
         return True
-    return _named(exc, "UploadError", "ConnectionLost", "ChannelOpenError")
+    return _named(exc, "UploadError", "DownloadError", "ConnectionLost", "ChannelOpenError")
 
 
-def classify(exc: BaseException, remote: Remote) -> RemoteError:
-    """Turn what a push raised into a :class:`RemoteError` naming the remote and what to do.
+def classify(exc: BaseException, remote: Remote, action: str = "push") -> RemoteError:
+    """Turn what a push (or pull) raised into a :class:`RemoteError` naming the remote and what to do.
 
     Args:
         exc: The exception DVC or the remote's file system raised.
-        remote: The remote pushed to.
+        remote: The remote pushed to (or pulled from).
+        action: ``push`` or ``pull``, for the words.
 
     Returns:
-        The error to raise; ``retryable`` is set only for a connection dropped mid-push.
+        The error to raise; ``retryable`` is set only for a connection dropped mid-transfer.
     """
     where = f"DVC remote '{remote.name}' ({remote.url})"
     chain = list(_chain(exc))
@@ -203,30 +205,23 @@ def classify(exc: BaseException, remote: Remote) -> RemoteError:
     if any(_is_unreachable(e) for e in chain):
         return RemoteError(
             f"{where} cannot be reached ({detail}): check that the server runs and the host and port are right "
-            f"(`dvc remote modify {remote.name} url ...`), then push again",
+            f"(`dvc remote modify {remote.name} url ...`), then {action} again",
             remote=remote.name,
         )
+    preposition = "to" if action == "push" else "from"
     if any(_is_dropped(e) for e in chain):
+        kept = (
+            "the local cache is intact and the remote keeps no partial file under its final name"
+            if action == "push"
+            else "the files that arrived are in the cache, each checked against its hash"
+        )
         return RemoteError(
-            f"push to {where} did not complete ({detail}): the connection dropped or the server failed mid-push; "
-            "the local cache is intact and the remote keeps no partial file under its final name: "
-            "push again to send what is missing",
+            f"{action} {preposition} {where} did not complete ({detail}): the connection dropped or the server "
+            f"failed mid-{action}; {kept}: {action} again to transfer what is missing",
             remote=remote.name,
             retryable=True,
         )
-    return RemoteError(f"push to {where} failed: {type(exc).__name__}: {detail}", remote=remote.name)
-
-
-def _forget_connections() -> None:
-    """Drop fsspec's cached file-system instances, so that a retry opens a new connection rather than
-    reusing the one that died (fsspec hands the same instance to every DVC object in the process)."""
-    from fsspec.spec import AbstractFileSystem
-
-    pending: list[type[AbstractFileSystem]] = [AbstractFileSystem]
-    while pending:
-        cls = pending.pop()
-        cls.clear_instance_cache()
-        pending.extend(cls.__subclasses__())
+    return RemoteError(f"{action} {preposition} {where} failed: {type(exc).__name__}: {detail}", remote=remote.name)
 
 
 def push(
@@ -261,50 +256,150 @@ def push(
     """
     from dvc.repo import Repo
 
-    say = echo or (lambda line: print(line, file=sys.stderr))
+    say = echo or _stderr
     target = resolve_remote(root, remote)
     warning = no_backup_warning(target, root)
     if warning:
         say(warning)
-    attempt = 0
+
+    def attempt() -> int:
+        with Repo(str(root)) as repo:
+            check_access(repo, target)
+            return int(repo.push(remote=target.name, run_cache=run_cache))
+
+    pushed, attempts = _with_retries(attempt, target, "push", retries, backoff_s, say)
+    return PushResult(remote=target, pushed=pushed, attempts=attempts, warning=warning)
+
+
+def pull(
+    root: Path,
+    *,
+    remote: str | None = None,
+    run_cache: bool = False,
+    allow_missing: bool = False,
+    retries: int = DEFAULT_RETRIES,
+    backoff_s: float = DEFAULT_BACKOFF_S,
+    echo: Callable[[str], None] | None = None,
+) -> tuple[Remote, int, int]:
+    """Pull the workspace's DVC-tracked outputs (and the run-cache, if asked) from a remote.
+
+    The same remote resolution, errors and retries as :func:`push` (DVC checks each downloaded file
+    against its hash before it enters the cache, so a retry after a dropped connection is safe).
+
+    Args:
+        root: The workspace (a DVC repository).
+        remote: The remote's name (default: the default remote).
+        run_cache: Pull the run-cache too.
+        allow_missing: Do not fail for outputs the remote does not have (never pushed yet).
+        retries: How many times to pull again after a dropped connection.
+        backoff_s: Seconds before the first retry, doubled for each next one.
+        echo: Where the retry notes go (default: stderr).
+
+    Returns:
+        The remote, how many files were fetched, and in how many tries.
+
+    Raises:
+        RemoteError: As for :func:`push`.
+    """
+    from dvc.repo import Repo
+
+    say = echo or _stderr
+    target = resolve_remote(root, remote)
+
+    def attempt() -> int:
+        with Repo(str(root)) as repo:
+            check_access(repo, target)
+            result = repo.pull(remote=target.name, run_cache=run_cache, allow_missing=allow_missing)
+        return int(result["stats"]["fetched"])
+
+    fetched, attempts = _with_retries(attempt, target, "pull", retries, backoff_s, say)
+    return target, fetched, attempts
+
+
+def check_access(repo: Any, target: Remote) -> None:
+    """Ask the remote for its top folder once, so that refused credentials or a server that does not
+    answer fail here, raised as such, rather than as one logged line per file (DVC's fetch logs each
+    failed download and raises only a count).
+
+    Args:
+        repo: An open ``dvc.repo.Repo``.
+        target: The remote.
+    """
+    odb = repo.cloud.get_remote(name=target.name)
+    odb.fs.exists(odb.path)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _with_retries(
+    attempt: Callable[[], int],
+    target: Remote,
+    action: str,
+    retries: int,
+    backoff_s: float,
+    say: Callable[[str], None],
+) -> tuple[int, int]:
+    """Run ``attempt`` until it succeeds, a failure that a retry cannot help, or ``retries`` retries.
+
+    Returns:
+        What ``attempt`` returned and how many tries it took.
+    """
+    tries = 0
     while True:
-        attempt += 1
+        tries += 1
         try:
-            with Repo(str(root)) as repo:
-                pushed = repo.push(remote=target.name, run_cache=run_cache)
-            return PushResult(remote=target, pushed=pushed, attempts=attempt, warning=warning)
+            return attempt(), tries
         except Exception as exc:
-            error = classify(exc, target)
-            if not error.retryable or attempt > retries:
-                if attempt > 1:
-                    error.message += f" (after {attempt} tries)"
+            error = classify(exc, target, action)
+            if not error.retryable or tries > retries:
+                if tries > 1:
+                    error.message += f" (after {tries} tries)"
                 raise error from None
-            delay = backoff_s * 2 ** (attempt - 1)
+            delay = backoff_s * 2 ** (tries - 1)
             say(f"retrying in {delay:g} s: {error.message}")
-            _forget_connections()
+            # The next try opens a new Repo, and with it new connections: DVC creates its file
+            # systems with skip_instance_cache, so none of fsspec's cached (dead) ones is reused.
             time.sleep(delay)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m stages.core.remotes push [--run-cache] [--remote NAME] [--retries N]``."""
+    """CLI: ``python -m stages.core.remotes {push,pull} [--run-cache] [--remote NAME] [--retries N]``."""
     from stages.cli import REFUSED_EXIT
 
     parser = argparse.ArgumentParser(prog="python -m stages.core.remotes", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    cmd = sub.add_parser("push", help="push to the DVC remote (like `dvc push`), failures as clear errors")
-    cmd.add_argument("--remote", "-r", help="remote name (default: the default remote)")
-    cmd.add_argument("--run-cache", action="store_true", help="push the run-cache too")
-    cmd.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="pushes again after a dropped connection")
-    cmd.add_argument("--root", type=Path, default=Path.cwd(), help="the workspace (default: the current folder)")
+    for name, words in (("push", "push to"), ("pull", "pull from")):
+        cmd = sub.add_parser(name, help=f"{words} the DVC remote (like `dvc {name}`), failures as clear errors")
+        cmd.add_argument("--remote", "-r", help="remote name (default: the default remote)")
+        cmd.add_argument("--run-cache", action="store_true", help=f"{name} the run-cache too")
+        cmd.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="tries again after a dropped connection")
+        cmd.add_argument("--root", type=Path, default=Path.cwd(), help="the workspace (default: the current folder)")
+        if name == "pull":
+            cmd.add_argument("--allow-missing", action="store_true", help="no error for outputs never pushed")
     args = parser.parse_args(argv)
+    root = args.root.resolve()
     try:
-        result = push(args.root.resolve(), remote=args.remote, run_cache=args.run_cache, retries=args.retries)
+        if args.command == "push":
+            result = push(root, remote=args.remote, run_cache=args.run_cache, retries=args.retries)
+            print(
+                f"pushed {result.pushed} file(s) to DVC remote '{result.remote.name}' in {result.attempts} attempt(s)"
+            )
+        else:
+            target, fetched, attempts = pull(
+                root,
+                remote=args.remote,
+                run_cache=args.run_cache,
+                allow_missing=args.allow_missing,
+                retries=args.retries,
+            )
+            print(f"fetched {fetched} file(s) from DVC remote '{target.name}' in {attempts} attempt(s)")
     except RemoteError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        # A push that may complete when run again exits 1, like a crash; a refusal (credentials, no
+        # A transfer that may complete when run again exits 1, like a crash; a refusal (credentials, no
         # such remote, no server) exits REFUSED_EXIT: running it again as it is cannot help.
         return 1 if exc.retryable else REFUSED_EXIT
-    print(f"pushed {result.pushed} file(s) to DVC remote '{result.remote.name}' in {result.attempts} attempt(s)")
     return 0
 
 

@@ -68,6 +68,10 @@ class Repo:
         """The project's push; not checked (tests look at its exit code and words)."""
         return self.run(sys.executable, "-m", "stages.core.remotes", "push", *args, env=env, check=False)
 
+    def pull(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """The project's pull (what CI runs); not checked."""
+        return self.run(sys.executable, "-m", "stages.core.remotes", "pull", *args, env=env, check=False)
+
     def network_attempts(self) -> list[str]:
         return self.netguard_log.read_text().splitlines() if self.netguard_log.is_file() else []
 
@@ -100,9 +104,11 @@ def committed_config(repo: Repo) -> str:
     return repo.run("git", "show", "HEAD:.dvc/config").stdout
 
 
-def clone_and_pull(repo: Repo, tmp_path: Path, setup: list[list[str]], env: dict[str, str] | None = None) -> Path:
+def clone_and_pull(
+    repo: Repo, tmp_path: Path, setup: list[list[str]], env: dict[str, str] | None = None, project_pull: bool = False
+) -> Path:
     """``git clone`` the repository, run the ``dvc`` commands in ``setup`` there (credentials: the
-    local config is not cloned), ``dvc pull``; returns the clone."""
+    local config is not cloned), ``dvc pull`` (or the project's pull); returns the clone."""
     clone = tmp_path / "clone"
     repo.run("git", "clone", "-q", str(repo.root), str(clone))
     other = Repo(clone, Path(repo.env["HOME"]))
@@ -110,7 +116,11 @@ def clone_and_pull(repo: Repo, tmp_path: Path, setup: list[list[str]], env: dict
     other.env["NETGUARD_LOG"] = str(repo.netguard_log)
     for args in setup:
         other.dvc(*args)
-    other.dvc("pull", env=env)
+    if project_pull:
+        pulled = other.pull(env=env)
+        assert pulled.returncode == 0 and "fetched" in pulled.stdout, pulled.stdout + pulled.stderr
+    else:
+        other.dvc("pull", env=env)
     return clone
 
 
@@ -189,7 +199,7 @@ def test_s3_push_clone_pull_round_trip(tmp_path: Path, s3_server: S3Server) -> N
         ["remote", "modify", "--local", REMOTE, "access_key_id", s3_server.access_key_id],
         ["remote", "modify", "--local", REMOTE, "secret_access_key", s3_server.secret_access_key],
     ]
-    clone = clone_and_pull(repo, tmp_path, setup, env={"AWS_DEFAULT_REGION": "us-east-1"})
+    clone = clone_and_pull(repo, tmp_path, setup, env={"AWS_DEFAULT_REGION": "us-east-1"}, project_pull=True)
     assert tree_digest(clone / "data") == tree_digest(repo.root / "data")
     tracked = subprocess.run(["git", "grep", "-I", "-l", s3_server.secret_access_key], cwd=clone, capture_output=True)
     assert tracked.stdout == b"", "the secret key was committed"
@@ -216,6 +226,12 @@ def test_s3_wrong_key_is_one_clear_error(tmp_path: Path, s3_server: S3Server) ->
     wrong = {**s3_server.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
 
     refused = repo.push(env=wrong)
+    assert refused.returncode == 2
+    assert_clear_error(refused, f"DVC remote '{REMOTE}'", "refused the credentials", "AWS_SECRET_ACCESS_KEY")
+    # CI pulls before it pushes: a wrong key stops it there, as clearly.
+    pushed = repo.push(env=s3_server.env())
+    assert pushed.returncode == 0, pushed.stderr
+    refused = repo.pull(env=wrong)
     assert refused.returncode == 2
     assert_clear_error(refused, f"DVC remote '{REMOTE}'", "refused the credentials", "AWS_SECRET_ACCESS_KEY")
 

@@ -1,9 +1,9 @@
 """A TCP proxy on 127.0.0.1 that can drop a connection mid-transfer, to test what a client does then.
 
-It forwards every connection to a server on loopback. The first ``drops`` connections are cut, both
-ways at once and with a reset (not a polite close), once ``cut_after`` bytes have gone from the client
-to the server: the server and the client both see the connection die in the middle of whatever was
-being sent. Later connections pass untouched.
+It forwards every connection to a server on loopback. The first ``drops`` connections that carry
+``cut_after`` bytes from the client to the server are cut there, both ways at once and with a reset
+(not a polite close): the server and the client both see the connection die in the middle of whatever
+was being sent. Short connections (a login, a listing) and every connection after those pass untouched.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tests.servers import free_port
 
 
 class DroppingProxy:
-    """Forward ``127.0.0.1:port`` to ``127.0.0.1:target``, cutting the first ``drops`` connections.
+    """Forward ``127.0.0.1:port`` to ``127.0.0.1:target``, cutting the first ``drops`` long connections.
 
     Args:
         target: The server's port on 127.0.0.1.
-        cut_after: Bytes from client to server after which a connection to be dropped is cut.
-        drops: How many connections (the first ones) to cut.
+        cut_after: Bytes from client to server at which a connection is cut (while drops are left).
+        drops: How many connections to cut; set ``drops_left`` again to cut more.
     """
 
     def __init__(self, target: int, cut_after: int, drops: int = 1) -> None:
@@ -53,27 +53,31 @@ class DroppingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            with self._lock:
-                cut = self.drops_left > 0
-                self.drops_left -= int(cut)
             upstream = socket.create_connection(("127.0.0.1", self.target))
-            pair = _Pair(client, upstream, self.cut_after if cut else None, self._count_drop)
+            pair = _Pair(client, upstream, self.cut_after, self._take_drop)
             threading.Thread(target=pair.pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=pair.pump, args=(upstream, client, False), daemon=True).start()
 
-    def _count_drop(self) -> None:
+    def _take_drop(self) -> bool:
+        """Whether a connection that reached ``cut_after`` is to be cut (and counted)."""
         with self._lock:
+            if self.drops_left <= 0:
+                return False
+            self.drops_left -= 1
             self.dropped += 1
+            return True
 
 
 class _Pair:
     """One proxied connection: two pumps, one per direction, and the cut."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket, cut_after: int | None, on_cut) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, client: socket.socket, upstream: socket.socket, cut_after: int, take_drop: Callable[[], bool]
+    ) -> None:
         self.client, self.upstream = client, upstream
-        self.cut_after = cut_after
+        self.cut_after: int | None = cut_after  # None once this connection is spared
         self.sent = 0
-        self.on_cut = on_cut
+        self.take_drop = take_drop
         self.lock = threading.Lock()
         self.done = False
 
@@ -88,9 +92,11 @@ class _Pair:
                         room = self.cut_after - self.sent
                         self.sent += len(data)
                     if room <= len(data):
-                        dst.sendall(data[: max(room, 0)])
-                        self.cut()
-                        return
+                        if self.take_drop():
+                            dst.sendall(data[: max(room, 0)])
+                            self.cut()
+                            return
+                        self.cut_after = None  # no drops left: this one passes untouched
                 dst.sendall(data)
         except OSError:
             pass
@@ -107,7 +113,6 @@ class _Pair:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with contextlib.suppress(OSError):
                 sock.close()
-        self.on_cut()
 
     def close(self) -> None:
         with self.lock:

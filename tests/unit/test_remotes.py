@@ -106,3 +106,13 @@ def test_anything_else_still_names_the_remote() -> None:
     other = classify(ValueError("odd"), S3)
     assert other.message == "push to DVC remote 'fleet' (s3://bucket/dvc) failed: ValueError: odd"
     assert other.remote == "fleet" and str(other).startswith("[stage 'push'] ")
+
+
+def test_a_pull_reads_as_a_pull() -> None:
+    from dvc.exceptions import DownloadError
+
+    dropped = classify(DownloadError(2), S3, "pull")
+    assert dropped.message.startswith("pull from DVC remote 'fleet' (s3://bucket/dvc) did not complete")
+    assert "pull again" in dropped.message and dropped.retryable
+    refused = classify(ConnectionRefusedError(111, "refused"), SSH, "pull")
+    assert refused.message.endswith("then pull again") and not refused.retryable
