@@ -319,3 +319,26 @@ def test_push_run_cache_sends_the_run_cache_as_dvc_push_does(tmp_path: Path) -> 
     with_runs = repo.push("--run-cache")
     assert with_runs.returncode == 0, with_runs.stderr
     assert any((store / "runs").rglob("*")), "the run-cache was not pushed"
+
+
+def test_s3_dropped_connection_is_retried_by_the_s3_client(tmp_path: Path, s3_server: S3Server) -> None:  # noqa: F811
+    repo = make_repo(tmp_path, tmp_path / "home", big_bytes=2 << 20)
+    before = repo.cache_digest()
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    with dropping_proxy(port, cut_after=512 << 10, drops=1) as proxy:
+        repo.dvc("remote", "add", "-d", REMOTE, f"s3://{s3_server.bucket}/store")
+        repo.dvc("remote", "modify", REMOTE, "endpointurl", f"http://127.0.0.1:{proxy.port}")
+        repo.run("git", "add", ".dvc/config")
+        repo.run("git", "commit", "-q", "-m", "the shared remote")
+        # The S3 client (s3fs over botocore) retries a request whose connection was reset: no retry of ours.
+        pushed = repo.push("--retries", "0", env=s3_server.env())
+        assert proxy.dropped == 1, "the connection was never cut: the file is too small for cut_after"
+        assert pushed.returncode == 0, pushed.stderr
+        assert "in 1 attempt(s)" in pushed.stdout
+        status = repo.dvc("status", "-c", env=s3_server.env()).stdout.strip()
+        assert status == f"Cache and remote '{REMOTE}' are in sync."
+    assert repo.cache_digest() == before
+    direct = [["remote", "modify", REMOTE, "endpointurl", s3_server.endpoint]]  # not through the proxy
+    clone = clone_and_pull(repo, tmp_path, direct, env=s3_server.env(), project_pull=True)
+    assert tree_digest(clone / "data") == tree_digest(repo.root / "data")
+    assert repo.network_attempts() == []
