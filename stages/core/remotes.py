@@ -5,9 +5,9 @@ demo`` and ``scripts/ci_retrain.sh``), and CI's pull through :func:`pull`. They 
 own API and turn what can go wrong with a remote on another machine into a
 :class:`~stages.errors.RemoteError` that names the remote and says what to do: no remote set, a server
 that does not answer, credentials refused, a connection dropped mid-transfer. A dropped connection is
-retried (DVC uploads each file to a temporary name and renames it, checks each download against its
-hash, and skips files already on the other side, so a retry moves only what is missing); the local
-cache is only read, never changed, by a push.
+retried (DVC uploads and downloads each file under a temporary name and renames it once complete,
+and skips files already on the other side, so a retry moves only what is missing); the local cache is
+only read, never changed, by a push.
 
 Credentials never go into the committed ``.dvc/config``: they go into ``.dvc/config.local`` (``dvc
 remote modify --local``) or the environment (``AWS_ACCESS_KEY_ID``...; SSH keys in ``~/.ssh``).
@@ -115,7 +115,9 @@ def resolve_remote(root: Path, name: str | None = None) -> Remote:
 
 
 def _url(remotes: Any, name: str, seen: tuple[str, ...] = ()) -> str:
-    if name not in remotes or name in seen:
+    if name in seen:
+        raise RemoteError(f"DVC remote '{name}' refers to itself through remote:// URLs", remote=name)
+    if name not in remotes:
         known = ", ".join(sorted(remotes)) or "none"
         raise RemoteError(
             f"DVC remote '{name}' is not configured (configured: {known}): `dvc remote list` shows them",
@@ -213,7 +215,7 @@ def classify(exc: BaseException, remote: Remote, action: str = "push") -> Remote
         kept = (
             "the local cache is intact and the remote keeps no partial file under its final name"
             if action == "push"
-            else "the files that arrived are in the cache, each checked against its hash"
+            else "only the files that arrived whole are in the cache (DVC downloads under temporary names)"
         )
         return RemoteError(
             f"{action} {preposition} {where} did not complete ({detail}): the connection dropped or the server "
@@ -283,8 +285,9 @@ def pull(
 ) -> tuple[Remote, int, int]:
     """Pull the workspace's DVC-tracked outputs (and the run-cache, if asked) from a remote.
 
-    The same remote resolution, errors and retries as :func:`push` (DVC checks each downloaded file
-    against its hash before it enters the cache, so a retry after a dropped connection is safe).
+    The same remote resolution, errors and retries as :func:`push` (DVC downloads each file under a
+    temporary name and renames it into the cache once complete, so a retry after a dropped connection
+    is safe).
 
     Args:
         root: The workspace (a DVC repository).

@@ -116,3 +116,11 @@ def test_a_pull_reads_as_a_pull() -> None:
     assert "pull again" in dropped.message and dropped.retryable
     refused = classify(ConnectionRefusedError(111, "refused"), SSH, "pull")
     assert refused.message.endswith("then pull again") and not refused.retryable
+
+
+def test_a_remote_that_refers_to_itself_is_refused(tmp_path: Path) -> None:
+    config = (
+        "[core]\n    remote = a\n['remote \"a\"']\n    url = remote://b/x\n['remote \"b\"']\n    url = remote://a/y\n"
+    )
+    with pytest.raises(RemoteError, match="DVC remote 'a' refers to itself through remote:// URLs"):
+        resolve_remote(workspace(tmp_path / "ws", config))
