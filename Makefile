@@ -35,11 +35,12 @@ sample-data: install
 	test -d data/dataset || $(BIN)/python -m stages.data.sample_data --out data/dataset
 	$(BIN)/python -m stages.core.lock --owner "make sample-data" -- $(BIN)/dvc add --quiet data/dataset
 
-## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote,
-## then fail if the model missed the quality gate (recorded in metrics/evaluate.json either way).
+## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote
+## (stages/core/remotes.py: a remote that fails is named, a dropped connection retried), then fail if
+## the model missed the quality gate (recorded in metrics/evaluate.json either way).
 ## All of it holds the workspace lock (stages/core/lock.py), like a flow run.
 demo: sample-data
-	$(BIN)/python -m stages.core.lock --owner "make demo" -- sh -c '$(BIN)/dvc repro && $(BIN)/dvc push --quiet && $(BIN)/python -m stages.gate'
+	$(BIN)/python -m stages.core.lock --owner "make demo" -- sh -c '$(BIN)/dvc repro && $(BIN)/python -m stages.core.remotes push && $(BIN)/python -m stages.gate'
 
 ## Run the same pipeline as a Prefect flow (shares DVC's cache: cached stages are not re-run).
 flow: sample-data

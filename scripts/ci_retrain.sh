@@ -49,7 +49,7 @@ fi
 
 echo "== pull data, outputs and run-cache"
 # --allow-missing: on the first run, or for outputs never pushed, there is nothing to pull yet.
-"$py" -m dvc pull --run-cache --allow-missing
+"$py" -m stages.core.remotes pull --run-cache --allow-missing
 
 if [ "${ONLY_IF_DATA_CHANGED:-0}" = 1 ]; then
   status=0
@@ -105,10 +105,12 @@ promote.commit is false: nothing was pushed.
 fi
 
 echo "== push results"
+# The project's push (stages/core/remotes.py): DVC's, with a dropped connection retried and a remote
+# that refuses the credentials or does not answer reported as one error naming it.
 if [ "${PUSH_RUN_CACHE:-1}" = 1 ]; then
-  "$py" -m dvc push --run-cache
+  "$py" -m stages.core.remotes push --run-cache
 else
-  "$py" -m dvc push  # outputs only: a pull request's run-cache entries could be restored on main
+  "$py" -m stages.core.remotes push  # outputs only: a pull request's run-cache entries could be restored on main
 fi
 
 if [ -n "$promoted" ]; then

@@ -105,3 +105,18 @@ class StageFailed(PipelineError):
         self.exit_code = exit_code
         self.retryable = retryable
         super().__init__(message, stage=stage)
+
+
+class RemoteError(PipelineError):
+    """The DVC remote cannot be used: none set, unreachable, credentials refused, or a push that did not complete.
+
+    Args:
+        message: What failed and what to do about it.
+        remote: The DVC remote's name.
+        retryable: Whether pushing again can help (a dropped connection, not refused credentials).
+    """
+
+    def __init__(self, message: str, *, remote: str | None, retryable: bool = False) -> None:
+        self.remote = remote
+        self.retryable = retryable
+        super().__init__(message, stage="push")

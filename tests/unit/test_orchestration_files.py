@@ -77,7 +77,7 @@ def test_pull_request_runs_never_push_the_run_cache():
     assert substitute(retrain["env"]["PUSH_RUN_CACHE"], push_to_main()) == "1"
     assert substitute(retrain["env"]["PROMOTE"], pull_request("team/yolo")) == "0"
     script = (REPO / "scripts" / "ci_retrain.sh").read_text()
-    assert 'if [ "${PUSH_RUN_CACHE:-1}" = 1 ]; then\n  "$py" -m dvc push --run-cache\nelse' in script
+    assert 'if [ "${PUSH_RUN_CACHE:-1}" = 1 ]; then\n  "$py" -m stages.core.remotes push --run-cache\nelse' in script
 
 
 def test_actions_are_pinned_credentials_not_kept_and_permissions_least():
