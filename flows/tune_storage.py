@@ -80,10 +80,12 @@ def open_storage(spec: StorageSpec) -> Any:
         return optuna.storages.RDBStorage(f"sqlite:///{spec.target}")
     try:
         return optuna.storages.RDBStorage(spec.target)
-    except ModuleNotFoundError as exc:
+    except ImportError:  # Optuna wraps SQLAlchemy's failed import of the driver in its own ImportError
+        scheme = spec.target.split(":", 1)[0]
+        driver = scheme.partition("+")[2] or ("psycopg2" if scheme == "postgresql" else scheme)
         raise TuneError(
-            f"the database driver for {spec.label} is not installed ({exc.name}): install the project's "
-            "dependencies (psycopg2-binary for PostgreSQL)",
+            f"the database driver {driver} for {spec.label} is not installed: install the project's "
+            "dependencies (pyproject.toml pins psycopg2-binary for PostgreSQL)",
             key="tune.storage",
         ) from None
     except Exception as exc:  # SQLAlchemy's OperationalError: server down, credentials refused
