@@ -5,11 +5,12 @@ the search space is ``evaluate.iou``) with a bare git repository on disk as its 
 DVC remote folder beside it, both loopback-free: plain paths. Its tests, in order:
 
 - two trials with two workers: both are asked before either ends (two clones at once), both end up
-  as experiments in the workspace's ``dvc exp show`` with the report's values, and in ``origin``:
-  a fresh clone's ``dvc exp pull`` + ``dvc exp show`` shows each with its params and metrics;
+  as experiments in the workspace's ``dvc exp show`` with the report's values; the study continued
+  with one worker adds a third; all three are in ``origin``: a fresh clone's ``dvc exp pull`` +
+  ``dvc exp show`` shows each with its params and metrics;
 - a study whose trial 1 has its DVC process group SIGKILLed mid-run: that trial is failed (killed),
   the others complete (the next one in a clone made again), the report lists all three;
-- a ``tune.git_remote`` that does not exist is refused before any trial runs.
+- a ``tune.git_remote`` that does not exist, or cannot be reached, is refused before any trial runs.
 """
 
 from __future__ import annotations
@@ -101,14 +102,22 @@ def test_two_workers_run_two_trials_at_once_and_push_both(ws: Workspace, tmp_pat
         assert exp["params"]["evaluate"]["iou"] == pytest.approx(trial["params"]["evaluate.iou"], rel=1e-12)
         assert exp["metrics"]["metrics/quality.json"]["map50_95"] == trial["value"]
 
+    # The same study goes on with one worker (in the workspace itself), pushing its trial too.
+    proc = ws.run("-m", "flows.tune", "--trials", "3", "--workers", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    report = ws.json("reports/tune.json")
+    assert [t["state"] for t in report["trials"]] == ["complete"] * 3 and report["trials"][2]["error"] is None
+    here = shown(ws)
+
     # Another machine: a fresh clone of origin pulls the experiments and their outputs.
     fresh = tmp_path / "fresh"
     ws.git("clone", "-q", "-b", "main", ws.git("remote", "get-url", "origin").strip(), str(fresh))
-    dvc(ws, "exp", "pull", "origin", "par-0", "par-1", cwd=fresh)
+    dvc(ws, "exp", "pull", "origin", "par-0", "par-1", "par-2", cwd=fresh)
     there = shown(ws, cwd=fresh)
-    assert {"par-0", "par-1"} <= set(there)
-    for name in ("par-0", "par-1"):
+    assert {"par-0", "par-1", "par-2"} <= set(there)
+    for name in ("par-0", "par-1", "par-2"):
         assert there[name] == here[name], f"{name} differs in the fresh clone"
+        assert there[name]["metrics"]["metrics/quality.json"]["map50_95"] is not None
     assert ws.network_attempts() == [], "the study reached beyond this machine"
 
 
@@ -158,9 +167,16 @@ def test_a_trial_killed_mid_run_is_failed_and_the_study_goes_on(ws: Workspace):
     assert {"kill-0", "kill-2"} <= names and "kill-1" not in names
 
 
-def test_a_missing_git_remote_is_refused_before_any_trial(ws: Workspace):
+def test_a_missing_or_unreachable_git_remote_is_refused_before_any_trial(ws: Workspace, tmp_path: Path):
     with ws.edited("tune", study="noremote", git_remote="upstream"):
         proc = ws.run("-m", "flows.tune", "--trials", "1", "--workers", "2")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "no such git remote: add it (git remote add upstream URL)" in proc.stderr, proc.stderr[-2000:]
     assert "trial 0 (" not in proc.stderr
+
+    ws.git("remote", "add", "gone", str(tmp_path / "no-such-repo.git"))
+    with ws.edited("tune", study="noremote", git_remote="gone"):
+        proc = ws.run("-m", "flows.tune", "--trials", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "git remote 'gone'" in proc.stderr and "cannot be reached" in proc.stderr, proc.stderr[-2000:]
+    assert "check its URL (git remote -v) and your credentials" in proc.stderr and "trial 0 (" not in proc.stderr
