@@ -10,11 +10,14 @@ DVC remote folder beside it, both loopback-free: plain paths. Its tests, in orde
   ``dvc exp show`` shows each with its params and metrics;
 - a study whose trial 1 has its DVC process group SIGKILLed mid-run: that trial is failed (killed),
   the others complete (the next one in a clone made again), the report lists all three;
+- SIGTERM to the study while two trials run: both DVC runs are stopped, both trials recorded
+  interrupted (they do not count), the clones removed;
 - a ``tune.git_remote`` that does not exist, or cannot be reached, is refused before any trial runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,6 +168,45 @@ def test_a_trial_killed_mid_run_is_failed_and_the_study_goes_on(ws: Workspace):
     assert states[0] == ("complete", None) and states[2] == ("complete", None), states
     names = set(shown(ws))
     assert {"kill-0", "kill-2"} <= names and "kill-1" not in names
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie is gone
+
+
+def test_sigterm_stops_every_running_trial_and_records_them_interrupted(ws: Workspace):
+    with ws.edited("tune", study="term", git_remote=""):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.tune", "--trials", "2", "--workers", "2"],
+            cwd=ws.root,
+            env=ws.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pids = []
+        try:
+            pids = [_dvc_pid("term-0"), _dvc_pid("term-1")]
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)  # the tune process alone, as a process manager would
+            _out, err = proc.communicate(timeout=120)
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err
+    assert not any(_alive(pid) for pid in pids), "a trial's dvc exp run is still running"
+    report = ws.json("reports/tune.json")
+    assert [(t["number"], t["state"]) for t in report["trials"]] == [(0, "failed"), (1, "failed")]
+    assert all(t["error"].startswith("interrupted: Terminated") for t in report["trials"]), report["trials"]
+    assert not (ws.root / ".dvc/tmp/tune-workers").exists()
 
 
 def test_a_missing_or_unreachable_git_remote_is_refused_before_any_trial(ws: Workspace, tmp_path: Path):
