@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -79,6 +80,7 @@ def run_dvc(
     *,
     timeout_s: float | None = None,
     token: str | None = None,
+    on_start: Callable[[subprocess.Popen[str]], None] | None = None,
 ) -> DvcOutput:
     """Run ``dvc <args>`` in ``workspace``, streaming its output to ``logger``, and read what it did.
 
@@ -88,6 +90,8 @@ def run_dvc(
         logger: Where each output line goes.
         timeout_s: Kill DVC and its stages (the whole process group) after this many seconds.
         token: The workspace lock token of the calling run.
+        on_start: Called with DVC's process once started (its process group is its pid), so that
+            another thread can stop it (parallel trials, ``flows/trial_workspaces.py``).
 
     Returns:
         Its exit code, whether it timed out, the stages it ran, and its error lines.
@@ -109,6 +113,8 @@ def run_dvc(
         bufsize=1,
         start_new_session=True,  # its own process group, so a timeout kills the stages too
     ) as proc:
+        if on_start is not None:
+            on_start(proc)
         timed_out = threading.Event()
         timer = threading.Timer(timeout_s, _kill_group, (proc, timed_out)) if timeout_s else None
         if timer:

@@ -6,10 +6,12 @@ pipeline flow run, so the two never interleave.
 
 Usage::
 
-    python -m flows.tune --trials 20 [--workspace .] [--flow]
+    python -m flows.tune --trials 20 [--workers N] [--workspace .] [--flow]
 
 ``--trials N``: the study holds N trials when the run ends (complete, pruned and failed ones;
 not those an interruption cut off), so running it again with a larger N continues the same study.
+``--workers N`` (default ``tune.workers``) runs N trials at a time, each in a private clone of the
+workspace sharing its DVC cache, their experiments brought back here (``flows/trial_workspaces.py``).
 ``--flow`` runs it as the Prefect flow (each trial a task, the trials as a table artifact), as the
 ``tune`` deployment in ``prefect.yaml`` does; without it the study runs in this process alone.
 """
@@ -23,13 +25,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.trial_workspaces import TrialWorkspaces, check_git_remote, push_experiment
 from flows.tuning import (
     TrialOutcome,
     TrialPlan,
@@ -54,6 +57,7 @@ def tune_workspace(
     owner: str,
     logger: logging.Logger | logging.LoggerAdapter,
     execute: Any = None,
+    workers: int | None = None,
 ) -> TuneResult:
     """Hold the workspace and run the study of its ``params.yaml``.
 
@@ -63,6 +67,8 @@ def tune_workspace(
         owner: Who holds the workspace, for the message a waiting run gets.
         logger: Where DVC's output goes.
         execute: Wraps each trial (the flow makes each one a task); called as ``execute(runner, plan)``.
+        workers: Trials at a time (default ``tune.workers``); above 1 each runs in a clone of its own
+            (``flows/trial_workspaces.py``), with one it runs in the workspace itself.
 
     Returns:
         The report and the trials run this time.
@@ -75,17 +81,35 @@ def tune_workspace(
     params = load_params(workspace / "params.yaml")
     cfg = TuneConfig.from_params(params, workspace)
     check_metric_file(cfg, params)
+    workers = workers or params.tune.workers
+    remote = params.tune.git_remote
     with workspace_lock(workspace, params.orchestration.lock_timeout_s, owner) as token, stop_on_sigterm():
+        if remote:
+            check_git_remote(workspace, remote)
         runner = WorkspaceTrials(cfg, logger, token)
+        clones = TrialWorkspaces(cfg, params, logger, workers) if workers > 1 else None
+        trial: Any = clones or (lambda plan: _pushed(runner(plan), workspace, remote, plan))
         try:
             return run_study(
                 cfg,
                 trials,
-                runner if execute is None else lambda plan: execute(runner, plan),
+                trial if execute is None else lambda plan: execute(trial, plan),
                 before=runner.check_names_free,
+                workers=workers,
+                stop=clones.stop if clones else None,
             )
         finally:
             runner.restore()
+            if clones:
+                clones.close()
+
+
+def _pushed(outcome: TrialOutcome, workspace: Path, remote: str, plan: TrialPlan) -> TrialOutcome:
+    """The outcome of a trial run in the workspace, once its experiment is pushed to ``remote`` (if any)."""
+    if not remote or outcome.state == "failed":  # DVC saves no experiment for a failed run
+        return outcome
+    error = push_experiment(workspace, remote, plan.experiment)
+    return outcome.model_copy(update={"error": error}) if error else outcome
 
 
 class Terminated(KeyboardInterrupt):
@@ -123,18 +147,19 @@ def _quiet_optuna() -> None:
 
 
 @task(name="tune-trial", task_run_name="trial {plan.number}", cache_policy=NO_CACHE)
-def trial_task(runner: WorkspaceTrials, plan: TrialPlan) -> TrialOutcome:
+def trial_task(runner: Callable[[TrialPlan], TrialOutcome], plan: TrialPlan) -> TrialOutcome:
     """One trial: ``dvc exp run`` with its values (never retried: a failed trial is a result)."""
     return runner(plan)
 
 
 @flow(name="yolo-tune")
-def tune(workspace: str = ".", trials: int = 10) -> TuneReport:
+def tune(workspace: str = ".", trials: int = 10, workers: int | None = None) -> TuneReport:
     """Run or continue the hyper-parameter study of the workspace's ``tune`` section.
 
     Args:
         workspace: The folder holding ``dvc.yaml`` and ``params.yaml``.
         trials: How many trials the study should hold at the end (a larger number continues it).
+        workers: Trials at a time (default: ``tune.workers``).
 
     Returns:
         Every trial and the best one (also written to ``paths.tune_report``).
@@ -154,6 +179,7 @@ def tune(workspace: str = ".", trials: int = 10) -> TuneReport:
         f"tune flow run {flow_run.name or flow_run.id}",
         get_run_logger(),
         execute=trial_task,
+        workers=workers,
     )
     report = result.report
     create_table_artifact(
@@ -173,12 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: run or continue the study."""
     parser = argparse.ArgumentParser(prog="python -m flows.tune", description="Hyper-parameter search over DVC.")
     parser.add_argument("--trials", type=int, required=True, help="trials the study should hold at the end")
+    parser.add_argument("--workers", type=int, help="trials at a time, each in its own clone (default: tune.workers)")
     parser.add_argument("--workspace", default=".", help="folder holding dvc.yaml (default: %(default)s)")
     parser.add_argument("--flow", action="store_true", help="run as the Prefect flow (temporary server if none)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error("--trials must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     if not args.flow:  # the flow logs through Prefect's handlers
         root = logging.getLogger()
         for handler in list(root.handlers):  # importing Prefect's `flow` put its own there, at WARNING
@@ -190,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.flow:
             os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
             os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
-            report = tune(workspace=str(workspace), trials=args.trials)
+            report = tune(workspace=str(workspace), trials=args.trials, workers=args.workers)
         else:
-            report = tune_workspace(workspace, args.trials, f"python -m flows.tune (pid {os.getpid()})", log).report
+            owner = f"python -m flows.tune (pid {os.getpid()})"
+            report = tune_workspace(workspace, args.trials, owner, log, workers=args.workers).report
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

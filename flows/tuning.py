@@ -22,16 +22,20 @@ trial. ``params.yaml`` is put back as it was after every trial and at the end.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -39,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from flows.dvc_runner import dvc_environment, run_dvc
+from flows.tune_storage import StorageSpec, open_storage, resolve_storage
 from stages import PIPELINE
 from stages.core.common import read_json, write_json
 from stages.core.config import Params, SearchDim, TuneParams, get_dotted, load_params
@@ -58,17 +63,20 @@ class TuneConfig(BaseModel):
 
     workspace: Path
     tune: TuneParams
-    storage: Path  # the study's SQLite file
+    storage: Path  # the study's SQLite file when tune.storage is empty
+    store: StorageSpec  # where the study lives (tune.storage resolved)
     report: Path
     evaluate_metrics: Path  # holds the gate verdict
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> TuneConfig:
         """The study of ``params.tune`` in the workspace ``root``."""
+        default_file = params.paths.resolve("tune_studies", root) / f"{params.tune.study}.db"
         return cls(
             workspace=root,
             tune=params.tune,
-            storage=params.paths.resolve("tune_studies", root) / f"{params.tune.study}.db",
+            storage=default_file,
+            store=resolve_storage(params.tune.storage, root, default_file),
             report=params.paths.resolve("tune_report", root),
             evaluate_metrics=params.paths.resolve("evaluate_metrics", root),
         )
@@ -308,7 +316,7 @@ def build_report(trials: Sequence[Any], cfg: TuneConfig, interrupted: frozenset[
     counts = {state: sum(r.state == state for r in records) for state in ("complete", "pruned", "failed", "running")}
     return TuneReport(
         study=cfg.tune.study,
-        storage=str(cfg.storage),
+        storage=cfg.store.label,
         metric=cfg.metric_name,
         direction=cfg.tune.direction,
         target=cfg.tune.target,
@@ -346,8 +354,7 @@ def open_study(cfg: TuneConfig) -> Any:
     """
     import optuna
 
-    cfg.storage.parent.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{cfg.storage}"
+    url = open_storage(cfg.store)
     study = optuna.create_study(
         study_name=cfg.tune.study, storage=url, direction=cfg.tune.direction, load_if_exists=True
     )
@@ -362,22 +369,48 @@ def open_study(cfg: TuneConfig) -> Any:
         raise TuneError(
             f"study '{cfg.tune.study}' was begun with other settings ({what}): its trials would not compare; "
             f"set tune.study to a new name, or put the settings back",
-            path=cfg.storage,
+            path=cfg.storage if not cfg.store.shared else None,
             key=f"tune.{next(iter(changed))}",
         )
     sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed + len(study.trials))
     return optuna.load_study(study_name=cfg.tune.study, storage=url, sampler=sampler)
 
 
-def _close_interrupted(study: Any) -> None:
+def worker_id() -> str:
+    """This process as a trial's ``worker`` attribute: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_gone(worker: str | None, host: str | None = None) -> bool:
+    """Whether the process ``worker`` (``host:pid``) is known to be gone: it ran on this machine
+    (``host``, default this one) and no process has its pid. A trial of another machine is never
+    known to be gone."""
+    name, _, pid = (worker or "").rpartition(":")
+    if not name or name != (host or socket.gethostname()) or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _close_interrupted(study: Any, shared: bool = False) -> None:
     """Mark trials left running by a run that ended early (killed) as failed and interrupted.
 
-    Only one run holds a workspace at a time (the caller holds its lock), so a running trial found
-    at the start belongs to a run that is gone.
+    In the study's own file only one run works at a time (the caller holds the workspace lock), so
+    every running trial found at the start belongs to a run that is gone. In a shared storage other
+    runs may be running trials right now: only those of a process of this machine that is gone are closed.
     """
     import optuna
 
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = frozen.user_attrs.get("worker")
+        if shared and not worker_gone(worker):
+            log.info("trial %d is running elsewhere (%s): left to its run", frozen.number, worker or "unknown")
+            continue
         _mark_interrupted(study, frozen.number)
         log.warning("trial %d was cut off by an interruption: marked failed (not counted)", frozen.number)
 
@@ -385,16 +418,34 @@ def _close_interrupted(study: Any) -> None:
 Execute = Callable[[TrialPlan], TrialOutcome]
 
 
+def held(trials: Sequence[Any], interrupted: frozenset[int] = frozenset()) -> int:
+    """Trials the study holds or is running now: the counted ones and the running ones (any run's)."""
+    return counted(trials, interrupted) + sum(t.state.name == "RUNNING" and t.number not in interrupted for t in trials)
+
+
 def run_study(
-    cfg: TuneConfig, trials: int, execute: Execute, before: Callable[[int], None] | None = None
+    cfg: TuneConfig,
+    trials: int,
+    execute: Execute,
+    before: Callable[[int], None] | None = None,
+    workers: int = 1,
+    stop: Callable[[], None] | None = None,
 ) -> TuneResult:
     """Run trials until the study holds ``trials`` counted ones, writing the report after each.
+
+    With ``workers`` above 1, that many trials run at a time, each ``execute`` in a thread of its
+    own; this thread alone talks to Optuna (``ask`` for a trial as a worker frees up, ``tell`` when
+    it ends), so trial numbers come from the storage and never repeat, and SQLite never sees two
+    writers. Another run sharing the storage (``tune.storage``) asks the same way: the study stops
+    asking once the trials it holds, the running ones of every run included, reach ``trials``.
 
     Args:
         cfg: The study's settings and paths.
         trials: How many trials the study should hold at the end (see the module docstring).
-        execute: Runs one trial (:class:`WorkspaceTrials` in the workspace).
+        execute: Runs one trial (:class:`WorkspaceTrials` in the workspace, or in a trial's own clone).
         before: Called once with the next trial's number before any trial runs (a check that may raise).
+        workers: Trials run at a time.
+        stop: Stops every running ``execute`` (called when this run is interrupted, before waiting for them).
 
     Returns:
         The report and the trials run this time.
@@ -403,65 +454,111 @@ def run_study(
         ConfigError: When ``tune.space`` is empty.
         TuneError: When the stored study was begun with other settings.
     """
-    import optuna
-
     if not cfg.tune.space:
         raise ConfigError("tune.space is empty: nothing to search", key="tune.space")
     study = open_study(cfg)
-    _close_interrupted(study)
+    _close_interrupted(study, shared=cfg.store.shared)
     done = counted(study.trials, interrupted_trials(study))
     if before is not None and done < trials:
         before(len(study.trials))
     if done >= trials:
         log.info("study '%s' already holds %d trials (asked for %d): nothing to run", cfg.tune.study, done, trials)
     ran: list[int] = []
-    while done < trials:
-        trial = study.ask()
-        plan = TrialPlan(
-            number=trial.number,
-            experiment=experiment_name(cfg.tune.study, trial.number),
-            values=suggest(trial, cfg.tune.space),
-        )
-        trial.set_user_attr("experiment", plan.experiment)
-        log.info("trial %d (%s): %s", plan.number, plan.experiment, plan.values)
-        try:
-            outcome = execute(plan)
-        except BaseException as exc:  # Ctrl-C, a cancelled flow run: the trial did not end
-            trial.set_user_attr("error", f"interrupted: {type(exc).__name__}: {exc}"[:2000])
-            _mark_interrupted(study, trial.number)
-            write_json(cfg.report, build_report(study.trials, cfg, interrupted_trials(study)))
-            raise
-        for key, value in (
-            ("value", outcome.value),
-            ("gate_passed", outcome.gate_passed),
-            ("error", outcome.error),
-            ("seconds", outcome.seconds),
-            ("ran", outcome.ran),
-        ):
-            if value is not None:
-                trial.set_user_attr(key, value)
-        if outcome.state == "complete":
-            study.tell(trial, outcome.value)
-        elif outcome.state == "pruned":
-            if outcome.value is not None:
-                trial.report(outcome.value, step=0)  # TPE ranks a pruned trial by its last reported value
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        log.info(
-            "trial %d %s: %s=%s%s",
-            plan.number,
-            outcome.state,
-            cfg.tune.metric.key,
-            outcome.value,
-            f" ({outcome.error})" if outcome.error else "",
-        )
-        ran.append(plan.number)
-        done += 1
-        write_json(cfg.report, build_report(study.trials, cfg, interrupted_trials(study)))
+    running: dict[Future[TrialOutcome], tuple[Any, TrialPlan]] = {}
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trial") if workers > 1 else None
+    try:
+        while True:
+            while len(running) < workers and held(study.trials, interrupted_trials(study)) < trials:
+                trial, plan = _ask(study, cfg)
+                if pool is None:
+                    try:
+                        outcome = execute(plan)
+                    except BaseException as exc:  # Ctrl-C, a cancelled flow run: the trial did not end
+                        _interrupt(study, cfg, [(trial, exc)])
+                        raise
+                    _tell(study, cfg, trial, plan, outcome)
+                    ran.append(plan.number)
+                    continue
+                # Each thread runs in a copy of this context: a Prefect task then finds its flow run.
+                running[pool.submit(contextvars.copy_context().run, execute, plan)] = (trial, plan)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                trial, plan = running[future]
+                error = future.exception()
+                if error is not None:
+                    raise error  # still among the running: recorded as cut off below, with the others
+                del running[future]
+                _tell(study, cfg, trial, plan, future.result())
+                ran.append(plan.number)
+    except BaseException as exc:
+        if running:  # stop the others, then record them as cut off by this
+            if stop is not None:
+                stop()
+            wait(running)
+            _interrupt(study, cfg, [(trial, exc) for trial, _ in running.values()])
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     report = build_report(study.trials, cfg, interrupted_trials(study))
     write_json(cfg.report, report)
     return TuneResult(report=report, ran=ran)
+
+
+def _ask(study: Any, cfg: TuneConfig) -> tuple[Any, TrialPlan]:
+    """A new trial from the storage and its plan (its values, its experiment's name, its worker)."""
+    trial = study.ask()
+    plan = TrialPlan(
+        number=trial.number,
+        experiment=experiment_name(cfg.tune.study, trial.number),
+        values=suggest(trial, cfg.tune.space),
+    )
+    trial.set_user_attr("experiment", plan.experiment)
+    trial.set_user_attr("worker", worker_id())
+    log.info("trial %d (%s): %s", plan.number, plan.experiment, plan.values)
+    return trial, plan
+
+
+def _interrupt(study: Any, cfg: TuneConfig, cut: Sequence[tuple[Any, BaseException]]) -> None:
+    """Record trials an interruption (or another trial's error) cut off, and write the report."""
+    for trial, exc in cut:
+        trial.set_user_attr("error", f"interrupted: {type(exc).__name__}: {exc}"[:2000])
+        _mark_interrupted(study, trial.number)
+    write_json(cfg.report, build_report(study.trials, cfg, interrupted_trials(study)))
+
+
+def _tell(study: Any, cfg: TuneConfig, trial: Any, plan: TrialPlan, outcome: TrialOutcome) -> None:
+    """Give the storage a trial's outcome and write the report."""
+    import optuna
+
+    for key, value in (
+        ("value", outcome.value),
+        ("gate_passed", outcome.gate_passed),
+        ("error", outcome.error),
+        ("seconds", outcome.seconds),
+        ("ran", outcome.ran),
+    ):
+        if value is not None:
+            trial.set_user_attr(key, value)
+    if outcome.state == "complete":
+        study.tell(trial, outcome.value)
+    elif outcome.state == "pruned":
+        if outcome.value is not None:
+            trial.report(outcome.value, step=0)  # TPE ranks a pruned trial by its last reported value
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    log.info(
+        "trial %d %s: %s=%s%s",
+        plan.number,
+        outcome.state,
+        cfg.tune.metric.key,
+        outcome.value,
+        f" ({outcome.error})" if outcome.error else "",
+    )
+    write_json(cfg.report, build_report(study.trials, cfg, interrupted_trials(study)))
 
 
 class WorkspaceTrials:
@@ -473,10 +570,17 @@ class WorkspaceTrials:
         token: The workspace lock token of the calling run (``stages/core/lock.py``).
     """
 
-    def __init__(self, cfg: TuneConfig, logger: logging.Logger | logging.LoggerAdapter, token: str | None) -> None:
+    def __init__(
+        self,
+        cfg: TuneConfig,
+        logger: logging.Logger | logging.LoggerAdapter,
+        token: str | None,
+        on_start: Callable[[subprocess.Popen[str]], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.logger = logger
         self.token = token
+        self.on_start = on_start  # told each trial's DVC process, so that another thread can stop it
         self.params_file = cfg.workspace / "params.yaml"
         self._snapshot = self.params_file.read_bytes()
 
@@ -541,10 +645,15 @@ class WorkspaceTrials:
             self.logger,
             timeout_s=self.cfg.tune.trial_timeout_s or None,
             token=self.token,
+            on_start=self.on_start,
         )
         seconds = round(time.perf_counter() - started, 2)
         if out.timed_out:
             error = f"timed out after {out.seconds:.0f} s (tune.trial_timeout_s)"
+            return TrialOutcome(state="failed", error=error, seconds=seconds, ran=out.ran)
+        if out.code < 0:  # a signal, not DVC's own exit: a kill (OOM, an operator) leaves no error line
+            name = signal.Signals(-out.code).name if -out.code in signal.valid_signals() else str(-out.code)
+            error = f"dvc exp run was killed ({name}); the other trials go on"
             return TrialOutcome(state="failed", error=error, seconds=seconds, ran=out.ran)
         if out.code != 0:
             # The stage's own line ('error: [stage ...] ...') says more than DVC's 'failed to reproduce'.

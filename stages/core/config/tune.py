@@ -62,6 +62,35 @@ class TuneMetricParams(_Section):
         return relative_inside_workspace(value)
 
 
+STORAGE_SCHEMES = ("sqlite", "journal", "postgresql", "mysql")
+
+
+def storage_url_problem(url: str) -> str:
+    """Why ``url`` cannot be a study's storage (``tune.storage``), or ``""`` when it can.
+
+    A password in the URL is refused: ``params.yaml`` is committed and every experiment carries it.
+    PostgreSQL reads it from the environment instead (``PGPASSWORD`` or ``PGPASSFILE``, libpq's own).
+    """
+    if not url:
+        return ""
+    scheme, sep, rest = url.partition(":")
+    base = scheme.split("+", 1)[0]
+    if not sep or base not in STORAGE_SCHEMES:
+        return f"storage {url!r} is not sqlite:///FILE, journal:FILE or postgresql+DRIVER://USER@HOST/DB"
+    if base == "journal":
+        return "" if rest.strip("/") else "journal: needs a file, e.g. journal:.cache/tune/study.log"
+    if base == "sqlite":
+        return "" if rest.startswith("///") and rest[3:] else "sqlite needs a file: sqlite:///FILE"
+    netloc = rest[2:].split("/", 1)[0] if rest.startswith("//") else ""
+    userinfo = netloc.rpartition("@")[0]
+    if ":" in userinfo:
+        return (
+            "storage URL holds a password: remove it and give it in the environment "
+            "(PGPASSWORD or a PGPASSFILE for PostgreSQL)"
+        )
+    return "" if netloc else f"{base} needs a server: {base}+DRIVER://USER@HOST[:PORT]/DB"
+
+
 class TuneParams(_Section):
     """Hyper-parameter search (``python -m flows.tune``): an Optuna study, one ``dvc exp run`` per trial.
 
@@ -85,6 +114,22 @@ class TuneParams(_Section):
     space: dict[str, SearchDim] = Field(
         default_factory=dict, description="dotted params key (train.lr0) -> its range or choices"
     )
+
+    workers: int = Field(1, ge=1, description="trials run at a time; above 1 each runs in its own clone")
+    storage: str = Field(
+        "",
+        description="Optuna storage: '' = <tune_studies>/<study>.db, sqlite:///FILE, journal:FILE or "
+        "postgresql+psycopg2://USER@HOST/DB (password from the environment, never here)",
+    )
+    git_remote: str = Field("", description="git remote each trial's experiment is pushed to (dvc exp push); ''")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        problem = storage_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("target")
     @classmethod
