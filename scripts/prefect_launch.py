@@ -1,8 +1,10 @@
 """`make server` and `make worker`: Prefect's server and a process worker, set up for one machine or a fleet.
 
-``server`` checks its settings, turns them into Prefect's own environment variables and replaces
-itself with ``prefect server start``. ``worker`` checks that the server answers and accepts the
-credential, then replaces itself with ``prefect worker start``. A refusal prints one line naming what
+``server`` checks its settings, turns them into Prefect's own environment variables and runs
+``prefect server start`` in its own process, with the server's collection views served from the
+copies bundled with Prefect (``serve_collection_views_offline``: no request to GitHub). ``worker``
+checks that the server answers and accepts the credential, then replaces itself with ``prefect
+worker start``. A refusal prints one line naming what
 is wrong and what to do, and exits 2; nothing starts.
 
 Inputs (environment; secrets from a file or the environment, never the command line, where ``ps``
@@ -36,6 +38,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REFUSED_EXIT = 2  # as stages.cli: a refusal on purpose, which a retry cannot fix
 DB_SCHEMES = ("postgresql+asyncpg", "sqlite+aiosqlite")  # the async drivers Prefect's server runs on
@@ -105,9 +108,9 @@ class ServerPlan:
     port: int
     env: dict[str, str]
 
-    def argv(self) -> list[str]:
-        """The command that serves the API and the UI."""
-        return [sys.executable, "-m", "prefect", "server", "start", "--host", self.host, "--port", str(self.port)]
+    def args(self) -> list[str]:
+        """The ``prefect`` command line that serves the API and the UI."""
+        return ["server", "start", "--host", self.host, "--port", str(self.port)]
 
 
 def plan_server(host: str, port: int, env: Mapping[str, str]) -> ServerPlan:
@@ -171,6 +174,38 @@ def plan_server(host: str, port: int, env: Mapping[str, str]) -> ServerPlan:
         _check_database_url(database)
         out["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database
     return ServerPlan(host, port, out)
+
+
+def serve_collection_views_offline() -> None:
+    """Make Prefect's server answer its collection views from the copies bundled with Prefect.
+
+    Unpatched, the server fetches them from raw.githubusercontent.com: on every ``prefect work-pool
+    create`` (which asks for the known work-pool types) and when the UI lists integrations. The
+    project runs with no network; offline, Prefect itself falls back to the same bundled copy, after
+    a failed lookup. A view with no bundled copy answers 404, as an unknown view does.
+
+    Raises:
+        LaunchRefused: When this Prefect no longer has the function or folder patched here (its
+            internals moved: check ``prefect/server/api/collections.py`` and adapt this).
+    """
+    import json
+
+    from prefect.server.api import collections
+
+    views = Path(collections.__file__).parent / "collections_data" / "views"
+    if not callable(getattr(collections, "get_collection_view", None)) or not views.is_dir():
+        raise LaunchRefused(
+            "this Prefect's server no longer has prefect.server.api.collections.get_collection_view or its "
+            "bundled views: scripts/prefect_launch.py cannot keep the server offline; adapt it"
+        )
+
+    async def bundled_view(view: str) -> dict[str, Any]:
+        path = views / f"{view}.json"
+        if view not in collections.KNOWN_VIEWS or not path.is_file():
+            raise KeyError(view)  # the endpoint answers 404 "not found in registry"
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    collections.get_collection_view = bundled_view
 
 
 def check_api(api_url: str, auth: str | None, timeout_s: float = 15) -> str:
@@ -238,8 +273,20 @@ def plan_worker(env: Mapping[str, str]) -> tuple[str, str, dict[str, str]]:
     return settings.api.url, check_api(settings.api.url, auth), out
 
 
+def _serve(plan: ServerPlan) -> None:
+    """Run ``prefect server start`` in this process, with the settings of ``plan``."""
+    # Prefect reads its settings from the environment at import; `prefect server start` serves from
+    # the process that calls it (uvicorn, one worker), so the patch holds for every request.
+    os.environ.update(plan.env)
+    serve_collection_views_offline()
+    from prefect.cli import app
+
+    sys.argv = ["prefect", *plan.args()]
+    app()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: check, then exec ``prefect server start`` or ``prefect worker start``."""
+    """CLI: check, then serve (``server``) or replace this process with ``prefect worker start`` (``worker``)."""
     parser = argparse.ArgumentParser(prog="python scripts/prefect_launch.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     server = sub.add_parser("server", help="serve the Prefect API and UI")
@@ -252,22 +299,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "server":
             plan = plan_server(args.host, args.port, os.environ)
-            command, extra = plan.argv(), plan.env
             where = plan.env.get("PREFECT_SERVER_UI_API_URL", f"http://{args.host}:{args.port}/api")
-            database = (
-                "PostgreSQL"
-                if plan.env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "").startswith("postgresql")
-                else "the default database"
-            )
+            url = plan.env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "")
+            database = "PostgreSQL" if url.startswith("postgresql") else "SQLite" if url else "the default database"
             auth = "on" if "PREFECT_SERVER_API_AUTH_STRING" in plan.env else "off (loopback only)"
             print(f"Prefect server: API {where}, {database}, authentication {auth}, CSRF protection on", flush=True)
-        else:
-            url, version, extra = plan_worker(os.environ)
-            command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, *args.worker_args]
-            print(f"Prefect worker: pool '{args.pool}', API {url} answers (Prefect {version})", flush=True)
+            _serve(plan)
+            return 0
+        url, version, extra = plan_worker(os.environ)
     except LaunchRefused as exc:
         print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
         return REFUSED_EXIT
+    print(f"Prefect worker: pool '{args.pool}', API {url} answers (Prefect {version})", flush=True)
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, *args.worker_args]
     os.execve(sys.executable, command, {**os.environ, **extra})
     return 0  # not reached: execve replaces this process
 

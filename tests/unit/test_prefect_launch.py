@@ -45,7 +45,7 @@ def test_loopback_default_has_csrf_on_cors_own_origin_and_no_database_override()
         "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
         "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": "http://127.0.0.1:4300",
     }
-    assert plan.argv()[-4:] == ["--host", "127.0.0.1", "--port", "4300"]
+    assert plan.args() == ["server", "start", "--host", "127.0.0.1", "--port", "4300"]
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "prefect.internal"])
@@ -74,7 +74,7 @@ def test_exposed_server_gets_auth_ui_api_url_and_cors_of_the_public_origin(tmp_p
     assert plan.env["PREFECT_SERVER_UI_API_URL"] == "https://p.example.org/api"
     assert plan.env["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] == "https://p.example.org"
     assert plan.env["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
-    assert "s3cret" not in " ".join(plan.argv()), "the secret is not on the command line"
+    assert "s3cret" not in " ".join(plan.args()), "the secret is not on the command line"
 
 
 def test_public_url_without_auth_is_refused_even_on_loopback():
@@ -151,3 +151,30 @@ def test_worker_without_an_api_url_is_refused(tmp_path: Path):
 def test_worker_check_names_an_unreachable_server():
     with pytest.raises(launch.LaunchRefused, match=r"cannot reach the Prefect API at http://127.0.0.1:9/api"):
         launch.check_api("http://127.0.0.1:9/api", None, timeout_s=5)
+
+
+def test_server_answers_collection_views_from_prefects_bundled_copy_not_github(monkeypatch: pytest.MonkeyPatch):
+    # Unpatched, `prefect work-pool create` made the server fetch raw.githubusercontent.com (seen by
+    # tests/netguard in tests/e2e/test_prefect_server.py): that request must not even be tried.
+    import asyncio
+
+    import httpx
+    from fastapi import HTTPException
+    from prefect.server.api import collections
+
+    monkeypatch.setattr(collections, "get_collection_view", collections.get_collection_view)  # undone after
+    monkeypatch.setattr(collections, "GLOBAL_COLLECTIONS_VIEW_CACHE", {})
+    tried: list[str] = []
+
+    async def no_network(self: httpx.AsyncClient, url: str, **kwargs: object) -> httpx.Response:
+        tried.append(str(url))
+        raise httpx.ConnectError("no network in this test")
+
+    monkeypatch.setattr(httpx.AsyncClient, "get", no_network)
+    launch.serve_collection_views_offline()
+    workers = asyncio.run(collections.read_view_content("aggregate-worker-metadata"))
+    assert workers["prefect"]["process"]["type"] == "process"
+    with pytest.raises(HTTPException) as missing:  # no bundled copy: 404, as an unknown view
+        asyncio.run(collections.read_view_content("demo-flows"))
+    assert missing.value.status_code == 404
+    assert tried == []
