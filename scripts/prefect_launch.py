@@ -30,6 +30,7 @@ import argparse
 import base64
 import ipaddress
 import os
+import ssl
 import stat
 import sys
 import urllib.error
@@ -208,8 +209,14 @@ def serve_collection_views_offline() -> None:
     collections.get_collection_view = bundled_view
 
 
-def check_api(api_url: str, auth: str | None, timeout_s: float = 15) -> str:
+def check_api(
+    api_url: str, auth: str | None, timeout_s: float = 15, cafile: str | None = None, verify: bool = True
+) -> str:
     """Ask the Prefect API for its version, as a worker's first call would; returns the version.
+
+    ``cafile`` and ``verify`` are Prefect's ``PREFECT_API_SSL_CERT_FILE`` (``SSL_CERT_FILE`` by
+    default) and the opposite of ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY``, so this trusts what the
+    worker will.
 
     Raises:
         LaunchRefused: When the server cannot be reached or refuses the credential.
@@ -217,8 +224,11 @@ def check_api(api_url: str, auth: str | None, timeout_s: float = 15) -> str:
     request = urllib.request.Request(f"{api_url.rstrip('/')}/admin/version")
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    context = ssl.create_default_context(cafile=cafile)
+    if not verify:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
             return response.read().decode().strip('"')
     except urllib.error.HTTPError as exc:
         if exc.code == 401 and auth:
@@ -234,6 +244,11 @@ def check_api(api_url: str, auth: str | None, timeout_s: float = 15) -> str:
         raise LaunchRefused(f"the Prefect API at {api_url} answered {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise LaunchRefused(
+                f"the TLS certificate of {api_url} is not trusted ({reason.verify_message}): give the "
+                "certificate of the CA that signed it as SSL_CERT_FILE=<file>"
+            ) from None
         raise LaunchRefused(
             f"cannot reach the Prefect API at {api_url} ({reason}): start the server (make server) or "
             "correct PREFECT_API_URL"
@@ -270,7 +285,10 @@ def plan_worker(env: Mapping[str, str]) -> tuple[str, str, dict[str, str]]:
         )
     if auth is None and settings.api.auth_string is not None:
         auth = settings.api.auth_string.get_secret_value()  # from the profile or prefect.toml
-    return settings.api.url, check_api(settings.api.url, auth), out
+    version = check_api(
+        settings.api.url, auth, cafile=settings.api.ssl_cert_file, verify=not settings.api.tls_insecure_skip_verify
+    )
+    return settings.api.url, version, out
 
 
 def _serve(plan: ServerPlan) -> None:
@@ -294,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--port", type=int, default=4200)
     worker = sub.add_parser("worker", help="a worker of a work pool")
     worker.add_argument("--pool", required=True)
-    worker.add_argument("worker_args", nargs=argparse.REMAINDER, help="passed on to `prefect worker start`")
-    args = parser.parse_args(argv)
+    # Anything else after `worker` goes to `prefect worker start` (e.g. --run-once, --limit 2).
+    args, worker_args = parser.parse_known_args(argv)
+    if worker_args and args.command != "worker":
+        parser.error(f"unrecognized arguments: {' '.join(worker_args)}")
     try:
         if args.command == "server":
             plan = plan_server(args.host, args.port, os.environ)
@@ -311,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
         return REFUSED_EXIT
     print(f"Prefect worker: pool '{args.pool}', API {url} answers (Prefect {version})", flush=True)
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, *args.worker_args]
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, *worker_args]
     os.execve(sys.executable, command, {**os.environ, **extra})
     return 0  # not reached: execve replaces this process
 

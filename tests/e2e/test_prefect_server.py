@@ -38,7 +38,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.e2e.workspace import Workspace
-from tests.servers import postgres
+from tests.servers import nginx, postgres
 
 pytestmark = pytest.mark.e2e
 
@@ -233,6 +233,46 @@ def test_with_the_credential_a_deployment_runs_to_completed(server: Server, ws: 
     assert state is not None and state["type"] == "COMPLETED", (state, output[-3000:])
     # The run ended early on unchanged data, and its state is PostgreSQL's.
     assert server.pg.psql(f"SELECT state_type FROM flow_run WHERE id = '{run_id}'") == "COMPLETED"
-    result = prefect(server, "flow-run", "logs", run_id)
-    assert "unchanged" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+    # The server stores logs after the state (through its messaging): wait for the reason, bounded.
+    deadline = time.monotonic() + 60
+    while "unchanged" not in (logs := prefect(server, "flow-run", "logs", run_id)).stdout:
+        assert time.monotonic() < deadline, logs.stdout[-3000:] + logs.stderr[-2000:]
+        time.sleep(2)
     assert ws.network_attempts() == [], "\n".join(ws.network_attempts())
+
+
+def test_through_the_tls_proxy_of_infra_proxy_the_worker_connects(server: Server):
+    reason = nginx.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    port = int(server.url.split(":")[-1].split("/")[0])
+    worker = [sys.executable, str(REPO / "scripts" / "prefect_launch.py"), "worker", "--pool", "yolo-cpu"]
+    with nginx.tls_proxy(port) as proxy:
+        # Plain HTTP only redirects to HTTPS: basic authentication never travels in clear.
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirected:
+            opener.open(f"{proxy.http_url}/api/health", timeout=10)
+        assert redirected.value.code == 301 and redirected.value.headers["Location"].startswith("https://")
+
+        env = dict(server.env, PREFECT_API_URL=f"{proxy.https_url}/api", AUTH_STRING_FILE=str(server.auth_file))
+        env.pop("SSL_CERT_FILE", None)
+        untrusted = subprocess.run(worker, env=env, capture_output=True, text=True, timeout=120)
+        assert untrusted.returncode == 2, untrusted.stdout[-2000:] + untrusted.stderr[-2000:]
+        assert "certificate" in untrusted.stderr and "SSL_CERT_FILE" in untrusted.stderr, untrusted.stderr
+        # With the CA trusted: the check passes through TLS, and Prefect's own client (httpx, with the
+        # CSRF token and the credential) polls the pool once and stops.
+        trusted = subprocess.run(
+            [*worker, "--run-once"],
+            env=dict(env, SSL_CERT_FILE=str(proxy.ca_file)),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        output = trusted.stdout + trusted.stderr
+        assert trusted.returncode == 0, output[-3000:]
+        assert f"API {proxy.https_url}/api answers" in output and "Traceback" not in output, output[-3000:]
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # the 301 itself is what is checked
