@@ -36,7 +36,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests import browser
+from tests.conftest import REPO, venv_env
 from tests.e2e.workspace import Workspace
 from tests.servers import nginx, postgres
 
@@ -105,8 +106,7 @@ def server(ws: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     reason = postgres.skip_reason()
     if reason:
         pytest.skip(reason)
-    if not (REPO / ".venv" / ".installed").is_file() or Path(sys.executable).parent != REPO / ".venv" / "bin":
-        pytest.skip("`make server` runs the project's .venv: run the tests from it after `make install`")
+    _skip_without_the_venv()
     secrets_dir = tmp_path_factory.mktemp("secrets")
     with postgres.postgres_server() as pg:
         db_file, auth_file = secrets_dir / "database_url", secrets_dir / "auth_string"
@@ -127,20 +127,30 @@ def server(ws: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         server_env = dict(env, DATABASE_URL_FILE=str(db_file), AUTH_STRING_FILE=str(auth_file))
         server_env.update(PUBLIC_URL=url.removesuffix("/api"), PREFECT_PORT=str(port))
         log = tmp_path_factory.mktemp("server-log") / "server.log"
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(
-                [*MAKE, "server"], env=server_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            deadline = time.monotonic() + 120
-            while not _healthy(url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"`make server` did not start: {log.read_text()[-3000:]}")
-                time.sleep(0.5)
+        with make_server(server_env, url, log) as proc:
             yield Server(url, dict(env, PREFECT_API_URL=url), auth_file, pg, proc, log)
-        finally:
-            _stop(proc)
-        assert not _group_alive(proc.pid), "a process of `make server` outlived it"
+
+
+@contextlib.contextmanager
+def make_server(env: dict[str, str], url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`make server` with ``env`` until it answers at ``url``; stopped on exit, and none of it left."""
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([*MAKE, "server"], env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"`make server` did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        _stop(proc)
+    assert not _group_alive(proc.pid), "a process of `make server` outlived it"
+
+
+def _skip_without_the_venv() -> None:
+    if not (REPO / ".venv" / ".installed").is_file() or Path(sys.executable).parent != REPO / ".venv" / "bin":
+        pytest.skip("`make server` runs the project's .venv: run the tests from it after `make install`")
 
 
 def _healthy(url: str) -> bool:
@@ -276,3 +286,40 @@ def test_through_the_tls_proxy_of_infra_proxy_the_worker_connects(server: Server
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None  # the 301 itself is what is checked
+
+
+def test_default_make_server_has_csrf_on_and_its_ui_still_lists_what_it_posts_for(tmp_path: Path):
+    """One machine, no settings: SQLite on loopback, no credential, but CSRF on and CORS its own origin;
+    the UI (which fetches lists by POST) still works: it takes the CSRF token itself."""
+    _skip_without_the_venv()
+    port = postgres.free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(venv_env(), PREFECT_HOME=str(tmp_path / "home"), PREFECT_PORT=str(port), DO_NOT_TRACK="1")
+    env.pop("PREFECT_API_URL", None)
+    with make_server(env, url, tmp_path / "server.log"):
+        assert "SQLite" not in (tmp_path / "server.log").read_text()
+        assert (
+            "the default database, authentication off (loopback only), CSRF protection on"
+            in (tmp_path / "server.log").read_text()
+        )
+        status, _, body = _request(f"{url}/work_pools/filter", "POST")
+        assert status == 403 and "CSRF" in body, (status, body)
+        preflight = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"}
+        assert (
+            _request(f"{url}/work_pools/filter", "OPTIONS", headers=preflight)[1].get("access-control-allow-origin")
+            is None
+        )
+        pool = subprocess.run(
+            [sys.executable, "-m", "prefect", "work-pool", "create", "csrf-checked", "--type", "process"],
+            env=dict(env, PREFECT_API_URL=url),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert pool.returncode == 0, pool.stdout[-2000:] + pool.stderr[-2000:]
+        if browser.served_skip_reason() is None:
+            # "1 Work pool": the UI's POST /api/work_pools/count passed the CSRF check (the rows below
+            # it may not be drawn yet when Chromium's virtual time runs out, so they are not asked for).
+            dom = browser.served_page_dom(f"{url.removesuffix('/api')}/work-pools")
+            assert re.search(r"\b1 Work pool\b", dom) and "Can't connect to Server API" not in dom, dom[-3000:]
