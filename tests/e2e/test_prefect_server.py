@@ -95,6 +95,10 @@ def _request(url: str, method: str = "GET", auth: str | None = None, headers: di
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The reproduced sample workspace, its model promoted: the data-triggered deployment finds it unchanged."""
+    reason = postgres.skip_reason()  # before the costly build: every test using it needs PostgreSQL
+    if reason:
+        pytest.skip(reason)
+    _skip_without_the_venv()
     ws = Workspace.with_sample_data(tmp_path_factory, "ws-pgserver", repro=True)
     promoted = ws.run("-m", "stages.promote")
     assert promoted.returncode == 0, promoted.stderr[-3000:]
