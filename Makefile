@@ -55,11 +55,15 @@ compare: install
 promote: install
 	$(BIN)/python -m stages.promote
 
-## A local Prefect server (SQLite) on loopback; then `export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api`.
-## The UI asks the API at PREFECT_SERVER_API_HOST:PORT (4200 unless set), not at the --port it is served on.
+## The Prefect server and its UI (scripts/prefect_launch.py checks the settings, then runs it), then
+## `export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api`. SQLite in PREFECT_HOME on loopback by
+## default; DATABASE_URL or DATABASE_URL_FILE (postgresql+asyncpg://...) puts it on PostgreSQL.
+## Beyond loopback (PREFECT_HOST) it needs AUTH_STRING_FILE (a file with user:password) and PUBLIC_URL
+## (the https:// TLS reverse proxy, infra/proxy/). CSRF protection is always on, CORS its own origin only.
+## Secrets come from files or the environment, never make's command line (`ps` shows that to all).
+PREFECT_HOST ?= 127.0.0.1
 server: install
-	PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
-	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	$(BIN)/python scripts/prefect_launch.py server --host $(PREFECT_HOST) --port $(PREFECT_PORT)
 
 ## Create the process work pool and the deployments of prefect.yaml on the server in PREFECT_API_URL.
 deploy: install
@@ -79,9 +83,11 @@ pool-docker: install
 pool-kubernetes: install
 	$(BIN)/prefect work-pool create $(POOL_KUBERNETES) --type kubernetes --base-job-template infra/prefect/kubernetes-pool.json --overwrite
 
-## A process worker that runs the deployments' flow runs in this workspace.
+## A process worker that runs the deployments' flow runs in this workspace, from the server in
+## PREFECT_API_URL; with AUTH_STRING_FILE (or PREFECT_API_AUTH_STRING) where the server asks for one.
+## It first checks that the server answers and accepts the credential (a clear refusal otherwise).
 worker: install
-	$(BIN)/prefect worker start --pool yolo-cpu
+	$(BIN)/python scripts/prefect_launch.py worker --pool yolo-cpu
 
 ## Every plot of dvc.yaml in one page that works offline: dvc_plots/index.html (README: Pictures).
 plots: install
