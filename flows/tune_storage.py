@@ -8,7 +8,7 @@
   append under a file lock (Optuna's ``JournalFileBackend``), where SQLite would answer the second
   writer "database is locked" (Optuna's own RDB docs advise against SQLite for parallel studies).
 - ``postgresql+psycopg2://USER@HOST[:PORT]/DB``: one study shared by machines. The password never
-  sits in ``params.yaml`` (``stages/core/config.py`` refuses it); libpq reads ``PGPASSWORD`` or
+  sits in ``params.yaml`` (``stages/core/config/tune.py`` refuses it); libpq reads ``PGPASSWORD`` or
   ``PGPASSFILE`` from the environment.
 
 A shared storage (any but the default) may hold trials other runs are running right now, so a
