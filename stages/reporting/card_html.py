@@ -208,8 +208,8 @@ def predictions_figure(png: bytes, names: Sequence[str]) -> Figure:
     by_id = pictures.names_by_id(names)
     table = None
     if by_id:
-        caption += f"; {len(by_id)} class names the image font cannot draw are shown by id (#id), named below"
-        table = id_table(f"{len(by_id)} classes shown by id", by_id)
+        caption += f"; class names the image font cannot draw are shown by id (#id), named below ({len(by_id)})"
+        table = id_table(f"{len(by_id)} {'class' if len(by_id) == 1 else 'classes'} shown by id", by_id)
     return Figure("Validation predictions", caption, png=png, table=table)
 
 

@@ -8,6 +8,7 @@ Inputs are synthetic (``tests/many_classes.py``): 80 names, among them ``авт�
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from stages.core.config import Params
 from stages.core.errors import ConfigError
 from stages.reporting import card_html, charts, pictures
 from tests import many_classes
+from tests.conftest import REPO
 from tests.many_classes import NAMES
 
 # A private-use code point of plane 16: no font has it, so it draws as the font's .notdef glyph (the box).
@@ -150,3 +152,18 @@ def test_report_top_classes_is_bounded(value: int):
     assert Params().report.top_classes == 10
     with pytest.raises((ConfigError, ValueError), match="top_classes"):
         Params.model_validate({**Params().as_dict(), "report": {"top_classes": value}})
+
+
+def test_dvc_pr_template_at_81_curves_lists_every_class_within_1280_px():
+    # What `dvc plots show` fills in: DVC puts the rows in for <DVC_METRIC_DATA>, with a rev column.
+    template = (REPO / ".dvc" / "plots" / "pr_by_class.json").read_text()
+    classes = [*NAMES, "all classes"]
+    rows = [
+        {"class": c, "recall": r / 10, "precision": 1 - r / 10, "rev": "workspace"} for c in classes for r in range(11)
+    ]
+    filled = template.replace('"<DVC_METRIC_TITLE>"', '"pr"').replace('"<DVC_METRIC_DATA>"', json.dumps(rows))
+    svg = charts.to_svg(json.loads(filled))
+    assert "entries" not in svg, "the legend was cut short"
+    assert sorted(_legend(svg)) == sorted([*classes, "workspace"])
+    width, height = many_classes.svg_size(svg)
+    assert width <= charts.CHART_MAX_PX and height <= charts.CHART_MAX_PX, (width, height)
