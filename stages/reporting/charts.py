@@ -221,8 +221,16 @@ def confusion_chart(title: str, rows: Sequence[dict[str, Any]], labels: Sequence
         rows: One ``{"actual", "predicted"}`` row per box (``plots/confusion.csv``).
         labels: Every class name in id order, then ``background``: the axes' order (and the ids).
             Without it, the names found in ``rows`` in alphabetical order.
+
+    Raises:
+        ValueError: When a row names a class that ``labels`` lacks.
     """
-    order = list(labels) if labels is not None else sorted({r[k] for r in rows for k in ("actual", "predicted")})
+    found = {r[k] for r in rows for k in ("actual", "predicted")}
+    order = list(labels) if labels is not None else sorted(found)
+    unknown = sorted(found - set(order))
+    if unknown:
+        # The matrix and the class list come from different runs: a cell would have no place on the axes.
+        raise ValueError(f"confusion rows name classes that are not among the labels: {unknown[:5]}")
     if confusion_by_id(order):
         ids = {name: name if name == "background" else f"#{i}" for i, name in enumerate(order)}
         rows = [{"actual": ids[r["actual"]], "predicted": ids[r["predicted"]]} for r in rows]

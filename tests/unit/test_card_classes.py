@@ -97,6 +97,8 @@ def test_confusion_matrix_at_three_classes_keeps_names_counts_and_id_order():
     assert re.findall(r"<text[^>]*>([^<]*)</text>", axis[0]) == ["square", "disc", "triangle", "background"]
     assert "mark-text role-mark" in svg and ">2<" in svg
     assert many_classes.svg_size(svg)[0] <= charts.CHART_MAX_PX
+    with pytest.raises(ValueError, match="triangle"):
+        charts.confusion_chart("cm", rows, ["square", "disc", "background"])
 
 
 def test_top_by_support_most_boxes_first_ties_by_id_never_an_empty_class():
