@@ -40,6 +40,7 @@ class ReportConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     title: str
+    top_classes: int
     params: dict[str, Any]
     workspace: Path
     dataset: str
@@ -72,6 +73,7 @@ class ReportConfig(BaseModel):
         p = params.paths
         return cls(
             title=params.report.title,
+            top_classes=params.report.top_classes,
             params={k: v for k, v in params.as_dict().items() if k in PIPELINE_SECTIONS},
             workspace=root,
             dataset=p.dataset,
@@ -182,7 +184,11 @@ def run(cfg: ReportConfig) -> ReportResult:
     page = card_html.render(
         f"Model card: {cfg.title}",
         text,
-        card_html.figures(*pictures),
+        card_html.figures(
+            *pictures,
+            per_class=read_json(cfg.evaluate_metrics, stage=STAGE)["per_class"],
+            top_classes=cfg.top_classes,
+        ),
         read_json(cfg.environment, stage=STAGE),
     )
     write_text(cfg.output_html, page)

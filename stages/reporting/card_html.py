@@ -19,7 +19,8 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-from stages.reporting import charts
+from stages.reporting import charts, pictures
+from stages.reporting.card_sections import fmt
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,41 @@ figure { margin: 0; }
 figure.chart svg { overflow: visible; padding-left: 1.5em; }
 figure img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #555; max-width: 34em; }
+figure details { font-size: 0.9em; max-width: 34em; }
+figure details table { margin: 0.3em 0; }
 """
 
 
 @dataclass(frozen=True)
+class Table:
+    """A table that goes with a figure: what the figure leaves out, or what its ids stand for."""
+
+    summary: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
 class Figure:
-    """One picture of the card: an inline SVG chart or a PNG image, with a caption."""
+    """One picture of the card: an inline SVG chart or a PNG image, with a caption and maybe a table."""
 
     title: str
     caption: str
     svg: str | None = None
     png: bytes | None = None
+    table: Table | None = None
+
+
+def _table_html(table: Table | None) -> str:
+    if table is None:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    # Folded: 80 rows would push the next figures off the screen.
+    return (
+        f"<details><summary>{html.escape(table.summary)}</summary>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></details>"
+    )
 
 
 def png_data_uri(data: bytes) -> str:
@@ -57,6 +82,7 @@ def png_data_uri(data: bytes) -> str:
 
 def _figure_html(fig: Figure) -> str:
     caption = f"<figcaption><strong>{html.escape(fig.title)}</strong>: {html.escape(fig.caption)}</figcaption>"
+    caption += _table_html(fig.table)
     if fig.svg is not None:
         # vl-convert returns a standalone SVG document; inline SVG needs only the <svg> element.
         start = fig.svg.find("<svg")
@@ -122,6 +148,71 @@ def render(title: str, markdown: str, figures: Sequence[Figure], env: dict[str, 
     )
 
 
+def id_table(summary: str, names: dict[int, str]) -> Table:
+    """The ``#<id>`` -> class name table of a figure that shows classes by id."""
+    return Table(summary, ("id", "class"), tuple((f"#{i}", name) for i, name in names.items()))
+
+
+def pr_figure(pr_rows: Sequence[dict[str, Any]], per_class: dict[str, dict[str, Any]], top: int) -> Figure:
+    """The PR chart: the ``top`` classes with the most validation boxes and all classes; the rest in a table.
+
+    Args:
+        pr_rows: ``plots/pr_curve.csv``'s rows.
+        per_class: ``metrics/evaluate.json``'s ``per_class`` (boxes and AP per class, in id order).
+        top: How many classes get a curve (``report.top_classes``).
+    """
+    support = {name: int(c["instances"]) for name, c in per_class.items()}
+    drawn = charts.top_by_support(support, top)
+    keep = {*drawn, pictures.ALL_CLASSES}
+    rows = [r for r in pr_rows if r["class"] in keep]
+    rest = [name for name in per_class if name not in drawn]
+    caption = "per class and for all classes (their mean), at IoU 0.5"
+    table = None
+    if rest:
+        caption = (
+            f"the {len(drawn)} classes with the most validation boxes and all classes (the mean over every "
+            f"measured class), at IoU 0.5; the other {len(rest)} classes are in the table below"
+        )
+        table = Table(
+            f"the other {len(rest)} classes",
+            ("class", "boxes", "AP50", "AP50-95"),
+            tuple(
+                (name, str(support[name]), fmt(per_class[name].get("ap50")), fmt(per_class[name].get("ap50_95")))
+                for name in rest
+            ),
+        )
+    svg = charts.to_svg(
+        charts.grouped_lines_chart("precision against recall", rows, "recall", "precision", "class", unit_square=True)
+    )
+    return Figure("Precision against recall", caption, svg=svg, table=table)
+
+
+def confusion_figure(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Figure:
+    """The confusion matrix in class id order, by id above :data:`charts.CONFUSION_NAMES_MAX` classes."""
+    labels = [*names, pictures.BACKGROUND]
+    caption = (
+        "boxes by true class (actual) and predicted class; 'background' is a missed box (column) "
+        "or a box on nothing (row)"
+    )
+    table = None
+    if charts.confusion_by_id(labels):
+        caption += f"; {len(names)} classes are shown by id (#id), named in the table below"
+        table = id_table(f"the {len(names)} class ids", dict(enumerate(names)))
+    svg = charts.to_svg(charts.confusion_chart("confusion matrix", rows, labels))
+    return Figure("Confusion matrix", caption, svg=svg, table=table)
+
+
+def predictions_figure(png: bytes, names: Sequence[str]) -> Figure:
+    """The validation image grid, with the classes whose names its font cannot draw (shown there by id)."""
+    caption = "the first validation images; true boxes green, the model's boxes red with their confidence"
+    by_id = pictures.names_by_id(names)
+    table = None
+    if by_id:
+        caption += f"; class names the image font cannot draw are shown by id (#id), named below ({len(by_id)})"
+        table = id_table(f"{len(by_id)} {'class' if len(by_id) == 1 else 'classes'} shown by id", by_id)
+    return Figure("Validation predictions", caption, png=png, table=table)
+
+
 def figures(
     train_plot: Path,
     lr_plot: Path,
@@ -129,8 +220,20 @@ def figures(
     confusion: Path,
     val_predictions: Path,
     latency: Path,
+    per_class: dict[str, dict[str, Any]],
+    top_classes: int,
 ) -> list[Figure]:
     """Every picture of the card, from the plot files the pipeline wrote.
+
+    Args:
+        train_plot: The training curves (``plots/train_curves.csv``).
+        lr_plot: The learning rate per schedule (``plots/lr.csv``).
+        pr_curve: The PR curves (``plots/pr_curve.csv``).
+        confusion: The confusion rows (``plots/confusion.csv``).
+        val_predictions: The validation image grid (PNG).
+        latency: The latency per backend (``plots/latency.csv``).
+        per_class: ``metrics/evaluate.json``'s ``per_class``: every class name in id order, with its boxes.
+        top_classes: How many classes the PR chart draws (``report.top_classes``).
 
     Raises:
         FileNotFoundError: When one of the files is missing.
@@ -138,32 +241,11 @@ def figures(
     curves = charts.read_csv(train_plot)
     losses = ["train_box_loss", "val_box_loss", "train_cls_loss", "val_cls_loss", "train_dfl_loss", "val_dfl_loss"]
     latency_rows = charts.read_csv(latency)
+    names = list(per_class)
     out = [
-        Figure(
-            "Validation predictions",
-            "the first validation images; true boxes green, the model's boxes red with their confidence",
-            png=val_predictions.read_bytes(),
-        ),
-        Figure(
-            "Precision against recall",
-            "per class and for all classes (their mean), at IoU 0.5",
-            svg=charts.to_svg(
-                charts.grouped_lines_chart(
-                    "precision against recall",
-                    charts.read_csv(pr_curve),
-                    "recall",
-                    "precision",
-                    "class",
-                    unit_square=True,
-                )
-            ),
-        ),
-        Figure(
-            "Confusion matrix",
-            "boxes by true class (actual) and predicted class; 'background' is a missed box (column) "
-            "or a box on nothing (row)",
-            svg=charts.to_svg(charts.confusion_chart("confusion matrix", charts.read_csv(confusion))),
-        ),
+        predictions_figure(val_predictions.read_bytes(), names),
+        pr_figure(charts.read_csv(pr_curve), per_class, top_classes),
+        confusion_figure(charts.read_csv(confusion), names),
         Figure(
             "Losses",
             "training and validation losses per epoch",

@@ -31,6 +31,14 @@ VL_VERSION = "5.21"
 # Machine-local, like the virtual environment it is generated from (gitignored with .cache/); the path
 # .dvc/config names, relative to .dvc/.
 OFFLINE_TEMPLATE = Path(".cache/plots/offline.html")
+# The card's charts stay within this many pixels on a side, whatever the class count.
+CHART_MAX_PX = 1280
+# Above this many classes the confusion matrix names its axes by class id.
+CONFUSION_NAMES_MAX = 20
+# Longest axis label of the confusion matrix, pixels (a longer class name is cut with an ellipsis).
+CONFUSION_LABEL_PX = 160
+# Smallest cell that still shows its count.
+CONFUSION_TEXT_MIN_PX = 16
 
 # DVC's page calls vegaEmbed('#id', spec) once per chart while it loads. Draw every chart as SVG
 # (inspectable, sharp when zoomed), keep only the export menu entries that work offline, and mark the
@@ -163,29 +171,93 @@ def lines_chart(
 def grouped_lines_chart(
     title: str, rows: Sequence[dict[str, Any]], x: str, y: str, group: str, *, unit_square: bool = False
 ) -> dict[str, Any]:
-    """One line per value of the ``group`` column (learning rate per schedule, PR curve per class)."""
+    """One line per value of the ``group`` column (learning rate per schedule, PR curve per class).
+
+    Every group gets its legend entry (Vega would otherwise cut the legend short with "…N entries");
+    the card keeps the number of groups small (:func:`top_by_support`) so the legend stays readable.
+    """
     spec = _base(title, rows, [x, y])
     spec["mark"] = {"type": "line", "point": not unit_square, "interpolate": "step-after" if unit_square else "linear"}
     scale = {"domain": [0, 1]} if unit_square else {}
+    groups = len({r.get(group) for r in rows})
+    colour: dict[str, Any] = {"field": group, "type": "nominal", "legend": {"symbolLimit": 0}}
+    if groups > 10:
+        colour["scale"] = {"scheme": "tableau20"}  # the default scheme repeats its 10 colours
     spec["encoding"] = {
         "x": {"field": x, "type": "quantitative", "scale": scale},
         "y": {"field": y, "type": "quantitative", "scale": scale},
-        "color": {"field": group, "type": "nominal"},
+        "color": colour,
     }
     return spec
 
 
-def confusion_chart(title: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Counts of ``actual`` against ``predicted`` as a heat map with the count in each cell."""
+def top_by_support(support: dict[str, int], n: int) -> list[str]:
+    """The ``n`` classes with the most validation boxes, most first (ties: in the order given, i.e. by id).
+
+    Classes without a box are never chosen: they have no PR curve.
+    """
+    ranked = sorted((name for name, boxes in support.items() if boxes > 0), key=lambda name: -support[name])
+    return ranked[:n]
+
+
+def confusion_by_id(labels: Sequence[str]) -> bool:
+    """Whether the confusion matrix names its axes by class id (``#<id>``).
+
+    It does above :data:`CONFUSION_NAMES_MAX` classes (``background``, the confusion rows' label for a
+    missed box or a box on nothing, is no class).
+    """
+    return len([label for label in labels if label != "background"]) > CONFUSION_NAMES_MAX
+
+
+def confusion_chart(title: str, rows: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Counts of ``actual`` against ``predicted`` as a heat map, at most :data:`CHART_MAX_PX` on a side.
+
+    Cells shrink with the class count (at most 48 x 36 px); each cell shows its count while there is
+    room for it. Above :data:`CONFUSION_NAMES_MAX` classes the axes name classes by id (``#<id>``,
+    the card holds the id -> name table): 80 names side by side cannot be read at any size.
+
+    Args:
+        title: The chart title.
+        rows: One ``{"actual", "predicted"}`` row per box (``plots/confusion.csv``).
+        labels: Every class name in id order, then ``background``: the axes' order (and the ids).
+            Without it, the names found in ``rows`` in alphabetical order.
+
+    Raises:
+        ValueError: When a row names a class that ``labels`` lacks.
+    """
+    found = {r[k] for r in rows for k in ("actual", "predicted")}
+    order = list(labels) if labels is not None else sorted(found)
+    unknown = sorted(found - set(order))
+    if unknown:
+        # The matrix and the class list come from different runs: a cell would have no place on the axes.
+        raise ValueError(f"confusion rows name classes that are not among the labels: {unknown[:5]}")
+    if confusion_by_id(order):
+        ids = {name: name if name == "background" else f"#{i}" for i, name in enumerate(order)}
+        rows = [{"actual": ids[r["actual"]], "predicted": ids[r["predicted"]]} for r in rows]
+        order = [ids[name] for name in order]
+    n = max(1, len(order))
+    # What is not cells: axis labels (up to CONFUSION_LABEL_PX), axis titles, the chart title and the
+    # colour legend.
+    step_x = max(1, min(48, (CHART_MAX_PX - CONFUSION_LABEL_PX - 130) // n))
+    step_y = max(1, min(36, (CHART_MAX_PX - CONFUSION_LABEL_PX - 70) // n))
     spec = _base(title, rows, [])
-    spec.update(width={"step": 48}, height={"step": 36})
+    spec.update(width={"step": step_x}, height={"step": step_y})
+    spec["config"]["axis"] = {"labelLimit": CONFUSION_LABEL_PX}
     spec["transform"] = [{"aggregate": [{"op": "count", "as": "boxes"}], "groupby": ["actual", "predicted"]}]
-    axes = {"x": {"field": "actual", "type": "nominal"}, "y": {"field": "predicted", "type": "nominal"}}
-    spec["encoding"] = axes
+    spec["encoding"] = {
+        "x": {"field": "actual", "type": "nominal", "sort": order, "scale": {"domain": order}},
+        "y": {"field": "predicted", "type": "nominal", "sort": order, "scale": {"domain": order}},
+    }
     spec["layer"] = [
         {"mark": "rect", "encoding": {"color": {"field": "boxes", "type": "quantitative", "title": "boxes"}}},
-        {"mark": {"type": "text", "color": "black"}, "encoding": {"text": {"field": "boxes", "type": "quantitative"}}},
     ]
+    if min(step_x, step_y) >= CONFUSION_TEXT_MIN_PX:
+        spec["layer"].append(
+            {
+                "mark": {"type": "text", "color": "black"},
+                "encoding": {"text": {"field": "boxes", "type": "quantitative"}},
+            }
+        )
     return spec
 
 

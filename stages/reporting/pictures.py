@@ -8,6 +8,7 @@ without a model; ``stages/evaluate.py`` feeds it what Ultralytics' validator mea
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 from collections.abc import Iterable, Sequence
@@ -130,9 +131,60 @@ def read_yolo_labels(path: Path, width: int, height: int) -> list[Box]:
     return boxes
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    # Pillow's own bundled font: nothing to find on the machine, nothing to download.
-    return ImageFont.load_default(size=size)
+# DejaVu Sans, bundled with matplotlib (which Ultralytics requires): Latin, Greek and Cyrillic, so a
+# dataset's class names draw as letters; Pillow's own default font has Latin only and draws the rest
+# as boxes. Nothing to find on the machine, nothing to download.
+LABEL_FONT = "fonts/ttf/DejaVuSans.ttf"
+
+
+def label_font_path() -> Path:
+    """The TrueType file labels are drawn with: DejaVu Sans from matplotlib's bundled fonts.
+
+    Raises:
+        ModuleNotFoundError: When matplotlib is not installed (Ultralytics requires it).
+        FileNotFoundError: When matplotlib's data folder lacks the font.
+    """
+    import matplotlib  # lazy: only the stages that draw need it
+
+    path = Path(matplotlib.get_data_path()) / LABEL_FONT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: matplotlib's bundled DejaVu Sans is missing; reinstall matplotlib")
+    return path
+
+
+@functools.cache
+def _covered() -> frozenset[int]:
+    from fontTools.ttLib import TTFont  # matplotlib requires fontTools
+
+    with TTFont(label_font_path(), lazy=True) as font:
+        return frozenset(font.getBestCmap())
+
+
+def drawable(text: str) -> bool:
+    """Whether the label font has a glyph for every character of ``text`` (none would draw as a box)."""
+    covered = _covered()
+    return all(ord(ch) in covered for ch in text)
+
+
+def shown_name(names: Sequence[str], cls: int) -> str:
+    """What a picture writes for class ``cls``: its name, or ``#<id>`` when the font cannot draw the name.
+
+    A class id outside ``names`` is shown as ``#<id>`` too.
+    """
+    if 0 <= cls < len(names) and drawable(names[cls]):
+        return names[cls]
+    return f"#{cls}"
+
+
+def names_by_id(names: Sequence[str]) -> dict[int, str]:
+    """The classes pictures show by id (``#<id>``) because the label font cannot draw their names."""
+    return {i: name for i, name in enumerate(names) if not drawable(name)}
+
+
+@functools.cache
+def label_font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans at ``size`` pixels: the font of every label and caption of the pictures."""
+    return ImageFont.truetype(str(label_font_path()), size=size)
 
 
 def draw_tile(
@@ -144,7 +196,8 @@ def draw_tile(
         image: The validation image.
         truth: Its labelled boxes, in its own pixels.
         predicted: The model's boxes, in its own pixels, with confidences.
-        names: Class names by id.
+        names: Class names by id; a name the label font cannot draw is written as ``#<id>``
+            (:func:`shown_name`).
         size: Side of the square tile, pixels.
 
     Returns:
@@ -155,12 +208,12 @@ def draw_tile(
     tile = Image.new("RGB", (size, size), (255, 255, 255))
     tile.paste(shown, (0, 0))
     draw = ImageDraw.Draw(tile)
-    font = _font(max(9, size // 20))
+    font = label_font(max(9, size // 20))
     for boxes, colour, width in ((truth, TRUTH_COLOUR, 2), (predicted, PREDICTION_COLOUR, 1)):
         for b in boxes:
             x1, y1, x2, y2 = (v * scale for v in (b.x1, b.y1, b.x2, b.y2))
             draw.rectangle((x1, y1, max(x1, x2), max(y1, y2)), outline=colour, width=width)
-            name = names[b.cls] if 0 <= b.cls < len(names) else str(b.cls)
+            name = shown_name(names, b.cls)
             text = name if b.conf is None else f"{name} {b.conf:.2f}"
             # Truth labels above the box, predictions inside it: the two never cover each other.
             ty = y1 - font.size - 2 if b.conf is None else y1 + 1
@@ -181,7 +234,7 @@ def image_grid(tiles: Sequence[Image.Image], columns: int, caption: str) -> Imag
     side = tiles[0].width
     columns = max(1, min(columns, len(tiles)))
     rows = -(-len(tiles) // columns)
-    font = _font(max(11, side // 16))
+    font = label_font(max(11, side // 16))
     header = font.size + 10
     gap = 4
     grid = Image.new("RGB", (columns * (side + gap) + gap, header + rows * (side + gap) + gap), (255, 255, 255))
