@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from stages.core.common import write_text
+from stages.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,16 @@ def label_font_path() -> Path:
     """The TrueType file labels are drawn with: DejaVu Sans from matplotlib's bundled fonts.
 
     Raises:
-        ModuleNotFoundError: When matplotlib is not installed (Ultralytics requires it).
-        FileNotFoundError: When matplotlib's data folder lacks the font.
+        PipelineError: When matplotlib is not installed (Ultralytics requires it) or its data folder
+            lacks the font, naming the file and the fix.
     """
-    import matplotlib  # lazy: only the stages that draw need it
-
+    try:
+        import matplotlib  # lazy: only the stages that draw need it
+    except ModuleNotFoundError as exc:
+        raise PipelineError("matplotlib is not installed (Ultralytics requires it): reinstall the project") from exc
     path = Path(matplotlib.get_data_path()) / LABEL_FONT
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: matplotlib's bundled DejaVu Sans is missing; reinstall matplotlib")
+        raise PipelineError("matplotlib's bundled DejaVu Sans is missing; reinstall matplotlib", path=path)
     return path
 
 

@@ -169,3 +169,15 @@ def test_dvc_pr_template_at_81_curves_lists_every_class_within_1280_px():
     assert sorted(_legend(svg)) == sorted([*classes, "workspace"])
     width, height = many_classes.svg_size(svg)
     assert width <= charts.CHART_MAX_PX and height <= charts.CHART_MAX_PX, (width, height)
+
+
+def test_a_missing_label_font_is_a_typed_error_naming_the_file(monkeypatch, tmp_path):
+    import matplotlib
+
+    from stages.core.errors import PipelineError
+    from stages.reporting import pictures
+
+    monkeypatch.setattr(matplotlib, "get_data_path", lambda: str(tmp_path))
+    with pytest.raises(PipelineError, match="DejaVu Sans is missing") as caught:
+        pictures.label_font_path()
+    assert str(tmp_path) in str(caught.value)
