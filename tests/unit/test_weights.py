@@ -230,3 +230,22 @@ def test_nothing_in_the_pipeline_imports_the_weights_command() -> None:
         and {"urllib.request", "http.client"} & _imported_modules(path)
     ]
     assert openers == []
+
+
+def test_a_missing_pretrained_file_points_at_the_weights_command(tmp_path: Path) -> None:
+    from stages.core.errors import ConfigError
+    from stages.training.spec import resolve_model
+
+    with pytest.raises(ConfigError, match=r"make weights MODEL=yolo11n") as err:
+        resolve_model("weights/yolo11n.pt", tmp_path, tmp_path)
+    assert err.value.key == "train.model"
+
+
+def test_a_dvc_tracked_file_not_pulled_says_dvc_pull(tmp_path: Path) -> None:
+    from stages.core.errors import ConfigError
+    from stages.training.spec import resolve_model
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "yolo11n.pt.dvc").write_text("outs:\n- md5: 0\n  path: yolo11n.pt\n")
+    with pytest.raises(ConfigError, match=r"dvc pull .*weights/yolo11n\.pt\.dvc"):
+        resolve_model("weights/yolo11n.pt", tmp_path, tmp_path)
