@@ -148,3 +148,56 @@ def test_cli_refuses_a_stand_in_under_the_real_pins_and_leaves_nothing(server: s
     assert f"expected sha256 {PINNED['yolo11n'].sha256}, got {actual}" in proc.stderr, proc.stderr
     assert sorted(p.name for p in (ws.root / "weights").iterdir()) == ["README.md"]
     assert ws.network_attempts() == []
+
+
+def test_train_starts_from_fetched_weights_tracked_inside_the_weights_dep(
+    server: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The project's own chain: an 80-class checkpoint (an untrained stand-in: real weights cannot be
+    fetched here) fetched, dvc-added inside `weights/` and named by train.model; `dvc repro train` runs
+    on the 3-class sample from it, and DVC then holds the stage up to date."""
+    from stages.core.runtime import import_ultralytics
+
+    ws = Workspace.with_sample_data(tmp_path_factory, "weights-train")
+    ultralytics = import_ultralytics(tmp_path)
+    checkpoint = tmp_path / "coco80.pt"
+    ultralytics.YOLO("yolo11n.yaml", task="detect").save(str(checkpoint))  # nc 80, as the released COCO weights
+    body = checkpoint.read_bytes()
+
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    table = {
+        "yolo11n": PinnedWeights(
+            "yolo11n.pt",
+            f"http://127.0.0.1:{httpd.server_address[1]}/yolo11n.pt",
+            hashlib.sha256(body).hexdigest(),
+            len(body),
+        )
+    }
+    for key in ("NETGUARD_LOG", "PYTHONPATH", "PATH"):
+        monkeypatch.setenv(key, ws.env[key])
+    try:
+        result = fetch("yolo11n", ws.root / "weights", ws.root, table=table)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result.dvc_file is not None and result.dvc_file.is_file()
+
+    ws.edit("train", model="weights/yolo11n.pt")
+    proc, ran = ws.repro("train")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "train" in ran
+    assert ws.json("reports/train.json")["model"].endswith("weights/yolo11n.pt")
+    status = ws.run("-m", "dvc", "status", "train")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+    assert ws.network_attempts() == []
