@@ -16,6 +16,7 @@ host only, which is what the tests serve from.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import ipaddress
@@ -38,6 +39,7 @@ from stages.core.cli import REFUSED_EXIT, configure_logging
 from stages.core.common import file_sha256
 from stages.core.config import DEFAULT_PARAMS, load_params
 from stages.core.errors import PipelineError, WeightsError, WeightsHashMismatch
+from stages.core.lock import hold_workspace
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +226,8 @@ def _dvc_executable() -> str:
 
 
 def dvc_add(workspace: Path, path: Path) -> Path:
-    """``dvc add`` the file under the workspace lock, as the Makefile does; returns its ``.dvc`` file.
+    """``dvc add`` the file through ``python -m stages.core.lock``, as the Makefile does (under the hold
+    ``fetch`` already has, its token passed on); returns its ``.dvc`` file.
 
     Raises:
         WeightsError: When ``workspace`` is no DVC repository or ``dvc add`` fails.
@@ -251,6 +254,7 @@ def fetch(
     url: str | None = None,
     add_to_dvc: bool = True,
     timeout_s: float = 30.0,
+    lock_timeout_s: float = 60.0,
     table: dict[str, PinnedWeights] | None = None,
 ) -> FetchResult:
     """Make ``weights_dir/<file>`` the pinned checkpoint ``name``, downloading it only when absent.
@@ -262,6 +266,7 @@ def fetch(
         url: Fetch from here instead (a mirror); the pinned digest still decides.
         add_to_dvc: Track the file with ``dvc add`` afterwards.
         timeout_s: Limit on connecting and on each read.
+        lock_timeout_s: How long to wait for a pipeline run holding the workspace (with ``add_to_dvc``).
         table: The pinned table (tests pass their own).
 
     Returns:
@@ -270,30 +275,41 @@ def fetch(
     Raises:
         WeightsError: Unknown name, unreachable host, HTTP error, truncated body, ``dvc add`` failure.
         WeightsHashMismatch: The download, or a file already there, is not the pinned one.
+        WorkspaceBusy: A pipeline run holds the workspace for longer than ``lock_timeout_s``.
     """
     table = PINNED if table is None else table
     if name not in table:
         raise WeightsError(f"no pinned weights named {name!r}; known: {', '.join(sorted(table))}")
     pinned = table[name]
     dest = weights_dir / pinned.file
-    downloaded = False
-    if dest.exists():
-        actual = file_sha256(dest)
-        if actual != pinned.sha256:
-            # Someone's own file: never overwritten.
-            raise WeightsHashMismatch(
-                f"{dest} exists and is not the pinned {name}; move it away to fetch",
-                expected=pinned.sha256,
-                actual=actual,
-                path=dest,
-            )
-        log.info("%s already present with the pinned sha256; nothing downloaded", dest)
-    else:
-        src = source_url(pinned, url)
-        log.info("fetching %s from %s (%d bytes)", name, src, pinned.size)
-        download(src, dest, sha256=pinned.sha256, size=pinned.size, timeout_s=timeout_s)
-        downloaded = True
-    dvc_file = dvc_add(workspace, dest) if add_to_dvc else None
+    if add_to_dvc and not (workspace / ".dvc").is_dir():
+        raise WeightsError(f"{workspace} is not a DVC repository (no .dvc/): run 'dvc init' or pass --no-dvc")
+    # Held from the download to the dvc add: no pipeline run reads weights/ (a train dep) half-written.
+    held = hold_workspace(workspace, lock_timeout_s, "weights fetch") if add_to_dvc else contextlib.nullcontext()
+    with held:
+        if add_to_dvc:
+            # A fetch killed outright (SIGKILL: no cleanup ran) leaves its partial file, which would
+            # change train's dependency hash; none can be in progress while the lock is held.
+            for stale in weights_dir.glob(f".{pinned.file}.*.part"):
+                stale.unlink()
+        downloaded = False
+        if dest.exists():
+            actual = file_sha256(dest)
+            if actual != pinned.sha256:
+                # Someone's own file: never overwritten.
+                raise WeightsHashMismatch(
+                    f"{dest} exists and is not the pinned {name}; move it away to fetch",
+                    expected=pinned.sha256,
+                    actual=actual,
+                    path=dest,
+                )
+            log.info("%s already present with the pinned sha256; nothing downloaded", dest)
+        else:
+            src = source_url(pinned, url)
+            log.info("fetching %s from %s (%d bytes)", name, src, pinned.size)
+            download(src, dest, sha256=pinned.sha256, size=pinned.size, timeout_s=timeout_s)
+            downloaded = True
+        dvc_file = dvc_add(workspace, dest) if add_to_dvc else None
     return FetchResult(path=dest, sha256=pinned.sha256, downloaded=downloaded, dvc_file=dvc_file)
 
 
@@ -330,8 +346,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         root = args.params.resolve().parent
-        weights_dir = load_params(args.params).paths.resolve("weights", root)
-        result = fetch(args.name, weights_dir, root, url=args.url, add_to_dvc=not args.no_dvc, timeout_s=args.timeout)
+        params = load_params(args.params)
+        result = fetch(
+            args.name,
+            params.paths.resolve("weights", root),
+            root,
+            url=args.url,
+            add_to_dvc=not args.no_dvc,
+            timeout_s=args.timeout,
+            lock_timeout_s=params.orchestration.lock_timeout_s,
+        )
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return REFUSED_EXIT

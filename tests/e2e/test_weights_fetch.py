@@ -98,8 +98,11 @@ def test_fetch_dvc_add_then_repro_a_stage_depending_on_the_weights_folder(
         )
     )
 
+    stale = ws / "weights" / ".standin.pt.k1ll3d.part"  # what a fetch killed with SIGKILL leaves
+    stale.write_bytes(BODY[:100])
     table = {"standin": PinnedWeights("standin.pt", f"{server}/standin.pt", DIGEST, len(BODY))}
     result = fetch("standin", ws / "weights", ws, table=table)
+    assert not stale.exists()
     assert result.downloaded
     assert result.dvc_file == ws / "weights" / "standin.pt.dvc" and result.dvc_file.is_file()
     assert DIGEST not in result.dvc_file.read_text()  # DVC's md5 is there, not ours

@@ -249,3 +249,13 @@ def test_a_dvc_tracked_file_not_pulled_says_dvc_pull(tmp_path: Path) -> None:
     (tmp_path / "weights" / "yolo11n.pt.dvc").write_text("outs:\n- md5: 0\n  path: yolo11n.pt\n")
     with pytest.raises(ConfigError, match=r"dvc pull .*weights/yolo11n\.pt\.dvc"):
         resolve_model("weights/yolo11n.pt", tmp_path, tmp_path)
+
+
+def test_a_held_workspace_is_waited_for_then_refused_before_any_download(server: str, tmp_path: Path) -> None:
+    from stages.core.lock import WorkspaceBusy, workspace_lock
+
+    (tmp_path / ".dvc").mkdir()
+    with workspace_lock(tmp_path, 0, "a pipeline run"), pytest.raises(WorkspaceBusy, match="a pipeline run"):
+        fetch("standin", tmp_path / "weights", tmp_path, lock_timeout_s=0, table=_table(f"{server}/ok.pt"))
+    assert _Handler.requests == []
+    assert _leftovers(tmp_path / "weights") == []
