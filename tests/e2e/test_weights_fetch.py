@@ -159,12 +159,17 @@ def test_train_starts_from_fetched_weights_tracked_inside_the_weights_dep(
     """The project's own chain: an 80-class checkpoint (an untrained stand-in: real weights cannot be
     fetched here) fetched, dvc-added inside `weights/` and named by train.model; `dvc repro train` runs
     on the 3-class sample from it, and DVC then holds the stage up to date."""
-    from stages.core.runtime import import_ultralytics
-
     ws = Workspace.with_sample_data(tmp_path_factory, "weights-train")
-    ultralytics = import_ultralytics(tmp_path)
     checkpoint = tmp_path / "coco80.pt"
-    ultralytics.YOLO("yolo11n.yaml", task="detect").save(str(checkpoint))  # nc 80, as the released COCO weights
+    # In a process of its own: importing Ultralytics here would change Pillow's plugins for later tests.
+    save = ws.run(
+        "-c",
+        "import sys; from pathlib import Path; from stages.core.runtime import import_ultralytics; "
+        "import_ultralytics(Path(sys.argv[1])).YOLO('yolo11n.yaml', task='detect').save(sys.argv[2])",
+        str(tmp_path),
+        str(checkpoint),
+    )
+    assert save.returncode == 0, save.stderr[-3000:]  # nc 80, as the released COCO weights
     body = checkpoint.read_bytes()
 
     class Serve(http.server.BaseHTTPRequestHandler):
