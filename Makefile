@@ -18,7 +18,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export PIPELINE_WORKSPACE ?= $(CURDIR)
 PREFECT_PORT ?= 4200
 
-.PHONY: compare demo flow test test-unit test-e2e lint sample-data install clean server deploy worker retrain-ci promote plots report pool-docker pool-kubernetes
+.PHONY: compare demo flow test test-unit test-e2e lint sample-data weights install clean server deploy worker retrain-ci promote plots report pool-docker pool-kubernetes
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,13 @@ $(VENV)/.installed: pyproject.toml
 sample-data: install
 	test -d data/dataset || $(BIN)/python -m stages.data.sample_data --out data/dataset
 	$(BIN)/python -m stages.core.lock --owner "make sample-data" -- $(BIN)/dvc add --quiet data/dataset
+
+## Pretrained weights, explicitly (the pipeline never downloads): Ultralytics' released checkpoint MODEL,
+## pinned by URL and SHA-256 (stages/training/weights.py), into weights/, then `dvc add`ed under the lock.
+## Other machines get it with `dvc pull`. YOLO_WEIGHTS_MIRROR=<base URL> fetches from a mirror instead.
+MODEL ?= yolo11n
+weights: install
+	$(BIN)/python -m stages.training.weights fetch $(MODEL)
 
 ## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote
 ## (stages/core/remotes.py: a remote that fails is named, a dropped connection retried), then fail if

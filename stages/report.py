@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from stages.core.common import git_commit, read_json, stage_main, write_text
 from stages.core.config import PIPELINE_SECTIONS, Params
 from stages.core.errors import PipelineError
+from stages.data import sample_defaults
 from stages.reporting import card_html
 from stages.reporting.card_markdown import CardInputs, markdown
 
@@ -42,6 +43,7 @@ class ReportConfig(BaseModel):
     title: str
     top_classes: int
     params: dict[str, Any]
+    sample_values: dict[str, Any] = {}  # values made for the sample (stages/data/sample_defaults.py)
     workspace: Path
     dataset: str
     validate_report: Path
@@ -75,6 +77,7 @@ class ReportConfig(BaseModel):
             title=params.report.title,
             top_classes=params.report.top_classes,
             params={k: v for k, v in params.as_dict().items() if k in PIPELINE_SECTIONS},
+            sample_values=sample_defaults.current_values(params),
             workspace=root,
             dataset=p.dataset,
             validate_report=p.resolve("validate_report", root),
@@ -149,7 +152,17 @@ def render(cfg: ReportConfig) -> tuple[str, str, bool]:
         benchmark=benchmark,
         env=env,
     )
-    return markdown(card), version, bool(evaluate["gates"]["passed"])
+    text = with_sample_note(markdown(card), list(evaluate["per_class"]), cfg.sample_values)
+    return text, version, bool(evaluate["gates"]["passed"])
+
+
+def with_sample_note(card: str, class_names: list[str], sample_values: dict[str, Any]) -> str:
+    """The card with a note under its title naming params made for the sample, when the data is other."""
+    note = sample_defaults.card_note(sample_defaults.in_place(class_names, sample_values))
+    if not note:
+        return card
+    title, _, rest = card.partition("\n\n")
+    return f"{title}\n\n{note}\n{rest}"
 
 
 def run(cfg: ReportConfig) -> ReportResult:

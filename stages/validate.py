@@ -16,12 +16,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from stages.core.common import read_json, stage_main, write_json, write_text
 from stages.core.config import Params, ValidateParams
 from stages.core.errors import ValidationFailed
+from stages.data import sample_defaults
 from stages.data.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, read_prepared_yaml, split_dirs
 from stages.data.validation.images import Checks, check_images, display, image_jobs, orphan_labels
 from stages.data.validation.problems import CODES, Problem
@@ -43,6 +45,8 @@ class ValidateConfig(BaseModel):
     summary: Path
     workspace: Path
     options: ValidateParams
+    # Values of other sections made for the sample (stages/data/sample_defaults.py): a warning, never an error.
+    sample_values: dict[str, Any] = {}
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> ValidateConfig:
@@ -53,6 +57,7 @@ class ValidateConfig(BaseModel):
             summary=params.paths.resolve("validate_summary", root),
             workspace=root,
             options=params.validate_,
+            sample_values=sample_defaults.current_values(params),
         )
 
 
@@ -107,10 +112,15 @@ def run(cfg: ValidateConfig) -> ValidateResult:
         box_size_px=tally.size_summary(),
     )
     write_json(cfg.report, result)
-    summary = render_summary(result, cfg.options.examples_per_code)
+    # In the summary and the log, not in validate.json: train depends on that file, and a new title
+    # must not retrain.
+    leftovers = sample_defaults.in_place(names, cfg.sample_values)
+    summary = render_summary(result, cfg.options.examples_per_code) + sample_defaults.summary_section(leftovers)
     write_text(cfg.summary, summary)
     for line in summary.splitlines():
         log.info("%s", line)
+    for item in leftovers:
+        log.warning("params made for the sample still in place: %s: %r (%s)", item.key, item.value, item.advice)
     if errors:
         raise ValidationFailed(
             f"{errors} error(s) in the dataset; see {cfg.report} (codes: "

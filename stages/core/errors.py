@@ -120,3 +120,16 @@ class RemoteError(PipelineError):
         self.remote = remote
         self.retryable = retryable
         super().__init__(message, stage="push")
+
+
+class WeightsError(PipelineError):
+    """Pretrained weights could not be fetched (``python -m stages.training.weights``): host, HTTP, size."""
+
+
+class WeightsHashMismatch(WeightsError):
+    """Fetched (or already present) weights do not have the pinned SHA-256; carries both digests."""
+
+    def __init__(self, message: str, *, expected: str, actual: str, path: Path | str | None = None) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{message}: expected sha256 {expected}, got {actual}", path=path)

@@ -78,10 +78,18 @@ def resolve_model(model: str, workspace: Path, ultralytics_root: Path) -> str:
         raise ConfigError(
             f"no local file and no model YAML bundled with Ultralytics named {model!r}", key="train.model"
         )
+    pointer = local.with_name(local.name + ".dvc")
+    if pointer.is_file():
+        # Fetched (or added) on another machine: the bytes are in the DVC remote, not yet here.
+        hint = f"DVC tracks it ({pointer.name}) but it is not in this workspace: run 'dvc pull {pointer}'"
+    else:
+        hint = (
+            "Put the .pt file under the workspace (e.g. weights/) and give its path, or name a model YAML "
+            "such as yolo11n.yaml; Ultralytics' released weights, fetched once by pinned hash: "
+            "make weights MODEL=yolo11n (python -m stages.training.weights fetch yolo11n)"
+        )
     raise ConfigError(
-        f"{model!r} is not a local file; weights are never downloaded. Put the .pt file under the "
-        "workspace (e.g. weights/) and give its path, or name a model YAML such as yolo11n.yaml",
-        key="train.model",
+        f"{model!r} is not a local file; weights are never downloaded at run time. {hint}", key="train.model"
     )
 
 
