@@ -36,11 +36,11 @@ sample-data: install
 	$(BIN)/python -m stages.core.lock --owner "make sample-data" -- $(BIN)/dvc add --quiet data/dataset
 
 ## Pretrained weights, explicitly (the pipeline never downloads): Ultralytics' released checkpoint MODEL,
-## pinned by URL and SHA-256 (stages/training/weights.py), into weights/, then `dvc add`ed under the lock.
+## pinned by URL and SHA-256 (stages/data/weights.py), into weights/, then `dvc add`ed under the lock.
 ## Other machines get it with `dvc pull`. YOLO_WEIGHTS_MIRROR=<base URL> fetches from a mirror instead.
 MODEL ?= yolo11n
 weights: install
-	$(BIN)/python -m stages.training.weights fetch $(MODEL)
+	$(BIN)/python -m stages.data.weights fetch $(MODEL)
 
 ## Install, create the sample data if absent, run the whole pipeline with DVC, push to the DVC remote
 ## (stages/core/remotes.py: a remote that fails is named, a dropped connection retried), then fail if

@@ -123,7 +123,7 @@ class RemoteError(PipelineError):
 
 
 class WeightsError(PipelineError):
-    """Pretrained weights could not be fetched (``python -m stages.training.weights``): host, HTTP, size."""
+    """Pretrained weights could not be fetched (``python -m stages.data.weights``): host, HTTP, size."""
 
 
 class WeightsHashMismatch(WeightsError):

@@ -86,7 +86,7 @@ def resolve_model(model: str, workspace: Path, ultralytics_root: Path) -> str:
         hint = (
             "Put the .pt file under the workspace (e.g. weights/) and give its path, or name a model YAML "
             "such as yolo11n.yaml; Ultralytics' released weights, fetched once by pinned hash: "
-            "make weights MODEL=yolo11n (python -m stages.training.weights fetch yolo11n)"
+            "make weights MODEL=yolo11n (python -m stages.data.weights fetch yolo11n)"
         )
     raise ConfigError(
         f"{model!r} is not a local file; weights are never downloaded at run time. {hint}", key="train.model"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.training.weights import PINNED, PinnedWeights, fetch, next_steps
+from stages.data.weights import PINNED, PinnedWeights, fetch, next_steps
 from tests.conftest import REPO, venv_env
 from tests.e2e.workspace import GIT_ENV, NETGUARD, Workspace
 
@@ -145,7 +145,7 @@ def test_project_dvc_yaml_accepts_a_dvc_file_inside_weights(tmp_path: Path) -> N
 
 def test_cli_refuses_a_stand_in_under_the_real_pins_and_leaves_nothing(server: str, tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path / "ws", tmp_path / "prefect")
-    proc = ws.run("-m", "stages.training.weights", "fetch", "yolo11n", "--url", f"{server}/yolo11n.pt", "--no-dvc")
+    proc = ws.run("-m", "stages.data.weights", "fetch", "yolo11n", "--url", f"{server}/yolo11n.pt", "--no-dvc")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     actual = hashlib.sha256(LOOKALIKE).hexdigest()
     assert f"expected sha256 {PINNED['yolo11n'].sha256}, got {actual}" in proc.stderr, proc.stderr

@@ -1,4 +1,4 @@
-"""The pretrained-weights command (stages/training/weights.py) against an HTTP server on loopback.
+"""The pretrained-weights command (stages/data/weights.py) against an HTTP server on loopback.
 
 Real weights cannot be fetched on the test machines (no network): a stand-in body and its digest are
 served instead, with the pinned table swapped for one naming them.
@@ -19,8 +19,8 @@ from typing import ClassVar
 import pytest
 
 from stages.core.errors import WeightsError, WeightsHashMismatch
-from stages.training import weights
-from stages.training.weights import PINNED, PinnedWeights, check_url, fetch
+from stages.data import weights
+from stages.data.weights import PINNED, PinnedWeights, check_url, fetch
 
 REPO = Path(__file__).resolve().parents[2]
 BODY = bytes(range(256)) * 4096 + b"stand-in weights"  # ~1 MiB: several chunks
@@ -218,7 +218,7 @@ def test_nothing_in_the_pipeline_imports_the_weights_command() -> None:
         path.relative_to(REPO).as_posix()
         for folder in ("stages", "flows", "scripts")
         for path in sorted((REPO / folder).rglob("*.py"))
-        if path.name != "weights.py" and "stages.training.weights" in _imported_modules(path)
+        if path.name != "weights.py" and "stages.data.weights" in _imported_modules(path)
     ]
     assert offenders == []
     # And nothing else in the code opens URLs with the standard library's client.
@@ -226,7 +226,7 @@ def test_nothing_in_the_pipeline_imports_the_weights_command() -> None:
         path.relative_to(REPO).as_posix()
         for folder in ("stages", "flows")
         for path in sorted((REPO / folder).rglob("*.py"))
-        if path != REPO / "stages" / "training" / "weights.py"
+        if path != REPO / "stages" / "data" / "weights.py"
         and {"urllib.request", "http.client"} & _imported_modules(path)
     ]
     assert openers == []
@@ -259,3 +259,18 @@ def test_a_held_workspace_is_waited_for_then_refused_before_any_download(server:
         fetch("standin", tmp_path / "weights", tmp_path, lock_timeout_s=0, table=_table(f"{server}/ok.pt"))
     assert _Handler.requests == []
     assert _leftovers(tmp_path / "weights") == []
+
+
+def test_no_stage_depends_on_the_weights_command() -> None:
+    """Editing the command (a new pin, a mirror) retrains nothing: no stage's dvc.yaml deps cover it."""
+    import yaml
+
+    file = "stages/data/weights.py"
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    covering = [
+        (name, dep)
+        for name, stage in stages.items()
+        for dep in stage.get("deps", [])
+        if isinstance(dep, str) and (file == dep or file.startswith(dep.rstrip("/") + "/"))
+    ]
+    assert covering == []

@@ -1,6 +1,6 @@
 """Fetch Ultralytics' released pretrained weights once, pinned by URL and SHA-256, into ``weights/``.
 
-``python -m stages.training.weights fetch yolo11n`` (or ``make weights MODEL=yolo11n``) is the only
+``python -m stages.data.weights fetch yolo11n`` (or ``make weights MODEL=yolo11n``) is the only
 code of the project that opens a URL, and only when a person runs it: no stage, flow or test of the
 chain imports it, so the pipeline stays offline at run time. The file is streamed to a temporary file
 beside its destination and hashed while it arrives; it gets its name only when its size and SHA-256
@@ -327,8 +327,8 @@ def next_steps(result: FetchResult, workspace: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m stages.training.weights fetch NAME``: fetch pinned pretrained weights, explicitly."""
-    parser = argparse.ArgumentParser(prog="python -m stages.training.weights", description=main.__doc__)
+    """``python -m stages.data.weights fetch NAME``: fetch pinned pretrained weights, explicitly."""
+    parser = argparse.ArgumentParser(prog="python -m stages.data.weights", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the pinned models")
     get = sub.add_parser("fetch", help="download one pinned model into paths.weights and dvc add it")
