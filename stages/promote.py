@@ -290,7 +290,7 @@ def _lineage(cfg: PromoteConfig, current: dict[str, Any] | None, version: str | 
     except PipelineError as exc:
         message = f"cannot read the candidate's class names: {exc}"
         return PromotionCheck(name=LINEAGE_CHECK, passed=False, message=message), Lineage(classes=[])
-    return lineage_check(classes, cfg.production, current, version, cfg.new_line)
+    return lineage_check(classes, cfg.production, current, version, cfg.new_line, workspace=cfg.workspace)
 
 
 def run_locked(cfg: PromoteConfig) -> PromoteResult:

@@ -50,18 +50,19 @@ def candidate_classes(data_yaml: Path) -> list[str]:
     return list(read_prepared_yaml(data_yaml)["names"])
 
 
-def checkpoint_classes(model: Path) -> list[str] | None:
+def checkpoint_classes(model: Path, workspace: Path) -> list[str] | None:
     """The class names an Ultralytics checkpoint holds, in id order, or ``None`` where it cannot be read.
 
     Loaded with the pipeline's safe loading (``stages.core.runtime.load_checkpoint``): production comes
-    from the DVC remote, and its file is never unpickled unchecked.
+    from the DVC remote, and its file is never unpickled unchecked. Ultralytics' settings are the
+    workspace's (``stages.core.runtime.import_ultralytics``).
     """
     from stages.core.runtime import import_ultralytics, load_checkpoint
 
     if not model.is_file():
         return None
     try:
-        import_ultralytics(model.parent.parent)
+        import_ultralytics(workspace)
         ckpt = load_checkpoint(model)
         # A checkpoint saved mid-training holds the model in "ema"; a finished one in "model".
         model_object = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
@@ -74,11 +75,11 @@ def checkpoint_classes(model: Path) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list | tuple) else None
 
 
-def production_classes(production: Path, metadata: dict[str, Any]) -> tuple[list[str] | None, str]:
+def production_classes(production: Path, metadata: dict[str, Any], workspace: Path) -> tuple[list[str] | None, str]:
     """Production's class names and where they were read: its metadata, else its checkpoint; ``None`` when neither."""
     if isinstance(metadata.get("classes"), list):
         return [str(n) for n in metadata["classes"]], "metadata.json"
-    return checkpoint_classes(production / "model.pt"), "model.pt (metadata.json records no classes)"
+    return checkpoint_classes(production / "model.pt", workspace), "model.pt (metadata.json records no classes)"
 
 
 def _shown(names: list[str]) -> str:
@@ -121,6 +122,8 @@ def lineage_check(
     metadata: dict[str, Any] | None,
     data_version: str | None,
     new_line: str | None = None,
+    *,
+    workspace: Path,
 ) -> tuple[PromotionCheck, Lineage]:
     """Whether the candidate continues production's line, and the line it would be promoted on.
 
@@ -130,6 +133,7 @@ def lineage_check(
         metadata: Production's ``metadata.json``, or ``None`` when there is no production model.
         data_version: The candidate's dataset hash (recorded in the message when it differs from production's).
         new_line: The reason given with ``--new-line``, or ``None``.
+        workspace: The workspace root (where Ultralytics' settings are, to read a checkpoint).
 
     Returns:
         The check (named ``CHECK``; when it fails, or a new line begins, the no-regression check is not
@@ -147,8 +151,11 @@ def lineage_check(
         reason=line.get("reason"),
         started_at=line.get("started_at"),
     )
-    known, source = production_classes(production, metadata)
-    kept = f"production v{version} stays retrievable (git tag {tag}, registry version v{version}.0.0)"
+    known, source = production_classes(production, metadata, workspace)
+    kept = (
+        f"production v{version} stays retrievable: git tag {tag}, and registry version v{version}.0.0 where "
+        "dvc.yaml declares the artifact"
+    )
     if new_line is not None:
         if known == candidate:
             message = (

@@ -20,8 +20,10 @@ def production(classes: list[str] | None = SHAPES, **extra) -> dict:
     return meta if classes is None else {**meta, "classes": classes}
 
 
-def checks_of(candidate: list[str], meta: dict, tmp_path: Path, new_line: str | None = None):
-    lineage, line = lineage_check(candidate, tmp_path, meta, "bbb.dir", new_line)
+def checks_of(candidate: list[str], meta: dict, root: Path, new_line: str | None = None):
+    """The checks of a candidate against production ``meta`` in workspace ``root`` (folder ``root/production``)."""
+    production = root / "production"
+    lineage, line = lineage_check(candidate, production, meta, "bbb.dir", new_line, workspace=root)
     compare = lineage.passed and new_line is None
     return {c.name: c for c in promotion_checks(EVALUATE, EXPORT_OK, meta, 0.0, None, lineage, compare)}, line
 
@@ -66,7 +68,8 @@ def test_a_new_line_of_production_classes_is_refused(tmp_path: Path):
 
 
 def test_old_metadata_without_classes_and_no_readable_checkpoint_is_refused_with_the_command(tmp_path: Path):
-    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "production").mkdir()
+    (tmp_path / "production/model.pt").write_bytes(b"not a checkpoint")
     checks, _ = checks_of(COCO, production(classes=None), tmp_path)
     refused = checks["same classes"]
     assert not refused.passed and "records no class names" in refused.message
@@ -76,7 +79,7 @@ def test_old_metadata_without_classes_and_no_readable_checkpoint_is_refused_with
 
 
 def test_first_promotion_has_no_line_to_compare_with(tmp_path: Path):
-    lineage, line = lineage_check(COCO, tmp_path, None, "bbb.dir")
+    lineage, line = lineage_check(COCO, tmp_path, None, "bbb.dir", workspace=tmp_path)
     assert lineage.passed and (line.number, line.reason, line.classes) == (1, None, COCO)
 
 
@@ -108,8 +111,31 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_old_metadata_without_classes_reads_them_from_production_checkpoint(checkpoint: Path):
-    checks, _ = checks_of(SHAPES, production(classes=None), checkpoint.parent)
+    checks, _ = checks_of(SHAPES, production(classes=None), checkpoint.parent.parent)
     assert checks["same classes"].passed and "read from its model.pt" in checks["same classes"].message
     assert "no regression" in checks  # same classes: compared as before
-    other, _ = checks_of(COCO, production(classes=None), checkpoint.parent)
+    other, _ = checks_of(COCO, production(classes=None), checkpoint.parent.parent)
     assert not other["same classes"].passed and "id 0: 'person' vs 'circle'" in other["same classes"].message
+
+
+@pytest.mark.parametrize(
+    ("argv", "runner", "reason"),
+    [
+        (["--new-line", "  coco128 instead of the shapes "], "run_locked", "coco128 instead of the shapes"),
+        ([], "run_locked", None),
+        (["--recover"], "recover_locked", None),
+    ],
+)
+def test_the_cli_passes_the_new_line_reason_to_the_promotion(
+    argv: list[str], runner: str, reason: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import stages.promote as promote
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_bytes((REPO / "params.yaml").read_bytes())
+    seen = []
+    monkeypatch.setattr(promote, runner, seen.append)
+    assert main([*argv, "--params", str(params)]) == 0
+    assert len(seen) == 1 and seen[0].new_line == reason
+    assert seen[0].data_yaml == tmp_path / "data/prepared/data.yaml"
