@@ -32,16 +32,27 @@ The version number follows every version ever tagged, and a pointer older than t
 experiment applied, a checkout) is refused with the command that restores it.
 The CLI holds the workspace lock (``stages/core/lock.py``) for the whole run.
 
+Production records the class names it detects (from the prepared ``data.yaml``) and its data version.
+A candidate whose class names differ (order included: the ids) is refused before any comparison of
+mAPs, naming both and the command that starts a new production line: ``python -m stages.promote
+--new-line "<reason>"`` promotes it as the next version (the same counter: every ``production-v<N>``
+and ``v<N>.0.0`` keeps naming one model, and the registry's ``prod`` stage moves to it) without the
+no-regression check, records the line's number and reason in ``metadata.json`` and
+``reports/promotion.json``, and leaves every earlier version fetchable by its tags. A candidate of
+production's classes trained on another data version is promoted as usual; the change is recorded.
+
 This module is the entry (configuration, ``run``, the CLI); the work is in ``stages/promotion/``.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -58,6 +69,8 @@ from stages.promotion.checks import (
     promotion_checks,
     stale_stages,
 )
+from stages.promotion.lineage import CHECK as LINEAGE_CHECK
+from stages.promotion.lineage import Lineage, candidate_classes, lineage_check
 from stages.promotion.outcome import PromoteResult, PromotionCheck, PromotionRefused
 from stages.promotion.staging import assemble, digests, write_metadata
 from stages.promotion.tags import latest_tag, registry_name, tag_mismatch
@@ -94,10 +107,12 @@ class PromoteConfig(BaseModel):
     production: Path
     report: Path
     files: dict[str, Path]  # name in production -> file in the workspace
+    data_yaml: Path  # the prepared data.yaml: the candidate's class names
     engine_dir: Path
     deploy_dir: Path
     options: PromoteParams
     lock_timeout_s: float = 60.0
+    new_line: str | None = None  # --new-line: why the candidate starts a new production line
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> PromoteConfig:
@@ -125,6 +140,7 @@ class PromoteConfig(BaseModel):
             production=p.resolve("production", root),
             report=p.resolve("promotion_report", root),
             files={name: p.resolve(key, root) for name, key in names.items()} | {"model.onnx": p.onnx_model(root)},
+            data_yaml=p.resolve("prepared", root) / "data.yaml",
             engine_dir=p.resolve("engine_dir", root),
             deploy_dir=p.resolve("deploy_dir", root),
             options=params.promote,
@@ -137,10 +153,13 @@ def recover(cfg: PromoteConfig) -> str | None:
     return transaction.recover(cfg)
 
 
-def _refuse(cfg: PromoteConfig, checks: list[PromotionCheck], version: str | None, shown: str) -> PromotionRefused:
-    write_json(
-        cfg.report, PromoteResult(promoted=False, version=None, checks=checks, data_version=version, production=shown)
-    )
+def _refuse(
+    cfg: PromoteConfig, checks: list[PromotionCheck], version: str | None, shown: str, line: Lineage | None = None
+) -> PromotionRefused:
+    result = PromoteResult(promoted=False, version=None, checks=checks, data_version=version, production=shown)
+    if line is not None:
+        result = result.model_copy(update={"classes": line.classes, "new_line": cfg.new_line})
+    write_json(cfg.report, result)
     return PromotionRefused(
         "not promoted: " + "; ".join(f"{c.name} {c.message}" for c in checks if not c.passed),
         stage=STAGE,
@@ -180,7 +199,10 @@ def run(cfg: PromoteConfig) -> PromoteResult:
     current = production_metadata(cfg.production)
     recorded = recorded_data_version(cfg.workspace, cfg.dataset)
     version = recorded.md5 if recorded else None
-    checks = promotion_checks(evaluate, export, current, cfg.options.max_map50_95_drop, deploy)
+    lineage, line = _lineage(cfg, current, version)
+    # Compared with production only on its line: same classes, and no new line begun.
+    compare = lineage.passed and cfg.new_line is None
+    checks = promotion_checks(evaluate, export, current, cfg.options.max_map50_95_drop, deploy, lineage, compare)
     if dvc_project:
         checks.insert(
             0,
@@ -191,7 +213,7 @@ def run(cfg: PromoteConfig) -> PromoteResult:
             ),
         )
     if not all(c.passed for c in checks):
-        raise _refuse(cfg, checks, version, shown)
+        raise _refuse(cfg, checks, version, shown, line)
     # Every check passed: a model that is already production is reported, not promoted again.
     if current is not None and already_in_production(cfg.files, current):
         message = f"this model is already production version {current['version']}; nothing changed"
@@ -203,6 +225,8 @@ def run(cfg: PromoteConfig) -> PromoteResult:
             checks=[*checks, check],
             data_version=version,
             production=shown,
+            classes=line.classes,
+            line=line.number,
         )
         write_json(cfg.report, result)
         log.info("%s", message)
@@ -232,19 +256,41 @@ def run(cfg: PromoteConfig) -> PromoteResult:
         check = PromotionCheck(
             name="unchanged while promoting", passed=False, message=f"changed during promotion: {what}"
         )
-        raise _refuse(cfg, [*checks, check], version, shown)
-    write_metadata(pl.staging, new_version, version, cfg.workspace, evaluate, checks)
+        raise _refuse(cfg, [*checks, check], version, shown, line)
+    if cfg.new_line is not None:
+        line = line.model_copy(update={"started_at": new_version})
+    write_metadata(pl.staging, new_version, version, cfg.workspace, evaluate, checks, line)
     transaction.step("staged")
+    promoted = PromoteResult(
+        promoted=True,
+        version=new_version,
+        checks=checks,
+        data_version=version,
+        production=shown,
+        classes=line.classes,
+        line=line.number,
+        new_line=cfg.new_line,
+    )
     journal = Journal(
         version=new_version,
         old_pointer=pl.pointer.read_text(encoding="utf-8") if pl.pointer.is_file() else None,
-        result=PromoteResult(promoted=True, version=new_version, checks=checks, data_version=version, production=shown),
+        result=promoted,
     )
     # Swap: two renames; the journal says how to finish or undo them whenever the process stops.
     transaction.swap(cfg, journal)
     result = transaction.finish(cfg, journal)
     log.info("promoted to %s as version %d (data %s, commit %s)", cfg.production, new_version, version, result.commit)
     return result
+
+
+def _lineage(cfg: PromoteConfig, current: dict[str, Any] | None, version: str | None) -> tuple[PromotionCheck, Lineage]:
+    """The class check (``lineage.lineage_check``); a prepared data.yaml that cannot be read fails it."""
+    try:
+        classes = candidate_classes(cfg.data_yaml)
+    except PipelineError as exc:
+        message = f"cannot read the candidate's class names: {exc}"
+        return PromotionCheck(name=LINEAGE_CHECK, passed=False, message=message), Lineage(classes=[])
+    return lineage_check(classes, cfg.production, current, version, cfg.new_line, workspace=cfg.workspace)
 
 
 def run_locked(cfg: PromoteConfig) -> PromoteResult:
@@ -262,16 +308,28 @@ def recover_locked(cfg: PromoteConfig) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: ``python -m stages.promote [--recover]``.
+    """CLI entry point: ``python -m stages.promote [--recover | --new-line REASON]``.
 
     ``--recover`` only finishes or undoes a promotion that was cut off (the flow and CI run it before
-    pulling, which a half-done promotion would make fail).
+    pulling, which a half-done promotion would make fail). ``--new-line REASON`` promotes a model whose
+    classes differ from production's as the first version of a new production line (every other check
+    still applies; the earlier versions stay fetchable by their tags).
     """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--recover" in args:
-        args.remove("--recover")
-        return stage_main(STAGE, PromoteConfig.from_params, recover_locked, args)
-    return stage_main(STAGE, PromoteConfig.from_params, run_locked, args)
+    parser = argparse.ArgumentParser(prog="python -m stages.promote", add_help=False)
+    parser.add_argument("--recover", action="store_true")
+    parser.add_argument("--new-line", metavar="REASON")
+    ours, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if ours.recover:
+        return stage_main(STAGE, PromoteConfig.from_params, recover_locked, rest)
+    if ours.new_line is not None and not ours.new_line.strip():
+        print('error: --new-line needs a reason, e.g. --new-line "coco128: 80 classes, not shapes"', file=sys.stderr)
+        return 2
+    reason = ours.new_line.strip() if ours.new_line is not None else None
+
+    def build(params: Params, root: Path) -> PromoteConfig:
+        return PromoteConfig.from_params(params, root).model_copy(update={"new_line": reason})
+
+    return stage_main(STAGE, build, run_locked, rest)
 
 
 if __name__ == "__main__":

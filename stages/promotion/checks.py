@@ -25,6 +25,8 @@ def promotion_checks(
     production: dict[str, Any] | None,
     max_drop: float,
     deploy: dict[str, Any] | None = None,
+    lineage: PromotionCheck | None = None,
+    compare: bool = True,
 ) -> list[PromotionCheck]:
     """The rules a candidate must pass, evaluated on its metrics and production's.
 
@@ -35,6 +37,10 @@ def promotion_checks(
         max_drop: Largest allowed mAP50-95 drop against production.
         deploy: The candidate's ``metrics/deploy.json``; when given, its FP32 ONNX model must be deployable
             (the other artifacts are promoted when deployable and left out otherwise).
+        lineage: Whether the candidate detects production's classes (``lineage.lineage_check``); it goes
+            before the no-regression check.
+        compare: ``False`` when the candidate is not compared with production: its classes differ (refused by
+            ``lineage``) or it starts a new production line. The no-regression check is then not made.
 
     Returns:
         One check per rule.
@@ -71,9 +77,13 @@ def promotion_checks(
                 f"deploy.max_drop.fp32 ({onnx.get('max_drop')}); see reports/deploy.json",
             )
         )
+    if lineage is not None:
+        checks.append(lineage)
     if production is None:
         checks.append(PromotionCheck(name="no regression", passed=True, message="no production model yet"))
-    else:
+    # Not compared (``compare`` False): mAP over other classes says nothing about production's; the
+    # lineage check says what happens instead.
+    elif compare:
         baseline, candidate = production["metrics"]["map50_95"], evaluate["map50_95"]
         passed = candidate >= baseline - max_drop
         checks.append(

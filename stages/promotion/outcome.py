@@ -34,3 +34,6 @@ class PromoteResult(BaseModel):
     tag: str | None = None  # production-v<N>
     # The model-registry tags of the commit (<name>@v<N>.0.0, <name>#prod#<counter>): what to push with it.
     registry_tags: list[str] = []
+    classes: list[str] = []  # the candidate's class names, in id order
+    line: int | None = None  # its production line (1, then one more for each --new-line)
+    new_line: str | None = None  # the reason given with --new-line, when this promotion started the line

@@ -9,6 +9,7 @@ from typing import Any
 
 from stages.core.common import file_sha256, git_commit, write_json
 from stages.deploy.targets import TARGETS
+from stages.promotion.lineage import Lineage
 from stages.promotion.outcome import PromotionCheck
 
 
@@ -51,12 +52,20 @@ def write_metadata(
     workspace: Path,
     evaluate: dict[str, Any],
     checks: list[PromotionCheck],
+    lineage: Lineage,
 ) -> None:
-    """Write ``metadata.json`` into the assembled folder: the version, its origin, metrics and every file's digest."""
+    """Write ``metadata.json`` into the assembled folder.
+
+    It holds the version, its origin (data and code versions), its class names and production line,
+    its metrics and checks, and every file's digest.
+    """
     metadata = {
         "version": version,
         "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "data_version": data_version,
+        # What the ids mean: the next candidate must detect the same classes, or start a new line.
+        "classes": lineage.classes,
+        "line": lineage.model_dump(exclude={"classes"}),
         "code_version": git_commit(workspace),
         "metrics": {k: evaluate[k] for k in ("map50", "map50_95", "precision", "recall")},
         "checks": [c.model_dump() for c in checks],

@@ -4,8 +4,10 @@ A git + DVC workspace with a git remote (a bare repository on disk) and a DVC re
 v1, then v2, pushing each as CI does (``dvc push``, then ``git push`` of the branch and the tags). A
 serving machine is a fresh, empty folder with nothing but DVC: ``dvc artifacts get <repo> yolo-detector
 --stage prod`` gives v2's files and ``--rev v1.0.0`` v1's, read from the tags promotion wrote in GTO's
-format and the artifact the project's ``dvc.yaml`` declares. Every DVC and GTO process of the serving
-side runs under the network guard (``tests/netguard``): nothing but loopback and files.
+format and the artifact the project's ``dvc.yaml`` declares. v2 detects other classes and starts a new
+production line (issue 25, item 2): v1, of the first line, stays fetchable by its version. Every DVC
+and GTO process of the serving side runs under the network guard (``tests/netguard``): nothing but
+loopback and files.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.e2e.test_promotion_atomic import config, env, sh, write_candidate
+from tests.e2e.test_promotion_atomic import SHAPES, config, env, sh, write_candidate
 from tests.e2e.workspace import NETGUARD
 
 pytestmark = pytest.mark.e2e
 
 NAME = "yolo-detector"
+# v2's dataset: other classes than v1's shapes, so it is promoted as a new production line.
+OTHER = {**SHAPES, "names": ["person", "bicycle", "car"]}
+CLASSES = {1: SHAPES["names"], 2: OTHER["names"]}
 
 
 def _guarded(log: Path) -> dict[str, str]:
@@ -73,9 +78,10 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sh(root, "git", "commit", "-q", "-m", "data and the registry's artifact")
     sh(root, "git", "remote", "add", "origin", str(origin))
     for version in (1, 2):
-        write_candidate(root, f"v{version}".encode())
-        result = run(config(root))
-        assert result.promoted and result.version == version
+        write_candidate(root, f"v{version}".encode(), {**SHAPES, "names": CLASSES[version]})
+        new_line = "other classes" if version == 2 else None
+        result = run(config(root).model_copy(update={"new_line": new_line}))
+        assert result.promoted and result.version == version and result.line == version
         assert result.registry_tags == [f"{NAME}@v{version}.0.0", f"{NAME}#prod#{version}"]
         # As CI does: the files on the DVC remote first, then the commit and its tags.
         sh(root, sys.executable, "-m", "dvc", "push", "-q")
@@ -98,6 +104,8 @@ def test_a_fresh_folder_fetches_production_and_any_earlier_version(origin: Path,
         assert (got / "model.onnx").read_bytes() == model + b"model.onnx", args
         metadata = json.loads((got / "metadata.json").read_text())
         assert metadata["version"] == int(model[1:]), args
+        assert metadata["classes"] == CLASSES[metadata["version"]], args
+        assert metadata["line"]["number"] == metadata["version"], args
     assert sorted(p.name for p in serving.iterdir()) == ["prod", "v1", "v2"], "a serving machine needs nothing else"
     assert not log.exists() or log.read_text() == "", f"reached beyond loopback: {log.read_text()}"
 
@@ -160,7 +168,7 @@ def test_an_artifact_name_the_registry_refuses_changes_nothing(origin: Path, tmp
     shutil.copytree(origin.parent / "ws", root, symlinks=True)
     (root / "dvc.yaml").write_text(yaml.safe_dump({"artifacts": {"yolo detector!": {"path": "models/production"}}}))
     tags_before = sh(root, "git", "tag", "--list")
-    write_candidate(root, b"v3")
+    write_candidate(root, b"v3", OTHER)  # production v2's classes: every check passes
     with pytest.raises(PipelineError, match="not one DVC's model registry accepts") as caught:
         run(config(root))
     assert caught.value.path == root / "dvc.yaml" and caught.value.key == "artifacts.yolo detector!"

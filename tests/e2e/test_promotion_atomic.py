@@ -52,6 +52,8 @@ METRICS = {
     "deploy.json": {"onnx-fp32": {"deployable": 1}},
     "engine.json": {"deployable": 0},
 }
+# The prepared data.yaml the candidate was trained on: its class names (production records them).
+SHAPES = {"train": "images/train", "val": "images/val", "names": ["circle", "square", "triangle"]}
 
 # Runs one promotion and kills itself with SIGKILL at the step named on its command line.
 DRIVER = """
@@ -86,19 +88,21 @@ def config(root: Path):
         production=root / "models/production",
         report=root / "reports/promotion.json",
         files={name: root / "candidate" / name for name in names},
+        data_yaml=root / "candidate" / "data.yaml",
         engine_dir=root / "models/engine",
         deploy_dir=root / "models/deploy",
         options=PromoteParams(),
     )
 
 
-def write_candidate(root: Path, model: bytes) -> None:
+def write_candidate(root: Path, model: bytes, data_yaml: dict | None = None) -> None:
     folder = root / "candidate"
     folder.mkdir(exist_ok=True)
     for name in CANDIDATE:
         (folder / name).write_bytes(model + name.encode())
     for name, data in METRICS.items():
         (folder / name).write_text(json.dumps(data))
+    (folder / "data.yaml").write_text(json.dumps(data_yaml or SHAPES))  # JSON is YAML
 
 
 @pytest.fixture(scope="module")
