@@ -16,7 +16,7 @@ from stages import prepare, validate
 from stages.core.config import parse_params
 from stages.core.errors import ValidationFailed
 from stages.data.sample_data import SampleSpec, generate
-from tests.conftest import tree_digest
+from tests.conftest import REPO, tree_digest
 
 
 def corrupt(root: Path) -> dict[str, str]:
@@ -102,6 +102,34 @@ def test_every_problem_kind_is_reported_and_the_input_is_untouched(tmp_path: Pat
     assert tree_digest(tmp_path / "data" / "dataset") == before
 
 
+@pytest.fixture
+def pil_as_in_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PIL's own ``Image.open``, as in the ``validate`` stage's process, which never imports Ultralytics.
+
+    Importing Ultralytics replaces ``PIL.Image.open`` for the whole process (``ultralytics.utils.patches``:
+    an unidentified image makes it look for the ``pi-heif`` plugin, and the error becomes
+    ``No module named 'pi_heif'``); a test that imported it earlier in this worker must not change
+    what this module sees.
+    """
+    import sys
+
+    from PIL import Image
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    if patches is not None and Image.open is getattr(patches, "image_open", None):
+        monkeypatch.setattr(Image, "open", patches._image_open)
+
+
+def test_the_validate_stage_never_imports_ultralytics():
+    """What ``pil_as_in_the_stage`` relies on: the stage's process decodes with PIL's own opener."""
+    import subprocess
+    import sys
+
+    code = "import sys, stages.validate; sys.exit('ultralytics' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+@pytest.mark.usefixtures("pil_as_in_the_stage")
 def test_a_report_with_an_unidentifiable_image_is_the_same_on_every_run(tmp_path: Path):
     """PIL names the unidentified file by its repr, which for data read into memory is an object's
     address: the report (a DVC output) then changed from run to run for the same dataset."""
