@@ -66,18 +66,23 @@ def ran_stages(output: str) -> set[str]:
 def test_a_worker_in_an_empty_folder_runs_the_fleet_deployment(
     ws: Workspace, remotes: tuple[Path, Path], server: dict[str, str], tmp_path: Path
 ):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
 
     bare, _ = remotes
     env = {k: v for k, v in server.items() if k != "PIPELINE_WORKSPACE"}
     pool = prefect(env, ws.root, "work-pool", "create", "yolo-cpu", "--type", "process")
     assert pool.returncode == 0, pool.stdout + pool.stderr
-    for name, ref in (("retrain-fleet", "main"), ("retrain-on-new-data-fleet", "no-such-ref")):
-        deploy_env = {**env, "PIPELINE_REPOSITORY": str(bare), "PIPELINE_REF": ref}
-        deploy = prefect(deploy_env, ws.root, "--no-prompt", "deploy", "--name", name)
+    deployments = (
+        ("yolo-train-to-deploy-fleet/retrain-fleet", "main"),
+        ("yolo-train-to-deploy-fleet/retrain-on-new-data-fleet", "no-such-ref"),
+        ("yolo-train-to-deploy/retrain", ""),  # a local one, over PIPELINE_WORKSPACE
+    )
+    for name, ref in deployments:
+        deploy_env = {**env, "PIPELINE_REPOSITORY": str(bare), "PIPELINE_REF": ref, "PIPELINE_WORKSPACE": str(ws.root)}
+        deploy = prefect(deploy_env, ws.root, "--no-prompt", "deploy", "--name", name.split("/")[1])
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
         # Only the runs this test starts: no schedule may add one while the worker polls.
-        cleared = prefect(env, ws.root, "deployment", "schedule", "clear", f"yolo-train-to-deploy-fleet/{name}", "-y")
+        cleared = prefect(env, ws.root, "deployment", "schedule", "clear", name, "-y")
         assert cleared.returncode == 0, cleared.stdout + cleared.stderr
 
     settings, client = api(env)
@@ -85,13 +90,14 @@ def test_a_worker_in_an_empty_folder_runs_the_fleet_deployment(
         with client:
             good = client.read_deployment_by_name("yolo-train-to-deploy-fleet/retrain-fleet")
             bad = client.read_deployment_by_name("yolo-train-to-deploy-fleet/retrain-on-new-data-fleet")
+            local = client.read_deployment_by_name("yolo-train-to-deploy/retrain")
             # Repository and ref were fixed when deploying, in the job's environment (the worker's own
             # environment names another repository and ref below: they play no part).
             assert good.job_variables["env"] == {"PIPELINE_REPOSITORY": str(bare), "PIPELINE_REF": "main"}
             assert bad.job_variables["env"]["PIPELINE_REF"] == "no-such-ref"
             assert "workspace" not in good.parameters
             for stale in client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[good.id, bad.id]))
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[good.id, bad.id, local.id]))
             ):
                 client.delete_flow_run(stale.id)
 
@@ -105,15 +111,30 @@ def test_a_worker_in_an_empty_folder_runs_the_fleet_deployment(
             polling = "yolo-train-to-deploy-fleet/retrain-on-new-data-fleet"
             wrong_ref = prefect(env, ws.root, "deployment", "run", polling)
             assert wrong_ref.returncode == 0, wrong_ref.stdout + wrong_ref.stderr
+            # The local deployment's run asking for another folder: refused, that folder untouched.
+            (tmp_path / "elsewhere").mkdir()
+            moved = prefect(
+                env, ws.root, "deployment", "run", "yolo-train-to-deploy/retrain",
+                "--param", f"workspace={tmp_path / 'elsewhere'}",
+            )  # fmt: skip
+            assert moved.returncode == 0, moved.stdout + moved.stderr
             empty = tmp_path / "worker"
             empty.mkdir()
             decoy = {**env, "PIPELINE_REPOSITORY": str(tmp_path / "decoy.git"), "PIPELINE_REF": "decoy"}
+            decoy["PIPELINE_WORKSPACE"] = str(ws.root)  # the local deployment's pull step reads it on the worker
             worker = prefect(decoy, empty, "worker", "start", "--pool", "yolo-cpu", "--run-once", timeout=600)
             seconds = time.monotonic() - started
             logs = worker.stdout + worker.stderr
             assert worker.returncode == 0, logs[-4000:]
             assert not any(empty.iterdir()), "the runs worked in their own folders, not the worker's"
 
+            [local_run] = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[local.id]))
+            )
+            print(f"local run elsewhere: {local_run.state.name}: {local_run.state.message}")
+            assert local_run.state.is_failed(), local_run.state
+            assert "cannot move it elsewhere" in (local_run.state.message or ""), local_run.state.message
+            assert not any((tmp_path / "elsewhere").iterdir())
             runs = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[good.id, bad.id]))
             )
@@ -139,8 +160,15 @@ def test_a_worker_in_an_empty_folder_runs_the_fleet_deployment(
             [failed] = by_kind["bad"]
             print(f"wrong ref: {failed.state.name}: {failed.state.message}")
             assert failed.state.is_final() and not failed.state.is_completed(), failed.state
-            said = f"{failed.state.message} {logs}"
-            assert "no-such-ref" in said, said[-3000:]
+            # The check-ref pull step says which ref, in which repository, and what to do: on the worker's
+            # console, and in the run's log where Prefect sent it before the run's process crashed.
+            run_log = " ".join(
+                log.message
+                for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[failed.id])))
+            )
+            said = f"ref 'no-such-ref' does not exist in the repository {bare}: deploy again with PIPELINE_REF"
+            print(f"wrong ref said in the run's log: {said in run_log}, on the worker's console: {said in logs}")
+            assert said in run_log + logs, (run_log + logs)[-3000:]
     finally:
         settings.__exit__(None, None, None)
     print(f"fleet runs, worker started to finished: {seconds:.1f} s")

@@ -37,7 +37,7 @@ def test_prefect_yaml_deployments_call_the_flow_with_its_parameters():
         if name in FLEET:
             # Pinned by the deployment (issue 22, item 7): the clone is the workspace, no run names another.
             assert "workspace" not in signature.parameters, name
-            clone, chdir = deployment["pull"]
+            _check_ref, clone, chdir = deployment["pull"]
             step = clone["prefect.deployments.steps.git_clone"]
             assert (step["repository"], step["branch"]) == ("{{ $PIPELINE_REPOSITORY }}", "{{ $PIPELINE_REF }}")
             assert (
