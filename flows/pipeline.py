@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel
 
 from flows import artifacts
 from flows.dvc_runner import StageRun, dvc_environment, repro_stage
+from flows.pinned import check_pinned_workspace
 from stages import PIPELINE
 from stages.core.common import read_json
 from stages.core.config import Params, load_params
@@ -176,7 +177,9 @@ def pipeline(
     Raises:
         StageFailed: When a stage or the promotion fails; the artifacts of what did run are published.
         WorkspaceBusy: When another run holds the workspace past ``orchestration.lock_timeout_s``.
+        PipelineError: When a deployment's run names a workspace other than the deployment's own.
     """
+    check_pinned_workspace(workspace, deployment.id)
     root = Path(workspace).resolve()
     params = load_params(root / "params.yaml")
     logger = get_run_logger()

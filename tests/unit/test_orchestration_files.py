@@ -12,8 +12,11 @@ FLOWS = {
     "retrain": "flows.pipeline:pipeline",
     "retrain-on-new-data": "flows.pipeline:pipeline",
     "tune": "flows.tune:tune",
+    "retrain-fleet": "flows.fleet:fleet",
+    "retrain-on-new-data-fleet": "flows.fleet:fleet",
 }
-SCHEDULED = {"retrain", "retrain-on-new-data"}
+SCHEDULED = {"retrain", "retrain-on-new-data", "retrain-fleet", "retrain-on-new-data-fleet"}
+FLEET = {"retrain-fleet", "retrain-on-new-data-fleet"}
 
 
 def test_prefect_yaml_deployments_call_the_flow_with_its_parameters():
@@ -31,7 +34,21 @@ def test_prefect_yaml_deployments_call_the_flow_with_its_parameters():
         assert set(deployment["parameters"]) <= set(signature.parameters), name
         required = {p for p, v in signature.parameters.items() if v.default is inspect.Parameter.empty}
         assert required <= set(deployment["parameters"]), name
-        assert deployment["parameters"]["workspace"] == "{{ $PIPELINE_WORKSPACE }}"
+        if name in FLEET:
+            # Pinned by the deployment (issue 22, item 7): the clone is the workspace, no run names another.
+            assert "workspace" not in signature.parameters, name
+            _check_ref, clone, chdir = deployment["pull"]
+            step = clone["prefect.deployments.steps.git_clone"]
+            assert (step["repository"], step["branch"]) == ("{{ $PIPELINE_REPOSITORY }}", "{{ $PIPELINE_REF }}")
+            assert (
+                chdir["prefect.deployments.steps.set_working_directory"]["directory"]
+                == f"{{{{ {step['id']}.directory }}}}"
+            )
+            # Pull steps are templated on the worker, job variables when deploying: the job's env pins both.
+            env = deployment["work_pool"]["job_variables"]["env"]
+            assert env == {"PIPELINE_REPOSITORY": "{{ $PIPELINE_REPOSITORY }}", "PIPELINE_REF": "{{ $PIPELINE_REF }}"}
+        else:
+            assert deployment["parameters"]["workspace"] == "{{ $PIPELINE_WORKSPACE }}"
         if name in SCHEDULED:
             assert deployment["schedules"], f"{name} has no schedule"
         else:
