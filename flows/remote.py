@@ -52,6 +52,7 @@ class Published(BaseModel):
     branch: str  # results/<run id>
     commit: str
     tag: str | None  # the production tag pushed with it (None: no new production)
+    registry_tags: list[str] = []  # the model registry's tags pushed with it (GTO's format)
     retried_on: str | None = None  # the tag that won a race, when this run promoted again on top of it
 
 
@@ -173,17 +174,20 @@ def commit_results(root: Path, run_id: str) -> str:
     return _git_checked(root, "reading HEAD", "rev-parse", "HEAD").strip()
 
 
-def _push(root: Path, branch: str, tag: str | None) -> tuple[bool, str]:
-    """Push the results branch and the tag atomically; returns (pushed, git's output)."""
-    refspecs = [f"HEAD:refs/heads/{branch}"] + ([f"refs/tags/{tag}:refs/tags/{tag}"] if tag else [])
+def _push(root: Path, branch: str, tags: list[str]) -> tuple[bool, str]:
+    """Push the results branch and the promotion's tags atomically; returns (pushed, git's output)."""
+    refspecs = [f"HEAD:refs/heads/{branch}"] + [f"refs/tags/{tag}:refs/tags/{tag}" for tag in tags]
     proc = _git(root, "push", "--atomic", "--porcelain", REMOTE, *refspecs)
     return proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _lost_race(output: str, tag: str | None) -> bool:
-    """Whether the push was refused because the tag already exists on the remote (another run promoted)."""
-    return tag is not None and any(
-        line.startswith("!") and f"refs/tags/{tag}" in line and "rejected" in line for line in output.splitlines()
+def _lost_race(output: str, tags: list[str]) -> bool:
+    """Whether the push was refused because one of the promotion's tags already exists on the remote
+    (another run promoted the same version first)."""
+    return any(
+        line.startswith("!") and f"refs/tags/{tag}" in line and "rejected" in line
+        for tag in tags
+        for line in output.splitlines()
     )
 
 
@@ -193,9 +197,10 @@ def _promotion(root: Path) -> dict:
     return read_json(report, stage=STAGE) if report.is_file() else {}
 
 
-def _withdraw(root: Path, base: str, tag: str) -> None:
-    """Undo this run's local promotion commit and tag; the working tree keeps the run's files."""
-    _git_checked(root, f"withdrawing the local tag {tag}", "tag", "--delete", tag)
+def _withdraw(root: Path, base: str, tags: list[str]) -> None:
+    """Undo this run's local promotion commit and tags; the working tree keeps the run's files."""
+    for tag in tags:
+        _git_checked(root, f"withdrawing the local tag {tag}", "tag", "--delete", tag)
     _git_checked(root, "withdrawing the local promotion commit", "reset", "--quiet", "--mixed", base)
 
 
@@ -225,11 +230,14 @@ def publish(root: Path, run_id: str, base: str, *, retry: bool = True) -> Publis
     dvc_push(root)
     report = _promotion(root)
     tag = report.get("tag") if report.get("promoted") else None
+    # production-v<N> and the model registry's (GTO's) <artifact>@v<N>.0.0 and <artifact>#prod#<k>:
+    # all or none, so the registry never names a version the pointer tag does not.
+    tags = [tag, *report.get("registry_tags", [])] if tag else []
     commit = commit_results(root, run_id)
-    pushed, output = _push(root, branch, tag)
+    pushed, output = _push(root, branch, tags)
     if pushed:
-        return Published(branch=branch, commit=commit, tag=tag)
-    if not _lost_race(output, tag):
+        return Published(branch=branch, commit=commit, tag=tag, registry_tags=tags[1:])
+    if not _lost_race(output, tags):
         what = f"{branch} and {tag}" if tag else branch
         raise PipelineError(
             f"git push of {what} to {_remote_url(root)} failed: {output.strip()[-800:]}; "
@@ -237,7 +245,7 @@ def publish(root: Path, run_id: str, base: str, *, retry: bool = True) -> Publis
             stage=STAGE,
         )
     assert tag is not None
-    _withdraw(root, base, tag)
+    _withdraw(root, base, tags)
     winner = sync_production(root)
     won = winner[0] if winner else "unknown"
     if not retry:

@@ -35,10 +35,13 @@ def test_a_rejected_tag_is_a_lost_race_and_nothing_else_is():
         "To /r.git\n=\tHEAD:refs/heads/results/x\t[up to date]\n"
         "!\trefs/tags/production-v2:refs/tags/production-v2\t[rejected] (already exists)\nDone\n"
     )
-    assert _lost_race(rejected, "production-v2")
-    assert not _lost_race(rejected, None)  # no promotion pushed: another failure
+    assert _lost_race(rejected, ["production-v2"])
+    assert not _lost_race(rejected, [])  # no promotion pushed: another failure
     unreachable = "fatal: '/gone.git' does not appear to be a git repository\n"
-    assert not _lost_race(unreachable, "production-v2")
+    assert not _lost_race(unreachable, ["production-v2"])
+    # The registry's tags race like the pointer's: whichever of them is refused, the run lost.
+    registry = "!\trefs/tags/yolo-detector@v2.0.0:refs/tags/yolo-detector@v2.0.0\t[rejected] (already exists)\n"
+    assert _lost_race(registry, ["production-v2", "yolo-detector@v2.0.0", "yolo-detector#prod#2"])
 
 
 def _check_ref(repository: str, ref: str) -> subprocess.CompletedProcess[str]:
