@@ -72,10 +72,14 @@ PREFECT_HOST ?= 127.0.0.1
 server: install
 	$(BIN)/python scripts/prefect_launch.py server --host $(PREFECT_HOST) --port $(PREFECT_PORT)
 
-## Create the process work pool and the deployments of prefect.yaml on the server in PREFECT_API_URL.
+## Create the process work pool and the deployments of prefect.yaml on the server in PREFECT_API_URL:
+## the local ones (this workspace, PIPELINE_WORKSPACE), and the fleet ones (each run clones
+## PIPELINE_REPOSITORY at PIPELINE_REF) only when PIPELINE_REPOSITORY is set: without it their runs
+## could clone nothing.
 deploy: install
 	$(BIN)/prefect work-pool inspect yolo-cpu >/dev/null 2>&1 || $(BIN)/prefect work-pool create yolo-cpu --type process
-	$(BIN)/prefect --no-prompt deploy --all
+	$(BIN)/prefect --no-prompt deploy --name retrain --name retrain-on-new-data --name tune
+	test -z "$(PIPELINE_REPOSITORY)" || $(BIN)/prefect --no-prompt deploy --name retrain-fleet --name retrain-on-new-data-fleet
 
 ## GPU work pools on the server in PREFECT_API_URL, from the base job templates in infra/prefect/
 ## (a container per flow run from infra/docker/Dockerfile's image, GPUs requested, the shared DVC

@@ -121,8 +121,9 @@ def sync_production(root: Path) -> tuple[str, int] | None:
         return None
     current = max(tags.items(), key=lambda t: t[1])
     tag = current[0]
-    # Forced: the remote's tags are production; a local one of the same name is a withdrawn promotion.
-    refspecs = [f"+refs/tags/{name}:refs/tags/{name}" for name in tags]
+    # Every tag, forced: the remote's tags are production (a local one of the same name is a withdrawn
+    # promotion), and the model registry's (GTO's) tags too, so the next `#prod#<k>` numbers after theirs.
+    refspecs = ["+refs/tags/*:refs/tags/*"]
     _git_checked(root, "fetching the remote's production tags", "fetch", "--quiet", "--no-tags", REMOTE, *refspecs)
     pointer = f"{params.paths.production}.dvc"
     _git_checked(root, f"checking out production {tag}", "checkout", tag, "--", pointer)

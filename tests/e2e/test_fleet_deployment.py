@@ -198,6 +198,10 @@ def _clone_and_reproduce(bare: Path, env: dict[str, str], dest: Path) -> Path:
     return dest
 
 
+# What a first promotion tags: the pointer's tag and the model registry's (GTO's) version and stage.
+V1_TAGS = ["production-v1", "yolo-detector#prod#1", "yolo-detector@v1.0.0"]
+
+
 def test_two_runs_promoting_at_once_never_lose_or_overwrite_production(
     ws: Workspace, remotes: tuple[Path, Path], tmp_path: Path
 ):
@@ -216,7 +220,7 @@ def test_two_runs_promoting_at_once_never_lose_or_overwrite_production(
         bases[clone] = sh(clone, env, "git", "rev-parse", "HEAD").strip()
         promoted = remote.promote(clone)
         assert promoted.returncode == 0, promoted.stderr
-        assert sh(clone, env, "git", "tag", "--list").split() == ["production-v1"]
+        assert sh(clone, env, "git", "tag", "--list").split() == V1_TAGS
 
     won = remote.publish(a, "a", bases[a])
     assert won.tag == "production-v1" and won.retried_on is None
@@ -237,7 +241,13 @@ def test_two_runs_promoting_at_once_never_lose_or_overwrite_production(
     refs = dict(line.split() for line in refs.splitlines())
     assert refs["refs/tags/production-v1"] == promoted_by_a, "the first promotion stays production"
     assert refs["refs/heads/results/a"] == won.commit
-    assert [r for r in refs if r.startswith("refs/tags/")] == ["refs/tags/production-v1"]
+    assert [r for r in refs if r.startswith("refs/tags/")] == [f"refs/tags/{t}" for t in V1_TAGS]
+    # The model registry names the winner's version too, never a withdrawn one.
+    for tag in V1_TAGS[1:]:
+        assert sh(bare, env, "git", "rev-parse", f"{tag}^{{commit}}") == sh(
+            bare, env, "git", "rev-parse", "production-v1^{commit}"
+        )
+    assert sorted(won.registry_tags) == V1_TAGS[1:] and not retried.registry_tags
     assert {r for r in refs if r.startswith("refs/heads/results/")} == {"refs/heads/results/a", "refs/heads/results/b"}
     assert storage.is_dir()
 

@@ -127,3 +127,20 @@ def test_zizmor_finds_nothing_in_the_workflows():
         pytest.skip("zizmor is not installed (pip install -e '.[dev]' installs it)")
     proc = subprocess.run([zizmor, "--offline", str(REPO / ".github" / "workflows")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_make_deploy_names_every_deployment_and_the_fleet_ones_only_with_a_repository():
+    """`make deploy` deploys by name (a fleet deployment without PIPELINE_REPOSITORY could clone nothing):
+    every deployment of prefect.yaml is named there once, the fleet ones behind the repository check."""
+    import re
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    recipe = (REPO / "Makefile").read_text().split("\ndeploy: install\n", 1)[1].split("\n\n", 1)[0]
+    lines = [line for line in recipe.splitlines() if " deploy " in line]
+    named = [re.findall(r"--name (\S+)", line) for line in lines]
+    assert sorted(n for group in named for n in group) == sorted(names)
+    fleet = {n for n in names if "PIPELINE_REPOSITORY" in str(next(d for d in spec["deployments"] if d["name"] == n))}
+    assert fleet, "prefect.yaml has fleet deployments"
+    for line, group in zip(lines, named, strict=True):
+        assert (set(group) <= fleet) == ('test -z "$(PIPELINE_REPOSITORY)" ||' in line), line
