@@ -125,8 +125,8 @@ test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
 
 lint: install
-	$(BIN)/ruff check stages flows tests
-	$(BIN)/ruff format --check stages flows tests
+	$(BIN)/ruff check stages flows tests scripts benchmarks
+	$(BIN)/ruff format --check stages flows tests scripts benchmarks
 	$(BIN)/lint-imports --no-logo --cache-dir .cache/import-linter  # the layers: pyproject.toml [tool.importlinter]
 	$(BIN)/python -m stages.backends.tensorrt_typecheck  # mypy: the TensorRT backend against TensorRT's API
 	$(BIN)/zizmor --offline .github/workflows
