@@ -8,8 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import venv_env
 from tests.e2e.test_experiments import EXPERIMENTS, finished, queue_worker_running
 from tests.e2e.workspace import Workspace
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _workspace(root: Path) -> Workspace:
@@ -20,6 +25,14 @@ def _pidfile(root: Path, pid: int) -> None:
     folder = root / ".dvc" / "tmp" / "exps" / "celery"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "dvc-exp-worker-1.pid").write_text(str(pid))
+
+
+def test_subprocesses_get_one_thread_unless_the_caller_chose(monkeypatch: pytest.MonkeyPatch):
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert all(venv_env()[name] == "1" for name in THREAD_VARIABLES)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert venv_env()["OMP_NUM_THREADS"] == "4"
 
 
 def test_queue_worker_is_running_only_while_its_process_lives(tmp_path: Path):
