@@ -47,12 +47,20 @@ def cuda_available() -> bool:
 
 
 def venv_env() -> dict[str, str]:
-    """Environment for subprocesses: this interpreter's bin folder first on PATH."""
+    """Environment for subprocesses: this interpreter's bin folder first on PATH, one OpenMP/BLAS thread.
+
+    One thread, unless the caller's environment says otherwise: the suite runs two xdist workers on
+    two cores, and a stage's PyTorch, started with a thread per core, then spins waiting for threads
+    the other worker's processes hold. What chooses its own threads still does: the benchmark
+    (``benchmark.threads``) and ONNX Runtime's sessions; torchrun gives its workers one anyway.
+    """
     import sys
 
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(name, "1")
     return env
 
 
