@@ -1,8 +1,8 @@
 """Hyper-parameter search over the pipeline: an Optuna study, one DVC experiment per trial.
 
 What is searched, for which metric and in which direction is ``params.yaml``'s ``tune`` section;
-the study itself is ``flows/tuning.py``. The run holds the workspace (``stages/core/lock.py``) like a
-pipeline flow run, so the two never interleave.
+the study itself is the ``flows/tuning`` package. The run holds the workspace (``stages/core/lock.py``)
+like a pipeline flow run, so the two never interleave.
 
 Usage::
 

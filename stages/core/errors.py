@@ -88,7 +88,7 @@ class BackendUnavailable(PipelineError):
 
 
 class TuneError(PipelineError):
-    """A hyper-parameter study cannot start or go on (``flows/tuning.py``): a changed study, a name clash."""
+    """A hyper-parameter study cannot start or go on (``flows/tuning/``): a changed study, a name clash."""
 
 
 class StageFailed(PipelineError):

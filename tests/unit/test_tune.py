@@ -30,7 +30,7 @@ from flows.tuning import (
     set_arguments,
     suggest,
 )
-from stages.core.config import Params, load_params, parse_params
+from stages.core.config import Params, SearchDim, load_params, parse_params
 from stages.core.errors import ConfigError, TuneError
 from tests.conftest import REPO
 
@@ -164,6 +164,14 @@ def test_suggestions_lie_in_the_space_with_the_right_types():
         assert isinstance(values["train.epochs"], int) and 1 <= values["train.epochs"] <= 5
         assert values["train.imgsz"] in {64, 96, 128, 160, 192, 224, 256}
         assert values["train.cos_lr"] in {True, False}
+
+
+def test_a_range_without_bounds_is_a_config_error_naming_its_key_not_a_type_error():
+    """``suggest`` narrows low and high itself: a dimension built around SearchDim's validator
+    (``model_construct``) gets the typed error naming the key, not ``int(None)``'s TypeError."""
+    dim = SearchDim.model_construct(type="int", low=None, high=5, log=False, step=None, choices=None)
+    with pytest.raises(ConfigError, match=r"tune\.space\.train\.epochs.*int needs numbers low and high"):
+        suggest(optuna.trial.FixedTrial({"train.epochs": 2}), {"train.epochs": dim})
 
 
 def test_fixed_suggestion_becomes_s_arguments_and_the_command():

@@ -1,4 +1,4 @@
-"""The ``tune`` section (``flows/tuning.py``): the hyper-parameter search and its space."""
+"""The ``tune`` section (``flows/tuning/``): the hyper-parameter search and its space."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def storage_url_problem(url: str) -> str:
 class TuneParams(_Section):
     """Hyper-parameter search (``python -m flows.tune``): an Optuna study, one ``dvc exp run`` per trial.
 
-    Read by ``flows/tuning.py`` only; no DVC stage depends on it, so changing the search space
+    Read by ``flows/tuning/`` only; no DVC stage depends on it, so changing the search space
     retrains nothing.
     """
 
