@@ -17,6 +17,7 @@ running trial found at the start is only closed when it is this machine's and it
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def open_storage(spec: StorageSpec) -> Any:
         Path(spec.target).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(f"sqlite:///{spec.target}")
     try:
-        return optuna.storages.RDBStorage(spec.target)
+        return _open_rdb(optuna, spec.target)
     except ImportError:  # Optuna wraps SQLAlchemy's failed import of the driver in its own ImportError
         scheme = spec.target.split(":", 1)[0]
         driver = scheme.partition("+")[2] or ("psycopg2" if scheme == "postgresql" else scheme)
@@ -95,3 +96,28 @@ def open_storage(spec: StorageSpec) -> Any:
             "or PGPASSFILE set for its user?)",
             key="tune.storage",
         ) from None
+
+
+# What PostgreSQL says when two processes create Optuna's schema in an empty database at once: the
+# loser's CREATE TABLE / CREATE TYPE meets the winner's (measured: both messages, 3 runs of 3).
+_SCHEMA_RACE = ("already exists", "duplicate key value violates unique constraint")
+
+
+def _open_rdb(optuna: Any, url: str, attempts: int = 5) -> Any:
+    """``RDBStorage(url)``, opened again when another process was creating the same schema at that moment.
+
+    Machines that start one study together on a fresh database each create Optuna's tables on
+    opening; all but one then fail on the tables the first made. Once those exist, opening only
+    reads them, so a second try succeeds.
+    """
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except ImportError:
+            raise
+        except Exception as exc:
+            said = str(getattr(exc, "orig", None) or exc)
+            if attempt == attempts - 1 or not any(marker in said for marker in _SCHEMA_RACE):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -12,31 +12,30 @@ generated ``data.yaml`` (split folders relative to it, class names; no ``path``,
 Splits: the dataset's own train/val(/test) split is kept when it has one; otherwise images are
 assigned by a hash of the seed and the file's path, so adding images never moves existing ones.
 
-Writes stay under ``paths.prepared``: every target is checked (:func:`checked_target`) before it is
+Writes stay under ``paths.prepared`` (``stages/data/prepared_output.py``): every target is checked
+(:func:`~stages.data.prepared_output.checked_target`) before it is
 created, an existing one is never replaced (two images mapping to one file are an ``image_name_clash``),
 and the folder is emptied only when it holds nothing but what ``prepare`` writes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
 import sys
-from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from stages.core.common import stage_main, write_json, write_text
+from stages.core.common import stage_main, write_json
 from stages.core.config import Params, PrepareParams
 from stages.core.errors import DatasetError
-from stages.data.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, SPLITS, is_under, printable
+from stages.data.datasets import LABEL_SOURCES, SOURCE_PROBLEMS, SPLITS, printable
 from stages.data.formats import read_source
 from stages.data.formats.base import Entry
+from stages.data.prepared_output import PreparedFolder, empty_output, hash_split
 
 log = logging.getLogger(__name__)
 
@@ -83,145 +82,6 @@ class PrepareResult(BaseModel):
     source_problems: int
 
 
-def hash_split(relative: str, seed: int, val_fraction: float) -> str:
-    """Assign a file to ``train`` or ``val`` from its relative path alone.
-
-    The decision depends only on the seed and the path, so it is stable across runs, machines, and
-    additions of other files.
-    """
-    # surrogateescape: a file name that is not UTF-8 hashes as its raw bytes (valid names are unchanged).
-    digest = hashlib.sha256(f"{seed}:{relative}".encode("utf-8", "surrogateescape")).digest()
-    fraction = int.from_bytes(digest[:8], "big") / 2**64
-    return "val" if fraction < val_fraction else "train"
-
-
-# What ``prepare`` writes at the top of ``paths.prepared``; a folder holding anything else is not emptied.
-_OWN_ENTRIES = frozenset({"images", "labels", "data.yaml", "class_map.json", LABEL_SOURCES, SOURCE_PROBLEMS})
-
-
-def checked_target(prepared: Path, target: Path, folders: AbstractSet[str] = frozenset()) -> Path:
-    """``target``, once it is sure that creating it writes inside ``prepared``.
-
-    Checked lexically (no ``..`` out) and through the links of the folders that already exist on the
-    way, so neither a crafted name nor a planted link sends a write elsewhere.
-
-    Args:
-        prepared: The output folder.
-        target: The file about to be created.
-        folders: Folders already known to be real folders inside ``prepared`` (spares the link check).
-
-    Raises:
-        DatasetError: When ``target`` would land outside ``prepared``; names the path.
-    """
-    root = os.path.abspath(prepared)
-    path = os.path.normpath(os.path.abspath(target))
-    parent = os.path.dirname(path)
-    inside = is_under(path, root) and path != root
-    if not inside or (parent not in folders and not is_under(os.path.realpath(parent), os.path.realpath(root))):
-        raise DatasetError(
-            f"refusing to write {path}: it lies outside paths.prepared ({root})", stage=STAGE, path=target
-        )
-    return Path(path)
-
-
-class _Output:
-    """``paths.prepared`` as the only place ``prepare`` writes: every target checked, nothing replaced.
-
-    Links fall back to copies (announced once) where the filesystem refuses them.
-    """
-
-    def __init__(self, prepared: Path, mode: str) -> None:
-        self.root = os.path.abspath(prepared)
-        self.folders: set[str] = {self.root}  # folders made here: real folders inside, never links
-        self.used = mode
-
-    def target(self, path: Path) -> Path:
-        """``path`` checked with :func:`checked_target`."""
-        return checked_target(Path(self.root), path, self.folders)
-
-    def free(self, *targets: Path) -> bool:
-        """Whether creating ``targets`` replaces nothing: no file, link or file where a folder goes."""
-        for target in targets:
-            if os.path.lexists(target):
-                return False
-            parent = os.path.dirname(target)
-            while parent not in self.folders and is_under(parent, self.root):
-                if os.path.lexists(parent) and (os.path.islink(parent) or not os.path.isdir(parent)):
-                    return False
-                parent = os.path.dirname(parent)
-        return True
-
-    def folder(self, path: Path) -> None:
-        """Make the folder ``path`` (checked) and its parents."""
-        folder = os.fspath(path)
-        if folder not in self.folders:
-            os.makedirs(self.target(path), exist_ok=True)
-            while folder not in self.folders and is_under(folder, self.root):
-                self.folders.add(folder)
-                folder = os.path.dirname(folder)
-
-    def write(self, target: Path, text: str) -> None:
-        """Write one of ``prepare``'s own files (atomically)."""
-        target = self.target(target)
-        self.folder(target.parent)
-        write_text(target, text)
-
-    def link(self, source: Path, target: Path) -> None:
-        """Link (or copy) ``source`` to ``target``; callers check :meth:`free` first."""
-        target = self.target(target)
-        self.folder(target.parent)
-        if self.used == "symlink":
-            try:
-                os.symlink(os.path.relpath(source, target.parent), target)
-                return
-            except FileExistsError:
-                raise  # never replaced
-            except OSError as exc:
-                log.warning("symlinks are not available here (%s); copying files instead", exc)
-                self.used = "copy"
-        if self.used == "hardlink":
-            try:
-                os.link(source, target)
-                return
-            except FileExistsError:
-                raise
-            except OSError as exc:
-                log.warning("hard links are not available here (%s); copying files instead", exc)
-                self.used = "copy"
-        with source.open("rb") as src, target.open("xb") as dst:  # "x": fails rather than overwrite
-            shutil.copyfileobj(src, dst)
-        shutil.copystat(source, target)
-
-
-def _empty_output(cfg: PrepareConfig) -> None:
-    """Make ``cfg.prepared`` an empty folder, deleting only what an earlier ``prepare`` wrote there.
-
-    Raises:
-        DatasetError: When ``paths.prepared`` and ``paths.dataset`` overlap, or the folder holds
-            anything ``prepare`` does not write.
-    """
-    prepared, dataset = os.path.realpath(cfg.prepared), os.path.realpath(cfg.dataset)
-    if is_under(prepared, dataset) or is_under(dataset, prepared):
-        raise DatasetError(
-            f"paths.prepared ({prepared}) and paths.dataset ({dataset}) overlap: preparing would delete or "
-            "write into the input",
-            stage=STAGE,
-            key="paths.prepared",
-        )
-    if os.path.lexists(cfg.prepared):
-        foreign = sorted(p.name for p in cfg.prepared.iterdir() if p.name not in _OWN_ENTRIES)
-        if foreign or cfg.prepared.is_symlink():
-            raise DatasetError(
-                f"holds {foreign[:5] or 'a link'} that 'prepare' did not write; move them away or pick another "
-                "paths.prepared",
-                stage=STAGE,
-                path=cfg.prepared,
-                key="paths.prepared",
-            )
-        shutil.rmtree(cfg.prepared)
-    cfg.prepared.mkdir(parents=True)
-
-
 def _relative(path: Path, workspace: Path) -> str:
     """``path`` for a report: relative to the workspace when inside it, links not followed.
 
@@ -256,12 +116,12 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         )
     o = cfg.options
     source = read_source(cfg.dataset, o.format, o.classes, o.include_difficult)
-    _empty_output(cfg)
+    empty_output(cfg.prepared, cfg.dataset)
 
     def split_of(split: str | None, rel: Path) -> str:
         return split if split is not None else hash_split(rel.as_posix(), o.seed, o.val_fraction)
 
-    out = _Output(cfg.prepared, o.link)
+    out = PreparedFolder(cfg.prepared, o.link)
     counts: dict[str, SplitSummary] = {}
     label_sources: dict[str, Any] = {}
     problems = [

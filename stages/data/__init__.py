@@ -2,6 +2,7 @@
 
 - ``formats``: the readers of YOLO, Pascal VOC and COCO folders ``prepare`` accepts;
 - ``datasets``: the prepared dataset's layout (``data.yaml``, splits, images), resolved safely;
+- ``prepared_output``: ``paths.prepared`` as the only place ``prepare`` writes, and the hash split;
 - ``sample_data``: the generated sample dataset (``python -m stages.data.sample_data``);
 - ``validation``: the checks ``validate`` runs (problem codes, label lines, every image read and
   decoded once across processes, the cross-file checks, the report and its summary);

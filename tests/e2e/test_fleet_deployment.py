@@ -2,8 +2,9 @@
 
 The remotes are real and on this machine only: a bare git repository and a DVC remote folder, both
 outside any workspace, into which the shared reproduced workspace is pushed (``git push``, ``dvc push
---run-cache``). A local Prefect server runs the fleet deployment; a process worker started in an
-EMPTY folder executes it: the run clones the repository, restores every result from the pushed
+--run-cache``). A local Prefect server (``make server`` with authentication and CSRF, on PostgreSQL
+where Debian's package is installed) runs the fleet deployment; a process worker started in an EMPTY
+folder executes it: the run clones the repository, restores every result from the pushed
 run-cache (no training), promotes against the remote's production and pushes its results branch
 and production tag. A fresh clone of that branch then reproduces nothing. A run asking for another
 ``workspace`` and a deployment pinned to a ref that does not exist fail with a message naming why.
@@ -12,21 +13,24 @@ The promotion race is driven without Prefect: three clones promote before any pu
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flows import remote
 from stages.core.errors import PipelineError
-from tests.e2e.test_deployments import api, prefect, server
+from tests.e2e.test_deployments import prefect
+from tests.e2e.test_prefect_server import AUTH, _skip_without_the_venv, make_server
 from tests.e2e.workspace import GIT_ENV, Workspace
+from tests.servers import postgres
 
 pytestmark = pytest.mark.e2e
-__all__ = ["server"]  # the module fixture, shared: it starts the server over this module's `ws`
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -34,6 +38,47 @@ DVC = [sys.executable, "-m", "dvc"]
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return Workspace.with_sample_data(tmp_path_factory, "ws-fleet", repro=True)
+
+
+@pytest.fixture(scope="module")
+def server(ws: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """`make server` as a fleet runs it: basic auth and CSRF on, on PostgreSQL where Debian's
+    ``postgresql`` is installed (`.ci/run` installs it), else on its default SQLite; the environment
+    every client here uses (the API URL and the credential)."""
+    _skip_without_the_venv()
+    secrets = tmp_path_factory.mktemp("secrets")
+    auth = secrets / "auth_string"
+    auth.write_text(AUTH + "\n")
+    auth.chmod(0o600)
+    port = postgres.free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(ws.env, PREFECT_HOME=str(tmp_path_factory.mktemp("server-home")), DO_NOT_TRACK="1")
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PIPELINE_WORKSPACE=str(ws.root))
+    served = dict(env, AUTH_STRING_FILE=str(auth), PUBLIC_URL=url.removesuffix("/api"), PREFECT_PORT=str(port))
+    pg = None
+    with contextlib.ExitStack() as stack:
+        if postgres.skip_reason() is None:
+            pg = stack.enter_context(postgres.postgres_server())
+            database = secrets / "database_url"
+            database.write_text(pg.url() + "\n")
+            database.chmod(0o600)
+            served["DATABASE_URL_FILE"] = str(database)
+        print(f"Prefect server on {'PostgreSQL' if 'DATABASE_URL_FILE' in served else 'SQLite'}, with auth")
+        stack.enter_context(make_server(served, url, tmp_path_factory.mktemp("server-log") / "server.log"))
+        yield dict(env, PREFECT_API_URL=url, PREFECT_API_AUTH_STRING=AUTH)
+        if pg is not None:  # the completed fleet run is PostgreSQL's record, not a file's
+            assert "COMPLETED" in pg.psql("SELECT state_type FROM flow_run"), "no completed run in PostgreSQL"
+
+
+def api(env: dict[str, str]):
+    """A synchronous Prefect client for the test server, with its credential."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    updates = {PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}
+    settings = temporary_settings(updates=updates)
+    settings.__enter__()
+    return settings, get_client(sync_client=True)
 
 
 def sh(cwd: Path, env: dict[str, str], *cmd: str, timeout: float = 300) -> str:

@@ -6,8 +6,9 @@ import yaml
 
 from stages.core.config import parse_params
 from stages.core.errors import ConfigError, DatasetError
+from stages.data.prepared_output import checked_target, hash_split
 from stages.data.sample_data import SampleSpec, generate
-from stages.prepare import PrepareConfig, checked_target, hash_split, run
+from stages.prepare import PrepareConfig, run
 from tests.conftest import tree_digest
 
 

@@ -234,3 +234,31 @@ def test_a_workspace_below_its_repository_root_is_refused(tmp_path: Path):
     (tmp_path / "ws").mkdir()
     with pytest.raises(TuneError, match="--workers 1"):
         uncommitted(tmp_path / "ws")
+
+
+def test_a_schema_being_created_by_another_machine_is_opened_again():
+    """Two machines opening one study on a fresh PostgreSQL both create Optuna's tables; the loser's
+    CREATE meets the winner's ("already exists"). Opening again reads the tables the winner made."""
+    import types
+
+    from flows.tune_storage import _open_rdb
+
+    class RaceLost(Exception):
+        orig = 'relation "alembic_version" already exists'
+
+    calls: list[str] = []
+
+    def rdb(url: str):
+        calls.append(url)
+        if len(calls) == 1:
+            raise RaceLost()
+        return "opened"
+
+    fake = types.SimpleNamespace(storages=types.SimpleNamespace(RDBStorage=rdb))
+    assert _open_rdb(fake, "postgresql+psycopg2://u@h/db") == "opened" and len(calls) == 2
+
+    def refused(url: str):
+        raise RuntimeError('FATAL:  password authentication failed for user "u"')
+
+    with pytest.raises(RuntimeError, match="password authentication"):  # not a race: not retried
+        _open_rdb(types.SimpleNamespace(storages=types.SimpleNamespace(RDBStorage=refused)), "postgresql://u@h/db")

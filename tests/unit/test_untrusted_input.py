@@ -19,6 +19,7 @@ from stages import prepare, validate
 from stages.core.config import parse_params
 from stages.core.errors import DatasetError, ValidationFailed
 from stages.core.runtime import image_pixel_limit
+from stages.data import prepared_output
 from stages.data.sample_data import SampleSpec, generate
 from tests.conftest import REPO, tree_digest, venv_env
 from tests.formats_fixtures import make_coco, make_voc, tree_listing
@@ -182,9 +183,12 @@ def test_prepare_refuses_a_target_outside_the_prepared_folder(tmp_path: Path):
     prepared = tmp_path / "prepared"
     prepared.mkdir()
     with pytest.raises(DatasetError, match="outside") as err:
-        prepare.checked_target(prepared, prepared / "images" / "train" / ".." / ".." / ".." / "x.jpg")
+        prepared_output.checked_target(prepared, prepared / "images" / "train" / ".." / ".." / ".." / "x.jpg")
     assert err.value.stage == "prepare"
-    assert prepare.checked_target(prepared, prepared / "images" / "a" / "b.jpg") == prepared / "images" / "a" / "b.jpg"
+    assert (
+        prepared_output.checked_target(prepared, prepared / "images" / "a" / "b.jpg")
+        == prepared / "images" / "a" / "b.jpg"
+    )
 
 
 @pytest.mark.parametrize("decode", [True, False])
