@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from stages.deploy.targets import TARGETS
 from stages.latency.rows import ROWS, summary_latency, summary_name
-from stages.reporting.summary import deployment, quality
+from stages.reporting.summary import class_keys, deployment, quality, unsafe_class_names
 from tests.unit.test_dvc_yaml import DVC
 
 EVALUATE = {
@@ -72,3 +74,32 @@ def test_only_the_compared_files_are_declared_metrics_and_every_stage_file_is_st
     outs = {next(iter(o)) if isinstance(o, dict) else o for stage in DVC.values() for o in stage.get("outs", [])}
     for name in ("train", "evaluate", "export", "deploy", "engine", "benchmark"):
         assert f"${{paths.{name}_metrics}}" in outs, f"metrics/{name}.json is no longer written as an output"
+
+
+def test_class_names_become_key_names_that_no_column_tool_splits():
+    """Issue 25: a '/' made `--drop '.*/'` hide the class; a '.' or a space split its column name."""
+    evaluate = {
+        **EVALUATE,
+        "per_class": {
+            "bus/coach": {"ap50_95": 0.3},
+            "traffic light": {"ap50_95": 0.2},
+            "v1.2": {"ap50_95": 0.1},
+            "car": {"ap50_95": 0.4},
+        },
+    }
+    assert quality(evaluate)["ap"] == {"bus_coach": 0.3, "traffic_light": 0.2, "v1_2": 0.1, "car": 0.4}
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", key) for key in quality(evaluate)["ap"])
+
+
+def test_class_keys_stay_distinct_and_stable_when_two_names_escape_alike():
+    names = ["bus/coach", "bus coach", "bus_coach_1", "car", ""]
+    keys = class_keys(names)
+    assert keys == {
+        "bus/coach": "bus_coach_0",
+        "bus coach": "bus_coach_1_1",
+        "bus_coach_1": "bus_coach_1_2",
+        "car": "car",
+        "": "_",
+    }
+    assert class_keys(names) == keys
+    assert unsafe_class_names(["square", "bus/coach"]) == {"bus/coach": "bus_coach"}
