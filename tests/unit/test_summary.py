@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+import yaml
 
 from stages.deploy.targets import TARGETS
 from stages.latency.rows import ROWS, summary_latency, summary_name
@@ -103,3 +106,14 @@ def test_class_keys_stay_distinct_and_stable_when_two_names_escape_alike():
     }
     assert class_keys(names) == keys
     assert unsafe_class_names(["square", "bus/coach"]) == {"bus/coach": "bus_coach"}
+
+
+def test_coco_class_names_all_get_distinct_safe_keys(coco128: Path):
+    names = yaml.safe_load((coco128 / "data.yaml").read_text())["names"]
+    names = list(names.values()) if isinstance(names, dict) else names
+    keys = class_keys(names)
+    assert len(set(keys.values())) == len(names) == 80
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", key) for key in keys.values())
+    # Only the names with a space need a key of their own ("traffic light" -> "traffic_light").
+    assert set(unsafe_class_names(names)) == {name for name in names if " " in name}
+    assert keys["traffic light"] == "traffic_light"
