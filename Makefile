@@ -54,9 +54,10 @@ flow: sample-data
 	$(BIN)/python -m flows.pipeline --workspace .
 
 ## Experiments side by side: the params that differ and the compared numbers (metrics/quality.json,
-## metrics/deployment.json), without the hash column DVC adds for every changed dependency.
+## metrics/deployment.json), the headline ones (gate, map50, map50_95) always, '-' for a number an
+## experiment never measured; PER_CLASS=1 adds each class's AP (stages/reporting/compare.py).
 compare: install
-	$(BIN)/dvc exp show --only-changed --drop '.*/'
+	$(BIN)/python scripts/compare.py $(if $(PER_CLASS),--per-class)
 
 ## Promote the current model to models/production when every check passes.
 promote: install

@@ -29,6 +29,7 @@ from stages.data.validation.images import Checks, check_images, display, image_j
 from stages.data.validation.problems import CODES, Problem
 from stages.data.validation.report import ValidateResult, render_summary
 from stages.data.validation.tally import Tally
+from stages.reporting.summary import unsafe_class_names
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,29 @@ class ValidateConfig(BaseModel):
             options=params.validate_,
             sample_values=sample_defaults.current_values(params),
         )
+
+
+def key_names_section(renamed: dict[str, str]) -> str:
+    """The summary's section on class names that are renamed as metric keys.
+
+    Args:
+        renamed: Each such class name's key (:func:`stages.reporting.summary.unsafe_class_names`).
+
+    Returns:
+        Markdown lines, or an empty string when no name needed it.
+    """
+    if not renamed:
+        return ""
+    lines = [
+        "### Class names as metric keys (warning)",
+        "",
+        "Characters other than letters, digits, `_` and `-` cannot be part of a key in metrics/quality.json "
+        "(DVC joins nested keys with `.`; a `/` or a space breaks a column name); these classes are compared as:",
+        "",
+        *(f"- `{name}` -> `ap.{key}`" for name, key in renamed.items()),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def run(cfg: ValidateConfig) -> ValidateResult:
@@ -115,12 +139,25 @@ def run(cfg: ValidateConfig) -> ValidateResult:
     # In the summary and the log, not in validate.json: train depends on that file, and a new title
     # must not retrain.
     leftovers = sample_defaults.in_place(names, cfg.sample_values)
-    summary = render_summary(result, cfg.options.examples_per_code) + sample_defaults.summary_section(leftovers)
+    # A warning, never an error: the name is the user's; only its key in metrics/quality.json changes.
+    renamed = unsafe_class_names(names)
+    summary = (
+        render_summary(result, cfg.options.examples_per_code)
+        + sample_defaults.summary_section(leftovers)
+        + key_names_section(renamed)
+    )
     write_text(cfg.summary, summary)
     for line in summary.splitlines():
         log.info("%s", line)
     for item in leftovers:
         log.warning("params made for the sample still in place: %s: %r (%s)", item.key, item.value, item.advice)
+    if renamed:
+        log.warning(
+            "%d class name(s) hold characters a metric key cannot (anything but letters, digits, '_', '-'); "
+            "metrics/quality.json and `make compare` show them as: %s",
+            len(renamed),
+            ", ".join(f"{name!r} -> ap.{key}" for name, key in renamed.items()),
+        )
     if errors:
         raise ValidationFailed(
             f"{errors} error(s) in the dataset; see {cfg.report} (codes: "

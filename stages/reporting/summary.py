@@ -13,7 +13,8 @@ cached outputs, numbers still, for ``dvc metrics show <file>`` and the model car
 Keys, kept short because each is a column header:
 
 - ``quality.json`` (``evaluate``): ``gate`` (1 when every quality gate passed, else 0), ``map50``
-  and ``map50_95`` of the PyTorch model on the val split, and ``ap.<class>``, each class's AP50-95.
+  and ``map50_95`` of the PyTorch model on the val split, and ``ap.<class>``, each class's AP50-95,
+  under the class's key name (:func:`class_keys`).
 - ``deployment.json`` (``benchmark``): ``deployable``, how many deploy artifacts passed their
   accuracy gate; ``ms.<artifact>``, the forward pass's p50 latency (``model_ms``) of each deploy
   artifact on the CPU under the artifact's name (``onnx-fp32``, ``onnx-int8``, ...), GPU rows under
@@ -27,8 +28,51 @@ Keys, kept short because each is a column header:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+# What a key name may hold. DVC flattens nested numbers into column names joined by '.', a '/' is
+# what `make compare` recognises a dependency column by (a path), and a space splits a header in
+# every text tool: a class name is a user's, and may hold any of them (coco's "traffic light").
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def class_keys(names: Sequence[str]) -> dict[str, str]:
+    """The key name of each class in ``metrics/quality.json`` (``ap.<key>``), safe for any class name.
+
+    Every character outside ``[A-Za-z0-9_-]`` becomes ``_`` (``bus/coach`` -> ``bus_coach``,
+    ``traffic light`` -> ``traffic_light``); when that makes two classes share a key, each of them
+    gets its class id appended (``bus_coach_5``), again until no two share one, so keys stay
+    distinct and stable for a given ``data.yaml``.
+
+    Args:
+        names: The class names in class-id order.
+
+    Returns:
+        Each class name's key, in class-id order.
+    """
+    keys = [_UNSAFE.sub("_", name) or "_" for name in names]
+    # Appending the id can meet another class's key ("bus coach" -> "bus_coach_1" beside a class
+    # named "bus_coach_1"): repeat until none is shared. Each round makes the shared keys longer and
+    # the ids differ, so it ends.
+    while len(set(keys)) < len(keys):
+        counts = Counter(keys)
+        keys = [key if counts[key] == 1 else f"{key}_{cls}" for cls, key in enumerate(keys)]
+    return dict(zip(names, keys, strict=True))
+
+
+def unsafe_class_names(names: Sequence[str]) -> dict[str, str]:
+    """The class names whose key name differs from the name itself, with their key.
+
+    Args:
+        names: The class names in class-id order.
+
+    Returns:
+        Each such name's key (:func:`class_keys`), in class-id order; empty when every name is safe.
+    """
+    return {name: key for name, key in class_keys(names).items() if key != name}
 
 
 def quality(evaluate: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,14 +82,16 @@ def quality(evaluate: Mapping[str, Any]) -> dict[str, Any]:
         evaluate: What ``metrics/evaluate.json`` holds.
 
     Returns:
-        The gate verdict, mAP50, mAP50-95 and each class's AP50-95.
+        The gate verdict, mAP50, mAP50-95 and each class's AP50-95 under its key (:func:`class_keys`).
     """
+    per_class = evaluate.get("per_class", {})
+    keys = class_keys(list(per_class))
     return {
         "gate": int(evaluate["gates"]["passed"]),
         "map50": evaluate["map50"],
         "map50_95": evaluate["map50_95"],
         # A class with no val boxes has no AP: no column rather than a null.
-        "ap": {name: c["ap50_95"] for name, c in evaluate.get("per_class", {}).items() if c.get("ap50_95") is not None},
+        "ap": {keys[name]: c["ap50_95"] for name, c in per_class.items() if c.get("ap50_95") is not None},
     }
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import yaml
+
 from stages.deploy.targets import TARGETS
 from stages.latency.rows import ROWS, summary_latency, summary_name
-from stages.reporting.summary import deployment, quality
+from stages.reporting.summary import class_keys, deployment, quality, unsafe_class_names
 from tests.unit.test_dvc_yaml import DVC
 
 EVALUATE = {
@@ -72,3 +77,43 @@ def test_only_the_compared_files_are_declared_metrics_and_every_stage_file_is_st
     outs = {next(iter(o)) if isinstance(o, dict) else o for stage in DVC.values() for o in stage.get("outs", [])}
     for name in ("train", "evaluate", "export", "deploy", "engine", "benchmark"):
         assert f"${{paths.{name}_metrics}}" in outs, f"metrics/{name}.json is no longer written as an output"
+
+
+def test_class_names_become_key_names_that_no_column_tool_splits():
+    """Issue 25: a '/' made `--drop '.*/'` hide the class; a '.' or a space split its column name."""
+    evaluate = {
+        **EVALUATE,
+        "per_class": {
+            "bus/coach": {"ap50_95": 0.3},
+            "traffic light": {"ap50_95": 0.2},
+            "v1.2": {"ap50_95": 0.1},
+            "car": {"ap50_95": 0.4},
+        },
+    }
+    assert quality(evaluate)["ap"] == {"bus_coach": 0.3, "traffic_light": 0.2, "v1_2": 0.1, "car": 0.4}
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", key) for key in quality(evaluate)["ap"])
+
+
+def test_class_keys_stay_distinct_and_stable_when_two_names_escape_alike():
+    names = ["bus/coach", "bus coach", "bus_coach_1", "car", ""]
+    keys = class_keys(names)
+    assert keys == {
+        "bus/coach": "bus_coach_0",
+        "bus coach": "bus_coach_1_1",
+        "bus_coach_1": "bus_coach_1_2",
+        "car": "car",
+        "": "_",
+    }
+    assert class_keys(names) == keys
+    assert unsafe_class_names(["square", "bus/coach"]) == {"bus/coach": "bus_coach"}
+
+
+def test_coco_class_names_all_get_distinct_safe_keys(coco128: Path):
+    names = yaml.safe_load((coco128 / "data.yaml").read_text())["names"]
+    names = list(names.values()) if isinstance(names, dict) else names
+    keys = class_keys(names)
+    assert len(set(keys.values())) == len(names) == 80
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", key) for key in keys.values())
+    # Only the names with a space need a key of their own ("traffic light" -> "traffic_light").
+    assert set(unsafe_class_names(names)) == {name for name in names if " " in name}
+    assert keys["traffic light"] == "traffic_light"

@@ -248,3 +248,21 @@ def test_decode_false_checks_headers_and_structure_only(tmp_path: Path):
 
     assert files_with_errors(decode=True) == {"noise.png", "train_00001.jpg"}
     assert files_with_errors(decode=False) == {"train_00001.jpg"}  # a truncated file still shows
+
+
+def test_class_names_that_need_a_safe_key_name_are_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Issue 25: 'bus/coach' or 'traffic light' would break a column of `make compare`; validate says so."""
+    dataset = tmp_path / "data" / "dataset"
+    generate(SampleSpec(out=dataset, train=6, val=2, size=64, seed=0))
+    (dataset / "data.yaml").write_text(
+        yaml.safe_dump({"train": "images/train", "val": "images/val", "names": ["bus/coach", "traffic light", "disc"]})
+    )
+    params = parse_params({"validate": {"workers": 1}})
+    prepare.run(prepare.PrepareConfig.from_params(params, tmp_path))
+    with caplog.at_level("WARNING"):
+        result = validate.run(validate.ValidateConfig.from_params(params, tmp_path))
+    assert result.ok and result.errors == 0, "a name that needs a key name is a warning, never an error"
+    summary = (tmp_path / "reports" / "validate.md").read_text()
+    assert "`bus/coach` -> `ap.bus_coach`" in summary and "`traffic light` -> `ap.traffic_light`" in summary
+    assert "`disc`" not in summary.split("Class names as metric keys")[1]
+    assert any("'bus/coach' -> ap.bus_coach" in r.getMessage() for r in caplog.records)
