@@ -80,7 +80,7 @@ server: install
 deploy: install
 	$(BIN)/prefect work-pool inspect yolo-cpu >/dev/null 2>&1 || $(BIN)/prefect work-pool create yolo-cpu --type process
 	$(BIN)/prefect --no-prompt deploy --name retrain --name retrain-on-new-data --name tune
-	test -z "$(PIPELINE_REPOSITORY)" || $(BIN)/prefect --no-prompt deploy --name retrain-fleet --name retrain-on-new-data-fleet
+	test -z "$(PIPELINE_REPOSITORY)" || PIPELINE_REF="$(PIPELINE_REF)" $(BIN)/prefect --no-prompt deploy --name retrain-fleet --name retrain-on-new-data-fleet
 
 ## GPU work pools on the server in PREFECT_API_URL, from the base job templates in infra/prefect/
 ## (a container per flow run from infra/docker/Dockerfile's image, GPUs requested, the shared DVC

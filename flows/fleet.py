@@ -49,7 +49,29 @@ def clone_root(cwd: Path | None = None) -> Path:
             "clone its deployment's pull steps make (prefect.yaml, retrain-fleet); use flows/pipeline.py elsewhere",
             stage=remote.STAGE,
         )
+    check_shared_dvc_remote(root)
     return root
+
+
+def check_shared_dvc_remote(root: Path) -> None:
+    """Refuse a default DVC remote inside the clone: the clone is the run's temporary folder, deleted when
+    the run ends, so whatever was pushed there (the new production model among it) would go with it
+    while its git tag stays on the remote.
+
+    Raises:
+        PipelineError: Naming the remote and how to configure a shared one.
+    """
+    from stages.core.remotes import inside_workspace, resolve_remote
+
+    target = resolve_remote(root)
+    if inside_workspace(target, root):
+        raise PipelineError(
+            f"the DVC remote '{target.name}' ({target.url}) lies inside this run's clone, a temporary folder "
+            "deleted when the run ends: nothing pushed there would survive. Commit a shared remote in "
+            ".dvc/config (`dvc remote add -d NAME ssh://...` or `s3://...`; README: A shared DVC remote), "
+            "with its credentials on each worker (`dvc remote modify --global` or the environment)",
+            stage=remote.STAGE,
+        )
 
 
 # Plain functions, not tasks: a failed task logs its traceback, and these failures are a remote's, said

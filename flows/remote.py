@@ -64,15 +64,23 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return _run(["git", *args], root)
 
 
+def redacted(text: str) -> str:
+    """``text`` with the credentials of every URL in it (``https://user:token@host``) replaced by ``***``:
+    a run's messages end up in Prefect's logs, readable by whoever reads the runs."""
+    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
+
+
 def _git_checked(root: Path, what: str, *args: str) -> str:
     proc = _git(root, *args)
     if proc.returncode != 0:
-        raise PipelineError(f"{what}: 'git {' '.join(args)}' failed: {proc.stderr.strip()[-800:]}", stage=STAGE)
+        said = redacted(f"'git {' '.join(args)}' failed: {proc.stderr.strip()[-800:]}")
+        raise PipelineError(f"{what}: {said}", stage=STAGE)
     return proc.stdout
 
 
 def _remote_url(root: Path) -> str:
-    return _git(root, "remote", "get-url", REMOTE).stdout.strip() or f"(no git remote '{REMOTE}')"
+    url = _git(root, "remote", "get-url", REMOTE).stdout.strip()
+    return redacted(url) if url else f"(no git remote '{REMOTE}')"
 
 
 def remote_production(root: Path) -> tuple[str, int] | None:
@@ -90,7 +98,7 @@ def _remote_production_tags(root: Path) -> dict[str, int]:
     proc = _git(root, "ls-remote", "--tags", "--refs", REMOTE)
     if proc.returncode != 0:
         raise PipelineError(
-            f"cannot read the git remote {_remote_url(root)}: {proc.stderr.strip()[-500:]}; check that it is "
+            f"cannot read the git remote {_remote_url(root)}: {redacted(proc.stderr.strip()[-500:])}; check that it is "
             "reachable from this worker and that the worker's git credentials may read it",
             stage=STAGE,
         )
@@ -148,7 +156,8 @@ def dvc_push(root: Path) -> None:
         remote = _run([sys.executable, "-m", "dvc", "remote", "list"], root).stdout.strip()
         raise PipelineError(
             f"cannot push to the DVC remote ({remote or 'none configured'}): {proc.stderr.strip()[-800:]}; check "
-            "that it is reachable from this worker and its credentials (dvc remote modify --local)",
+            "that it is reachable from this worker and its credentials there (a fresh clone has no .dvc/config.local: "
+            "`dvc remote modify --global` or the environment, e.g. AWS_ACCESS_KEY_ID)",
             stage=STAGE,
         )
 
@@ -185,8 +194,11 @@ def _push(root: Path, branch: str, tags: list[str]) -> tuple[bool, str]:
 def _lost_race(output: str, tags: list[str]) -> bool:
     """Whether the push was refused because one of the promotion's tags already exists on the remote
     (another run promoted the same version first)."""
+    # Only git's own "already exists" on one of those tags: with --atomic every other ref of a refused
+    # push reads "[rejected] (atomic push failed)", and a hook's refusal "[remote rejected] (... declined)";
+    # those are other failures, to be reported as they are, not a race to retry.
     return any(
-        line.startswith("!") and f"refs/tags/{tag}" in line and "rejected" in line
+        line.startswith("!") and f"refs/tags/{tag}:" in line and "[rejected] (already exists)" in line
         for tag in tags
         for line in output.splitlines()
     )
@@ -241,7 +253,7 @@ def publish(root: Path, run_id: str, base: str, *, retry: bool = True) -> Publis
     if not _lost_race(output, tags):
         what = f"{branch} and {tag}" if tag else branch
         raise PipelineError(
-            f"git push of {what} to {_remote_url(root)} failed: {output.strip()[-800:]}; "
+            f"git push of {what} to {_remote_url(root)} failed: {redacted(output.strip()[-800:])}; "
             "check that the remote is reachable and that the worker's git credentials may push branches and tags",
             stage=STAGE,
         )

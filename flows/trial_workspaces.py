@@ -49,8 +49,8 @@ CLONES = Path(".dvc") / "tmp" / "tune-workers"  # DVC's own temp folder: ignored
 _GIT_TIMEOUT_S = 120  # a remote that does not answer in this long is reported, not waited for
 
 
-def _tool(cmd: list[str], cwd: Path, what: str, timeout_s: float = _GIT_TIMEOUT_S) -> str:
-    """Run ``cmd`` (git or DVC) in ``cwd``; its output.
+def _tool(cmd: list[str], cwd: Path, what: str, timeout_s: float | None = _GIT_TIMEOUT_S) -> str:
+    """Run ``cmd`` (git or DVC) in ``cwd``; its output (``timeout_s`` None: no limit).
 
     Raises:
         TuneError: Naming ``what`` failed, with the command's last error line.
@@ -60,7 +60,7 @@ def _tool(cmd: list[str], cwd: Path, what: str, timeout_s: float = _GIT_TIMEOUT_
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        raise TuneError(f"{what}: no answer in {timeout_s:.0f} s ({' '.join(cmd[-3:])})") from None
+        raise TuneError(f"{what}: no answer in {timeout_s or 0:.0f} s ({' '.join(cmd[-3:])})") from None
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.lower().startswith(("error", "fatal"))] or lines[-1:] or ["no output"]
@@ -73,7 +73,9 @@ def _git(args: list[str], cwd: Path, what: str) -> str:
 
 
 def _dvc(args: list[str], cwd: Path, what: str) -> str:
-    return _tool([sys.executable, "-m", "dvc", *args], cwd, what)
+    # No time limit: DVC moves data (a dataset checked out into a clone, outputs pushed to a remote),
+    # which takes as long as the data is large; git's commands only talk to a remote and are limited.
+    return _tool([sys.executable, "-m", "dvc", *args], cwd, what, timeout_s=None)
 
 
 def check_git_remote(workspace: Path, remote: str) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.pinned import check_pinned_workspace
 from flows.trial_workspaces import TrialWorkspaces, check_git_remote, push_experiment
 from flows.tuning import (
     TrialOutcome,
@@ -168,10 +169,13 @@ def tune(workspace: str = ".", trials: int = 10, workers: int | None = None) -> 
         ConfigError: When ``params.yaml`` is invalid or ``tune.space`` empty.
         TuneError: When the study cannot go on.
         WorkspaceBusy: When another run holds the workspace.
+        PipelineError: When a deployment's run names a workspace other than the deployment's own.
     """
     from prefect.artifacts import create_table_artifact
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment, flow_run
 
+    # The deployment's folder, never a run's parameter: `dvc exp run` executes that folder's dvc.yaml.
+    check_pinned_workspace(workspace, deployment.id)
     _quiet_optuna()
     result = tune_workspace(
         Path(workspace).resolve(),

@@ -285,6 +285,12 @@ def plan_worker(env: Mapping[str, str]) -> tuple[str, str, dict[str, str]]:
         )
     if auth is None and settings.api.auth_string is not None:
         auth = settings.api.auth_string.get_secret_value()  # from the profile or prefect.toml
+    parts = urllib.parse.urlsplit(settings.api.url)
+    if auth and parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        raise LaunchRefused(
+            f"PREFECT_API_URL {settings.api.url} is plain http to another machine: the worker's password would "
+            "travel in clear on every request; use the server's https:// URL (its reverse proxy, README: TLS)"
+        )
     version = check_api(
         settings.api.url, auth, cafile=settings.api.ssl_cert_file, verify=not settings.api.tls_insecure_skip_verify
     )

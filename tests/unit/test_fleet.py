@@ -72,3 +72,53 @@ def test_the_fleet_pull_steps_name_a_missing_ref_and_an_unreachable_repository(t
     gone = _check_ref(str(tmp_path / "gone.git"), "main")
     assert gone.returncode == 1
     assert f"cannot read the repository '{tmp_path / 'gone.git'}'" in gone.stderr and "credentials" in gone.stderr
+
+
+def test_only_an_existing_tag_is_a_lost_race_not_an_atomic_or_hook_refusal():
+    """With --atomic every other ref of a refused push reads "atomic push failed", and a server hook's
+    refusal "remote rejected": neither is another run's promotion, so neither is retried as one."""
+    tags = ["production-v3", "yolo-detector@v3.0.0"]
+    hook = (
+        "!\tHEAD:refs/heads/results/x\t[remote rejected] (pre-receive hook declined)\n"
+        "!\trefs/tags/production-v3:refs/tags/production-v3\t[remote rejected] (atomic transaction failed)\n"
+    )
+    atomic = "!\trefs/tags/production-v3:refs/tags/production-v3\t[rejected] (atomic push failed)\n"
+    assert not _lost_race(hook, tags) and not _lost_race(atomic, tags)
+    exists = "!\trefs/tags/yolo-detector@v3.0.0:refs/tags/yolo-detector@v3.0.0\t[rejected] (already exists)\n"
+    assert _lost_race(atomic + exists, tags)
+
+
+def test_credentials_in_a_url_never_reach_a_message():
+    from flows.remote import redacted
+
+    said = "fatal: unable to access 'https://ci-bot:ghp_SECRET@git.example.org/team/repo.git/': 403"
+    assert "ghp_SECRET" not in redacted(said) and "ci-bot" not in redacted(said)
+    assert "https://***@git.example.org/team/repo.git/" in redacted(said)
+    assert redacted("ssh://git@host/repo.git and /srv/repo.git") == "ssh://***@host/repo.git and /srv/repo.git"
+
+
+def test_a_tune_deployment_run_cannot_move_its_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`dvc exp run` executes the folder's dvc.yaml: a tune run's `workspace` must be its deployment's."""
+    from flows.tune import tune
+
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "0f4a2b9e-0000-4000-8000-000000000000")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(PipelineError, match="cannot move it elsewhere"):
+        tune.fn(workspace=str(tmp_path / "elsewhere"), trials=1)
+
+
+def test_a_dvc_remote_inside_the_runs_clone_is_refused(tmp_path: Path):
+    """The shipped default remote (`.dvc-storage` in the workspace) would be deleted with the run's folder."""
+    from flows.fleet import check_shared_dvc_remote
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text(
+        "[core]\n    remote = local\n['remote \"local\"']\n    url = ../.dvc-storage\n"
+    )
+    with pytest.raises(PipelineError, match="inside this run's clone") as refused:
+        check_shared_dvc_remote(tmp_path)
+    assert "--global" in str(refused.value)
+    shared = tmp_path.parent / "shared-storage"
+    (tmp_path / ".dvc" / "config").write_text(f"[core]\n    remote = local\n['remote \"local\"']\n    url = {shared}\n")
+    check_shared_dvc_remote(tmp_path)  # outside the clone: fine

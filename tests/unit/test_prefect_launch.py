@@ -178,3 +178,26 @@ def test_server_answers_collection_views_from_prefects_bundled_copy_not_github(m
         asyncio.run(collections.read_view_content("demo-flows"))
     assert missing.value.status_code == 404
     assert tried == []
+
+
+def test_worker_refuses_to_send_its_password_over_plain_http_to_another_machine(tmp_path: Path):
+    """The server refuses a plain-http PUBLIC_URL to another machine; the worker side refuses the same."""
+    secret = tmp_path / "auth"
+    secret.write_text("fleet:s3cret\n")
+    secret.chmod(0o600)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_API_URL": "http://prefect.example.org:4200/api",  # never contacted: refused before
+        "AUTH_STRING_FILE": str(secret),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "worker", "--pool", "yolo-cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "plain http to another machine" in proc.stderr and "s3cret" not in proc.stdout + proc.stderr
