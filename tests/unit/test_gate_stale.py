@@ -61,3 +61,15 @@ def test_no_dvc_lock_entry_takes_the_verdict_as_it_is(tmp_path: Path):
     (tmp_path / "dvc.lock").unlink()
     assert gate.changed_params(tmp_path, "evaluate") == []
     assert gate.main(["--params", str(params)]) == 0
+
+
+def test_numbers_are_read_as_dvc_reads_them(tmp_path: Path):
+    """``1e-3`` in params.yaml is the number DVC recorded (YAML 1.2), not a changed string (PyYAML's YAML 1.1)."""
+    params = _workspace(tmp_path, dict(RECORDED))
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    lock["stages"]["evaluate"]["params"]["params.yaml"]["evaluate"]["min_map50_95"] = 1e-5
+    # As DVC (ruamel) writes a small float into dvc.lock: "1e-05", no dot, which PyYAML reads as a string.
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock).replace("min_map50_95: 1.0e-05", "min_map50_95: 1e-05"))
+    params.write_text(params.read_text().replace("min_map50_95: 0.05", "min_map50_95: 1e-5"))
+    assert "1e-5" in params.read_text() and "min_map50_95: 1e-05" in (tmp_path / "dvc.lock").read_text()
+    assert gate.changed_params(tmp_path, "evaluate") == []
