@@ -185,8 +185,9 @@ def _repo_lock_holder(workspace: Path) -> list[str]:
         return []
     try:
         cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:  # gone, or no /proc (macOS)
-        return [f"PID {pid}"]
+    except OSError:
+        # No /proc (macOS): the PID is all there is. Gone: the file outlives its lock, name nobody.
+        return [] if Path("/proc").is_dir() else [f"PID {pid}"]
     return [f"PID {pid} ({cmd.strip()})"]
 
 
