@@ -8,6 +8,10 @@ OOM kill, a lost node), no for a refusal (exit code 2: bad config or data) and n
 because ``orchestration.stage_timeout_s`` is the stage's whole time budget, which retries would
 silently multiply, and a hung stage hangs again; a timed-out training keeps its checkpoint, so the
 next run resumes it.
+
+A stage DVC cannot start because another DVC process (a ``dvc repro`` in another terminal) holds its
+lock is no crash either: the failure names that process (PID and command, which DVC prints on lines
+after its error line) and says to wait for it or stop it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ _EXITED = re.compile(r"failed to reproduce '([^']+)'.*exited with (-?\d+)")
 # DVC runs a stage's command through $SHELL (``/bin/sh`` when unset). bash execs a lone command, so
 # DVC sees the signal (-9); dash forks it and reports the shell's 128 + signal (137).
 _SHELL_SIGNAL_BASE = 128
+# DVC's lock errors: an output or dependency locked by another DVC process (dvc/rwlock.py: the path,
+# then one "  (PID n): command" line per holder), or the repository's own lock (dvc/lock.py: no holder
+# named; zc.lockfile writes the holder's PID into .dvc/tmp/lock).
+_BUSY = re.compile(r"'(?P<path>[^']+)' is busy, it is being blocked by")
+_BLOCKER = re.compile(r"^\s*\(PID (?P<pid>\d+)\): (?P<cmd>.*)$")
+_REPO_LOCKED = "Unable to acquire lock"
 
 
 class StageRun(BaseModel):
@@ -71,6 +81,8 @@ class DvcOutput(BaseModel):
     errors: list[str]  # lines starting with error: (a stage's own) or ERROR: (DVC's)
     tail: list[str]  # the last lines of output
     seconds: float
+    busy: str | None = None  # what DVC found locked by another DVC process: a path, or "the repository"
+    blockers: list[str] = []  # the processes holding it, as DVC named them: "PID n (command)"
 
 
 def run_dvc(
@@ -102,6 +114,8 @@ def run_dvc(
     errors: list[str] = []
     ran: list[str] = []
     exit_codes: dict[str, int] = {}
+    busy: str | None = None
+    blockers: list[str] = []
     with subprocess.Popen(
         cmd,
         cwd=workspace,
@@ -134,6 +148,13 @@ def run_dvc(
                         exit_codes[exited.group(1)] = _signal_as_negative(int(exited.group(2)))
                     if line.startswith(("error:", "ERROR:")):
                         errors.append(line)
+                        locked = _BUSY.search(line)
+                        if locked:
+                            busy = locked.group("path")
+                        elif _REPO_LOCKED in line:
+                            busy = "the repository"
+                    elif busy and (blocker := _BLOCKER.match(line)):
+                        blockers.append(f"PID {blocker.group('pid')} ({blocker.group('cmd').strip()})")
                     tail.append(line)
                     logger.info("%s", line)
             code = proc.wait()
@@ -151,6 +172,46 @@ def run_dvc(
         errors=errors,
         tail=list(tail),
         seconds=round(time.perf_counter() - started, 2),
+        busy=busy,
+        blockers=blockers,
+    )
+
+
+def _repo_lock_holder(workspace: Path) -> list[str]:
+    """The process holding DVC's repository lock (``.dvc/tmp/lock``, its PID written by zc.lockfile)."""
+    try:
+        pid = int((workspace / ".dvc" / "tmp" / "lock").read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    try:
+        cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        # No /proc (macOS): the PID is all there is. Gone: the file outlives its lock, name nobody.
+        return [] if Path("/proc").is_dir() else [f"PID {pid}"]
+    return [f"PID {pid} ({cmd.strip()})"]
+
+
+def busy_message(out: DvcOutput, workspace: Path) -> str:
+    """Why DVC could not start the stage: what is locked, by which process, and what to do.
+
+    Args:
+        out: The output of the DVC command that found the lock held (``out.busy`` set).
+        workspace: The folder holding ``dvc.yaml``.
+    """
+    repo = out.busy == "the repository"
+    holders = out.blockers or (_repo_lock_holder(workspace) if repo else [])
+    pids = [h.split()[1] for h in holders]
+    lock_file = ".dvc/tmp/lock" if repo else ".dvc/tmp/rwlock"
+    path = Path(out.busy or "")
+    shown = path.relative_to(workspace) if path.is_absolute() and path.is_relative_to(workspace) else path
+    what = "DVC's repository lock" if repo else f"'{shown}'"
+    by = ", ".join(holders) if holders else "another DVC process (DVC did not name it)"
+    stop = f"stop it (kill {' '.join(pids)})" if pids else "stop it"
+    # The advice is the last line: it is what a log that ends here (a Prefect traceback) must show.
+    return (
+        f"DVC is busy: {what} is held by {by}, another DVC command in this workspace.\n"
+        f"Wait for it to finish or {stop}, then run again "
+        f"(if no such process is running, remove {lock_file})."
     )
 
 
@@ -183,6 +244,8 @@ def repro_stage(
     if out.timed_out:
         message = f"timed out after {timeout_s:.0f} s (orchestration.stage_timeout_s)"
         raise StageFailed(message, stage=stage, retryable=False)  # a time budget, not a crash (see above)
+    if out.code != 0 and out.busy:
+        raise StageFailed(busy_message(out, workspace), stage=stage, retryable=False)  # it would only be busy again
     if out.code != 0:
         detail = "\n".join(out.errors) if out.errors else "\n".join(out.tail)
         exit_code = out.exit_codes.get(stage)

@@ -44,6 +44,7 @@ from flows.tuning import (
     check_metric_file,
     run_study,
 )
+from flows.tuning.report import best_line
 from stages.core.cli import configure_logging
 from stages.core.config import load_params
 from stages.core.errors import PipelineError
@@ -193,8 +194,7 @@ def tune(workspace: str = ".", trials: int = 10, workers: int | None = None) -> 
             | {k: v for k, v in t.params.items()}
             for t in report.trials
         ],
-        description=f"Study {report.study}: {report.metric} ({report.direction}); best: "
-        + (f"trial {report.best.number} ({report.best.experiment}), {report.best.value}" if report.best else "none"),
+        description=f"Study {report.study}: {report.metric} ({report.direction}); {best_line(report)}",
     )
     return report
 
@@ -235,12 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     counts = ", ".join(f"{n} {state}" for state, n in report.counts.items() if n)
     print(f"study {report.study}: {len(report.trials)} trials ({counts})")
+    print(best_line(report))
     if report.best:
-        print(f"best: trial {report.best.number} ({report.best.experiment}) {report.metric} = {report.best.value}")
         later = f", then dvc repro (trials run the stages up to {report.target} only)" if report.target else ""
         print(f"apply it with: dvc exp apply {report.best.experiment}{later}")
-    else:
-        print("best: none (no trial completed)")
     return 0
 
 

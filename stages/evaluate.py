@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from stages.backends.inference import patient, square_val, validation_images
 from stages.core.common import stage_main, write_json
 from stages.core.config import EvaluateParams, Params
+from stages.core.config.root import did_you_mean
 from stages.core.errors import ConfigError, PipelineError
 from stages.core.runtime import import_ultralytics
 from stages.core.verdict import describe
@@ -131,6 +132,29 @@ def _at_least(value: float | None, threshold: float) -> Check:
     return Check(value=value, threshold=threshold, passed=int(value is not None and value >= threshold))
 
 
+def check_class_floors(floors: dict[str, float], names: list[str], source: Path | str | None = None) -> None:
+    """Refuse a per-class floor (``evaluate.min_class_map50``) naming a class the dataset does not have.
+
+    Called before the validator runs, so a typo costs no validation; the message names the closest
+    class rather than listing them all (80 names say nothing).
+
+    Args:
+        floors: The floors, by class name.
+        names: The dataset's class names.
+        source: The file the names come from (the prepared ``data.yaml``), to name in the message.
+
+    Raises:
+        ConfigError: For the first unknown name, with a did-you-mean where one is close.
+    """
+    for name in floors:
+        if name not in names:
+            where = f" ({len(names)} classes, named in {source})" if source is not None else f" ({len(names)} classes)"
+            raise ConfigError(
+                f"per-class floor for unknown class {name!r}{did_you_mean(name, names)}{where}",
+                key=f"evaluate.min_class_map50.{name}",
+            )
+
+
 def build_checks(
     map50: float, map50_95: float, per_class: dict[str, ClassMetrics], gates: EvaluateParams
 ) -> dict[str, Check]:
@@ -149,12 +173,8 @@ def build_checks(
         ConfigError: When a per-class floor names a class the dataset does not have.
     """
     checks = {"map50": _at_least(map50, gates.min_map50), "map50_95": _at_least(map50_95, gates.min_map50_95)}
+    check_class_floors(gates.min_class_map50, list(per_class))
     for name, floor in gates.min_class_map50.items():
-        if name not in per_class:
-            raise ConfigError(
-                f"per-class floor for unknown class {name!r}; classes are {sorted(per_class)}",
-                key=f"evaluate.min_class_map50.{name}",
-            )
         checks[f"ap50[{name}]"] = _at_least(per_class[name].ap50, floor)
     return checks
 
@@ -255,6 +275,8 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     if not cfg.model.is_file():
         raise PipelineError("trained model is missing; run 'train' first", stage=STAGE, path=cfg.model)
     names = read_prepared_yaml(cfg.data_yaml)["names"]
+    shown = cfg.data_yaml.relative_to(cfg.workspace) if cfg.data_yaml.is_relative_to(cfg.workspace) else cfg.data_yaml
+    check_class_floors(cfg.gates.min_class_map50, names, shown)
     ultralytics = import_ultralytics(cfg.workspace)
     model = ultralytics.YOLO(str(cfg.model), task="detect")
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:

@@ -5,6 +5,11 @@ A failed gate is a result of the pipeline, not a crash: ``evaluate`` records it 
 ``dvc repro`` and ``dvc exp run`` complete and a failed experiment keeps its own metrics. Whoever
 acts on the verdict runs this afterwards: the Prefect flow (before promoting), CI and ``make demo``.
 It names every failed check. ``stages.promote`` applies the same verdict on its own.
+
+A verdict made with other params than ``params.yaml`` holds now (a threshold raised after
+``evaluate`` ran) is refused as stale rather than reported: the params ``evaluate`` ran with are the
+ones ``dvc.lock`` recorded for it. Without a ``dvc.lock`` entry (``evaluate`` run outside DVC) there
+is nothing to compare with and the verdict is taken as it is.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from stages.core.common import read_json, stage_main
 from stages.core.config import Params
-from stages.core.errors import GateFailed
+from stages.core.errors import GateFailed, StaleResult
 from stages.core.verdict import failed_checks
 
 log = logging.getLogger(__name__)
@@ -31,11 +37,12 @@ class GateConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     metrics: Path
+    workspace: Path | None = None  # where dvc.lock and the params files are; None: no staleness check
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> GateConfig:
         """Build the config from ``params.yaml`` values and the workspace root."""
-        return cls(metrics=params.paths.resolve("evaluate_metrics", root))
+        return cls(metrics=params.paths.resolve("evaluate_metrics", root), workspace=root)
 
 
 class GateResult(BaseModel):
@@ -44,13 +51,80 @@ class GateResult(BaseModel):
     checks: int
 
 
+_MISSING = object()
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _MISSING else repr(value)
+
+
+def _leaves(value: Any, key: str) -> dict[str, Any]:
+    """A params value as dotted keys to its leaves, so that a change names the exact key."""
+    if isinstance(value, dict) and value:
+        return {k: v for name, sub in value.items() for k, v in _leaves(sub, f"{key}.{name}").items()}
+    return {key: value}
+
+
+def _lookup(params: Any, dotted: str) -> Any:
+    """The value at a DVC params key (``evaluate``, ``train.imgsz``) of a parsed params file."""
+    for part in dotted.split("."):
+        if not isinstance(params, dict) or part not in params:
+            return _MISSING
+        params = params[part]
+    return params
+
+
+def _load_as_dvc(path: Path) -> Any:
+    """A YAML file parsed as DVC parses ``params.yaml`` and ``dvc.lock`` (YAML 1.2, ruamel): ``1e-3`` is a
+    number there and a string for PyYAML, so PyYAML would see a change where DVC sees none."""
+    from ruamel.yaml import YAML  # DVC's own YAML library, installed with it
+
+    return YAML(typ="safe").load(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def changed_params(workspace: Path, stage: str) -> list[str]:
+    """The params a stage's recorded run used that have another value now, as ``key: then -> now``.
+
+    Args:
+        workspace: The workspace root (holding ``dvc.lock`` and the params files it names).
+        stage: The stage in ``dvc.lock``.
+
+    Returns:
+        One line per changed leaf key; empty when nothing changed or ``dvc.lock`` has no entry for the stage.
+    """
+    changes = []
+    lock = _load_as_dvc(workspace / "dvc.lock") or {}
+    for file, recorded in ((lock.get("stages") or {}).get(stage, {}).get("params") or {}).items():
+        now_file = _load_as_dvc(workspace / file) or {}
+        for key, then in recorded.items():
+            now = _lookup(now_file, key)
+            then_leaves = _leaves(then, key)
+            now_leaves = {} if now is _MISSING else _leaves(now, key)
+            for leaf in sorted(then_leaves.keys() | now_leaves.keys()):
+                before, after = then_leaves.get(leaf, _MISSING), now_leaves.get(leaf, _MISSING)
+                if before != after:
+                    changes.append(f"{leaf}: {_show(before)} -> {_show(after)}")
+    return changes
+
+
 def run(cfg: GateConfig) -> GateResult:
-    """Read the recorded verdict and fail when any check failed.
+    """Read the recorded verdict and fail when any check failed, or when it was made with other params.
 
     Raises:
+        StaleResult: When params ``evaluate`` depends on changed since ``dvc.lock`` recorded its run.
         GateFailed: Naming every failed check.
         PipelineError: When ``evaluate`` has not run.
     """
+    changes = changed_params(cfg.workspace, "evaluate") if cfg.workspace is not None else []
+    if changes:
+        # The recorded verdict answers other thresholds than the ones asked now: reporting it would mislead.
+        raise StaleResult(
+            "the recorded verdict is stale: params changed since 'evaluate' ran (dvc.lock): "
+            + "; ".join(changes)
+            + ". Run `dvc repro evaluate` (or the whole pipeline), then the gate again",
+            stage=STAGE,
+            path=cfg.metrics,
+        )
     gates = read_json(cfg.metrics, stage=STAGE)["gates"]
     failed = failed_checks(gates)
     if failed:

@@ -97,8 +97,12 @@ class TuneReport(BaseModel):
     direction: str
     target: str
     counts: dict[str, int]
+    # Null when no trial completed, or when every complete trial (two or more) scored the same: no trial
+    # is better than another then, and calling the first one 'best' would send the user to apply it.
     best: TrialRecord | None
     trials: list[TrialRecord]
+    # The value every complete trial scored when they all tied (best is then null); null otherwise.
+    tied: float | None = None
 
 
 class TuneResult(BaseModel):

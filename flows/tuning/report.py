@@ -1,4 +1,4 @@
-"""``reports/tune.json`` from a study's Optuna trials: one row per trial, the counts and the best."""
+"""``reports/tune.json`` from a study's Optuna trials: one row per trial, the counts, the best (none on a tie)."""
 
 from __future__ import annotations
 
@@ -37,10 +37,39 @@ def record(trial: Any, interrupted: frozenset[int] = frozenset()) -> TrialRecord
     )
 
 
+def _complete(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The complete trials that have a value."""
+    return [r for r in records if r.state == "complete" and r.value is not None]
+
+
+def tied_value(records: Sequence[TrialRecord]) -> float | None:
+    """The value every complete trial scored, when two or more completed and all scored exactly the same.
+
+    Args:
+        records: The study's trials.
+
+    Returns:
+        That value, or None when fewer than two trials completed or their values differ.
+    """
+    values = {float(r.value or 0.0) for r in _complete(records)}
+    return values.pop() if len(_complete(records)) > 1 and len(values) == 1 else None
+
+
 def best_of(records: Sequence[TrialRecord], direction: str) -> TrialRecord | None:
-    """The complete trial with the best value (the earliest on a tie); pruned and failed ones never are."""
-    complete = [r for r in records if r.state == "complete" and r.value is not None]
-    if not complete:
+    """The complete trial with the best value; pruned and failed ones never are.
+
+    On a tie at the top between some trials the earliest is the best; when every complete trial tied
+    (see ``tied_value``), none is: the search told nothing apart.
+
+    Args:
+        records: The study's trials.
+        direction: ``maximize`` or ``minimize``.
+
+    Returns:
+        The best trial, or None when no trial completed or all tied.
+    """
+    complete = _complete(records)
+    if not complete or tied_value(records) is not None:
         return None
     sign = -1.0 if direction == "maximize" else 1.0
     return min(complete, key=lambda r: (sign * float(r.value or 0.0), r.number))
@@ -65,4 +94,19 @@ def build_report(trials: Sequence[Any], cfg: TuneConfig, interrupted: frozenset[
         counts=counts,
         best=best_of(records, cfg.tune.direction),
         trials=records,
+        tied=tied_value(records),
     )
+
+
+def best_line(report: TuneReport) -> str:
+    """The one line saying which trial is best, or why none is (for the CLI and the flow's artifact).
+
+    Args:
+        report: The study's report.
+    """
+    if report.best:
+        return f"best: trial {report.best.number} ({report.best.experiment}) {report.metric} = {report.best.value}"
+    if report.tied is not None:
+        n = report.counts.get("complete", 0)
+        return f"best: none: all {n} complete trials tied at {report.metric} = {report.tied}: no best"
+    return "best: none (no trial completed)"

@@ -75,6 +75,10 @@ class GateFailed(PipelineError):
         super().__init__(message, stage="evaluate", path=path)
 
 
+class StaleResult(PipelineError):
+    """A recorded result was made with other params than ``params.yaml`` holds now (run its stage again)."""
+
+
 class ExportError(PipelineError):
     """ONNX export failed, or the exported model disagrees with PyTorch beyond the tolerance."""
 

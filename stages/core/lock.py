@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -32,6 +33,8 @@ from pathlib import Path
 from stages.core.errors import PipelineError
 
 TOKEN_ENV = "PIPELINE_LOCK_TOKEN"
+
+log = logging.getLogger(__name__)
 
 
 class WorkspaceBusy(PipelineError):
@@ -65,16 +68,28 @@ def workspace_lock(workspace: Path, timeout_s: float, owner: str) -> Iterator[st
 
     Raises:
         WorkspaceBusy: When the workspace stays held for ``timeout_s``.
+
+    When the workspace is held and ``timeout_s`` is above 0, a warning naming the holder is logged
+    before the wait starts.
     """
     path = lock_path(workspace)
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
+    told = False
     with path.open("a+", encoding="utf-8") as fh:
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not told and timeout_s > 0:
+                    # Said at once: a silent wait of lock_timeout_s looks like a hang.
+                    log.warning(
+                        "waiting up to %.0f s (orchestration.lock_timeout_s) for the workspace lock held by %s",
+                        timeout_s,
+                        _holder(path),
+                    )
+                    told = True
                 if time.monotonic() >= deadline:
                     raise WorkspaceBusy(
                         f"the workspace is busy: a pipeline run by {_holder(path)} holds it; "

@@ -177,3 +177,63 @@ def test_exit_line_pattern_matches_dvcs_own_message():
     match = _EXITED.search(line)
     assert match is not None and match.groups() == ("train", "-9")
     assert _EXITED.search(line.replace("-9", "2")).group(2) == "2"
+
+
+def test_stage_locked_by_another_dvc_names_its_pid_and_says_to_wait(tmp_path: Path):
+    """A flow's stage while a ``dvc repro`` runs it: the failure names that process in full, not DVC's cut-off line."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "slow.py").write_text(
+        "import time\nfrom pathlib import Path\nPath('slow.started').write_text('x')\n"
+        "deadline = time.time() + 60\n"
+        "while not Path('release').exists() and time.time() < deadline:\n    time.sleep(0.1)\n"
+        "Path('out.txt').write_text('done')\n"
+    )
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"slow": {"cmd": "python slow.py", "deps": ["slow.py"], "outs": ["out.txt"]}}})
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "slow"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "slow.started").exists():
+            assert other.poll() is None and time.time() < deadline, "the other dvc repro did not start its stage"
+            time.sleep(0.1)
+        with pytest.raises(StageFailed) as err:
+            repro_stage("slow", tmp_path, logging.getLogger("test"), timeout_s=60)
+    finally:
+        (tmp_path / "release").write_text("x")
+        other.wait(timeout=60)
+    message = str(err.value)
+    assert err.value.retryable is False and err.value.stage == "slow"
+    assert f"PID {other.pid}" in message, message
+    assert "repro slow" in message, message  # the blocking command in full
+    assert message.splitlines()[0].startswith("[stage 'slow'] DVC is busy: 'out.txt' is held by PID"), message
+    assert message.splitlines()[-1].startswith("Wait for it to finish or stop it (kill "), message
+
+
+def test_repository_lock_names_the_pid_dvc_wrote_in_its_lock_file(tmp_path: Path):
+    """DVC's repository lock error names nobody; the holder's PID is in ``.dvc/tmp/lock`` (zc.lockfile)."""
+    import os
+
+    from flows.dvc_runner import DvcOutput, busy_message
+
+    (tmp_path / ".dvc" / "tmp").mkdir(parents=True)
+    (tmp_path / ".dvc" / "tmp" / "lock").write_text(f" {os.getpid()}\n")
+    out = DvcOutput(
+        code=255,
+        timed_out=False,
+        ran=[],
+        exit_codes={},
+        errors=["ERROR: Unable to acquire lock. Most likely another DVC process is running"],
+        tail=[],
+        seconds=3.0,
+        busy="the repository",
+    )
+    message = busy_message(out, tmp_path)
+    assert f"PID {os.getpid()} (" in message and "pytest" in message.splitlines()[0], message
+    assert f"kill {os.getpid()}" in message and ".dvc/tmp/lock" in message

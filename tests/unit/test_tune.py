@@ -20,6 +20,7 @@ from flows.tuning import (
     TrialPlan,
     TrialRecord,
     TuneConfig,
+    TuneReport,
     best_of,
     check_metric_file,
     exp_run_command,
@@ -30,6 +31,8 @@ from flows.tuning import (
     set_arguments,
     suggest,
 )
+from flows.tuning.models import State
+from flows.tuning.report import best_line, tied_value
 from stages.core.config import Params, SearchDim, load_params, parse_params
 from stages.core.errors import ConfigError, TuneError
 from tests.conftest import REPO
@@ -415,3 +418,39 @@ def test_the_metric_file_must_be_written_by_the_target_or_a_stage_before_it():
     data["tune"].update(target="train", metric={"file": params.paths.train_metrics, "key": "final.map50_95"})
     train_only = parse_params(data)
     check_metric_file(TuneConfig.from_params(train_only, REPO), train_only)
+
+
+def test_no_best_when_every_complete_trial_tied():
+    """All complete trials at one value: no best (the search told nothing apart), and the line says so."""
+
+    def row(n: int, state: State, value: float | None) -> TrialRecord:
+        return TrialRecord(
+            number=n,
+            state=state,
+            experiment=f"s-{n}",
+            params={},
+            value=value,
+            gate_passed=None,
+            error=None,
+            seconds=1.0,
+            ran=[],
+        )
+
+    tied = [row(0, "complete", 0.5), row(1, "complete", 0.5), row(2, "pruned", 0.9), row(3, "complete", 0.5)]
+    assert best_of(tied, "maximize") is None and best_of(tied, "minimize") is None
+    assert tied_value(tied) == 0.5
+    report = TuneReport(
+        study="s",
+        storage="sqlite",
+        metric="map50",
+        direction="maximize",
+        target="evaluate",
+        counts={"complete": 3, "pruned": 1},
+        best=best_of(tied, "maximize"),
+        trials=tied,
+        tied=tied_value(tied),
+    )
+    assert best_line(report) == "best: none: all 3 complete trials tied at map50 = 0.5: no best"
+    # One complete trial is not a tie; two that differ are not either.
+    assert tied_value(tied[:1]) is None and best_of(tied[:1], "maximize").number == 0
+    assert tied_value([row(0, "complete", 0.5), row(1, "complete", 0.6)]) is None

@@ -161,6 +161,17 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     data[last] = value
 
 
+def did_you_mean(word: str, known: list[str]) -> str:
+    """``"; did you mean 'x'?"`` when ``word`` is close to one of ``known``, else ``""``.
+
+    Args:
+        word: What the user wrote.
+        known: What they could have meant.
+    """
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def _suggestion(loc: tuple[int | str, ...]) -> str:
     """``"; did you mean 'x'?"`` for an unknown key that is close to a known one of its section."""
     model: type[BaseModel] = Params
@@ -169,9 +180,7 @@ def _suggestion(loc: tuple[int | str, ...]) -> str:
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return ""
         model = field.annotation
-    known = [f.alias or name for name, f in model.model_fields.items()]
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return did_you_mean(str(loc[-1]), [f.alias or name for name, f in model.model_fields.items()])
 
 
 def _first_interpolation(data: Any, where: tuple[str, ...]) -> tuple[str, str] | None:

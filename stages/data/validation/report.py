@@ -33,6 +33,18 @@ def _example(problem: Problem) -> str:
     return where
 
 
+def _examples(items: list[Problem]) -> str:
+    """The examples of one code: each place, or where they all share one place, that place once and what each says.
+
+    Dataset-wide problems (e.g. a class absent from train) all point at ``data.yaml``: naming it five times
+    tells nothing, their messages (which class) do.
+    """
+    places = [_example(p) for p in items]
+    if len(items) > 1 and len(set(places)) == 1:
+        return f"{places[0]}: " + "; ".join(p.message for p in items)
+    return ", ".join(places)
+
+
 def render_summary(result: ValidateResult, examples: int) -> str:
     """A markdown section for people: verdict, problems grouped by code, class balance and box sizes.
 
@@ -58,7 +70,7 @@ def render_summary(result: ValidateResult, examples: int) -> str:
         lines += ["| code | severity | count | first files |", "|---|---|---|---|"]
         for code in sorted(by_code, key=lambda c: (CODES[c] != "error", c)):
             items = by_code[code]
-            shown = ", ".join(_example(p) for p in items[:examples])
+            shown = _examples(items[:examples])
             rest = f" and {len(items) - examples} more" if len(items) > examples else ""
             lines.append(f"| {code} | {CODES[code]} | {len(items)} | {shown}{rest} |")
         lines.append("")

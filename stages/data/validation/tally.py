@@ -81,10 +81,11 @@ class Tally:
         for split in ("train", "val"):
             if self.split_counts[split] == 0:
                 problems.append(problem("split_empty", file, f"split '{split}' has no images"))
-        for name in self.names:
+        for cls, name in enumerate(self.names):
             if self.split_counts["train"] and self.instances["train"][name] == 0:
+                # The class (id and name) is what the user looks for: every one of these has the same file.
                 problems.append(
-                    problem("class_absent_from_train", file, f"class '{name}' has no box in the train split")
+                    problem("class_absent_from_train", file, f"class {cls} '{name}' has no box in the train split")
                 )
         return problems
 
