@@ -30,9 +30,8 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.backends.inference import patient, square_val, validation_images
 from stages.core.common import stage_main, write_json
-from stages.core.config import EvaluateParams, Params
-from stages.core.config.root import did_you_mean
-from stages.core.errors import ConfigError, PipelineError
+from stages.core.config import EvaluateParams, Params, check_class_floors
+from stages.core.errors import PipelineError
 from stages.core.runtime import import_ultralytics
 from stages.core.verdict import describe
 from stages.data.datasets import label_path_for, read_prepared_yaml, split_dirs
@@ -130,29 +129,6 @@ class EvaluateResult(BaseModel):
 
 def _at_least(value: float | None, threshold: float) -> Check:
     return Check(value=value, threshold=threshold, passed=int(value is not None and value >= threshold))
-
-
-def check_class_floors(floors: dict[str, float], names: list[str], source: Path | str | None = None) -> None:
-    """Refuse a per-class floor (``evaluate.min_class_map50``) naming a class the dataset does not have.
-
-    Called before the validator runs, so a typo costs no validation; the message names the closest
-    class rather than listing them all (80 names say nothing).
-
-    Args:
-        floors: The floors, by class name.
-        names: The dataset's class names.
-        source: The file the names come from (the prepared ``data.yaml``), to name in the message.
-
-    Raises:
-        ConfigError: For the first unknown name, with a did-you-mean where one is close.
-    """
-    for name in floors:
-        if name not in names:
-            where = f" ({len(names)} classes, named in {source})" if source is not None else f" ({len(names)} classes)"
-            raise ConfigError(
-                f"per-class floor for unknown class {name!r}{did_you_mean(name, names)}{where}",
-                key=f"evaluate.min_class_map50.{name}",
-            )
 
 
 def build_checks(

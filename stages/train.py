@@ -36,10 +36,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from stages.core.common import DEFAULT_PARAMS, configure_logging, read_json, stage_main, write_json
-from stages.core.config import Params, TrainParams, load_params
+from stages.core.config import Params, TrainParams, check_class_floors, load_params
 from stages.core.errors import ConfigError, PipelineError, TrainingError
 from stages.core.recorded_outputs import restore_recorded_outputs
 from stages.core.runtime import image_pixel_limit, import_ultralytics
+from stages.data.datasets import read_prepared_yaml
 from stages.training import launch, outputs, spec
 from stages.training.facts import node_facts
 from stages.training.full_disk import full_disk_error, no_space, no_space_message
@@ -66,6 +67,9 @@ class TrainConfig(BaseModel):
     workspace: Path
     hyper: TrainParams
     max_image_pixels: int  # validate.max_image_pixels: training refuses what validation refuses
+    # evaluate.min_class_map50, checked against the prepared class names before training (not a dvc.yaml
+    # param of train: it changes nothing train writes, and evaluate checks it again where it applies).
+    class_floors: dict[str, float] = {}
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> TrainConfig:
@@ -84,6 +88,7 @@ class TrainConfig(BaseModel):
             workspace=root,
             hyper=params.train,
             max_image_pixels=params.validate_.max_image_pixels,
+            class_floors=params.evaluate.min_class_map50,
         )
 
 
@@ -209,6 +214,8 @@ def run(cfg: TrainConfig) -> TrainResult:
 
 
 def _run(cfg: TrainConfig) -> TrainResult:
+    if cfg.class_floors:  # a typo in a per-class floor found now, not after the training
+        check_class_floors(cfg.class_floors, read_prepared_yaml(cfg.data_yaml)["names"], cfg.data_yaml)
     ultralytics = import_ultralytics(cfg.workspace)
     model_source = spec.resolve_model(cfg.hyper.model, cfg.workspace, Path(ultralytics.__file__).parent)
     _check_device(cfg.hyper.device)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stages import evaluate
-from stages.core.config import parse_params
+from stages.core.config import check_class_floors, parse_params
 from stages.core.errors import ConfigError
 
 NAMES = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light"]
@@ -39,4 +39,22 @@ def test_unknown_class_floor_is_refused_before_validation_with_a_suggestion(
 
 def test_no_close_name_says_where_the_names_are():
     with pytest.raises(ConfigError, match=r"unknown class 'zebra' \(3 classes\)"):
-        evaluate.check_class_floors({"zebra": 0.1}, ["person", "car", "bus"])
+        check_class_floors({"zebra": 0.1}, ["person", "car", "bus"])
+
+
+def test_a_floor_typo_stops_train_before_it_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Checked with the other params where the names first exist: before training, not an hour later."""
+    from stages import train
+
+    params = parse_params({"evaluate": {"min_class_map50": {"traffic lite": 0.2}}})
+    cfg = train.TrainConfig.from_params(params, tmp_path)
+    cfg.data_yaml.parent.mkdir(parents=True)
+    cfg.data_yaml.write_text(yaml.safe_dump({"train": "images/train", "val": "images/val", "names": NAMES}))
+
+    def no_training(_workspace: Path):
+        raise AssertionError("training started before the floors were checked")
+
+    monkeypatch.setattr(train, "import_ultralytics", no_training)
+    with pytest.raises(ConfigError, match=r"did you mean 'traffic light'\?") as err:
+        train.run(cfg)
+    assert err.value.key == "evaluate.min_class_map50.traffic lite"

@@ -13,7 +13,7 @@ from stages.core.config.base import KeyedValueError, relative_inside_workspace
 from stages.core.config.benchmark import BenchmarkParams
 from stages.core.config.deploy import DeployParams, DeployTarget, Int8Params, MaxDropParams
 from stages.core.config.engine import EngineParams
-from stages.core.config.evaluate import EvaluateParams
+from stages.core.config.evaluate import EvaluateParams, check_class_floors
 from stages.core.config.export import ExportParams
 from stages.core.config.orchestration import OrchestrationParams
 from stages.core.config.paths import INPUT_KEYS, RESERVED, PathsParams
@@ -64,6 +64,7 @@ __all__ = [
     "TuneMetricParams",
     "TuneParams",
     "ValidateParams",
+    "check_class_floors",
     "get_dotted",
     "load_params",
     "normalize_device",
