@@ -237,20 +237,15 @@ def test_metric_is_read_by_dotted_key_and_must_be_a_number(tmp_path: Path):
     assert err.value.key == "tune.metric.key" and err.value.path == path
 
 
-def test_best_is_the_best_complete_trial_earliest_on_a_tie():
-    def row(n: int, state: str, value: float | None) -> TrialRecord:
-        return TrialRecord(
-            number=n,
-            state=state,
-            experiment=f"s-{n}",
-            params={},
-            value=value,
-            gate_passed=None,
-            error=None,
-            seconds=1.0,
-            ran=[],
-        )
+def row(n: int, state: State, value: float | None) -> TrialRecord:
+    """A trial's report row with only what choosing the best reads."""
+    return TrialRecord(
+        number=n, state=state, experiment=f"s-{n}", params={}, value=value, gate_passed=None, error=None,
+        seconds=1.0, ran=[],
+    )  # fmt: skip
 
+
+def test_best_is_the_best_complete_trial_earliest_on_a_tie():
     rows = [row(0, "complete", 0.2), row(1, "pruned", 0.9), row(2, "complete", 0.4), row(3, "complete", 0.4)]
     rows.append(row(4, "failed", None))
     assert best_of(rows, "maximize").number == 2
@@ -422,20 +417,6 @@ def test_the_metric_file_must_be_written_by_the_target_or_a_stage_before_it():
 
 def test_no_best_when_every_complete_trial_tied():
     """All complete trials at one value: no best (the search told nothing apart), and the line says so."""
-
-    def row(n: int, state: State, value: float | None) -> TrialRecord:
-        return TrialRecord(
-            number=n,
-            state=state,
-            experiment=f"s-{n}",
-            params={},
-            value=value,
-            gate_passed=None,
-            error=None,
-            seconds=1.0,
-            ran=[],
-        )
-
     tied = [row(0, "complete", 0.5), row(1, "complete", 0.5), row(2, "pruned", 0.9), row(3, "complete", 0.5)]
     assert best_of(tied, "maximize") is None and best_of(tied, "minimize") is None
     assert tied_value(tied) == 0.5
