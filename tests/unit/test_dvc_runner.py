@@ -235,5 +235,7 @@ def test_repository_lock_names_the_pid_dvc_wrote_in_its_lock_file(tmp_path: Path
         busy="the repository",
     )
     message = busy_message(out, tmp_path)
-    assert f"PID {os.getpid()} (" in message and "pytest" in message.splitlines()[0], message
+    # The holder's command as /proc gives it (under pytest-xdist a worker's is `python -c ...`, not "pytest").
+    command = Path(f"/proc/{os.getpid()}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert f"PID {os.getpid()} (" in message and command in message.splitlines()[0], message
     assert f"kill {os.getpid()}" in message and ".dvc/tmp/lock" in message
