@@ -10,7 +10,11 @@ and skips files already on the other side, so a retry moves only what is missing
 only read, never changed, by a push.
 
 Credentials never go into the committed ``.dvc/config``: they go into ``.dvc/config.local`` (``dvc
-remote modify --local``) or the environment (``AWS_ACCESS_KEY_ID``...; SSH keys in ``~/.ssh``).
+remote modify --local``), the user's DVC config (``--global``: a fleet worker's fresh clones have no
+``config.local``) or the environment (``AWS_ACCESS_KEY_ID``...; SSH keys in ``~/.ssh``).
+
+One module of about 400 lines on purpose: resolving the remote, classifying a failure and retrying
+are one path that every push and pull takes, and splitting them would scatter that path.
 """
 
 from __future__ import annotations
