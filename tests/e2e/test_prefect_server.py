@@ -239,6 +239,14 @@ def test_with_the_credential_a_deployment_runs_to_completed(server: Server, ws: 
             if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
             time.sleep(1)
+        # The flow run's process ships its logs as it ends, after its state: stopping the worker (and the
+        # run's process with it) at once lost them once. Wait for the reason while both still live.
+        logs_deadline = time.monotonic() + 60
+        while state is not None and state["type"] == "COMPLETED":
+            logs = prefect(server, "flow-run", "logs", run_id)
+            if "unchanged" in logs.stdout or time.monotonic() > logs_deadline:
+                break
+            time.sleep(2)
     finally:
         _stop(worker)
     output = worker_log.read_text()
