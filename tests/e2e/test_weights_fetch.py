@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,16 +32,24 @@ DIGEST = hashlib.sha256(BODY).hexdigest()
 LOOKALIKE = bytes(PINNED["yolo11n"].size)
 
 
-class _Serve(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = LOOKALIKE if self.path == "/yolo11n.pt" else BODY
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def serving(body_for: Callable[[str], bytes]) -> type[http.server.BaseHTTPRequestHandler]:
+    """A quiet handler answering GET ``path`` with ``body_for(path)``."""
 
-    def log_message(self, *args: object) -> None:
-        pass
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = body_for(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Serve
+
+
+_Serve = serving(lambda path: LOOKALIKE if path == "/yolo11n.pt" else BODY)
 
 
 @pytest.fixture
@@ -172,17 +180,7 @@ def test_train_starts_from_fetched_weights_tracked_inside_the_weights_dep(
     assert save.returncode == 0, save.stderr[-3000:]  # nc 80, as the released COCO weights
     body = checkpoint.read_bytes()
 
-    class Serve(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), serving(lambda _path: body))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     table = {
         "yolo11n": PinnedWeights(

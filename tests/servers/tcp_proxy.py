@@ -104,22 +104,20 @@ class _Pair:
 
     def cut(self) -> None:
         """Reset both sockets: SO_LINGER 0 makes close() send RST rather than FIN."""
-        with self.lock:
-            if self.done:
-                return
-            self.done = True
-        for sock in (self.client, self.upstream):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            with contextlib.suppress(OSError):
-                sock.close()
+        self._shut(reset=True)
 
     def close(self) -> None:
+        self._shut(reset=False)
+
+    def _shut(self, reset: bool) -> None:
         with self.lock:
             if self.done:
                 return
             self.done = True
         for sock in (self.client, self.upstream):
+            if reset:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with contextlib.suppress(OSError):
                 sock.close()
 
