@@ -69,12 +69,24 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
     proc.wait(timeout=10)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _group_alive(pgid: int, settle_s: float = 10) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies not counted), after up to ``settle_s``.
+
+    ``os.killpg(pgid, 0)`` alone counts zombies: a child whose parent was killed is handed to PID 1,
+    and until PID 1 reaps it (slowly, on some machines' init) it stays in the group, dead.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        running = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                # After the command's closing parenthesis: state, ppid, pgrp.
+                state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+                if int(group) == pgid and state not in {"Z", "X"}:
+                    running.append(stat.parent.name)
+        if not running or time.monotonic() > deadline:
+            return bool(running)
+        time.sleep(0.2)
 
 
 def _request(url: str, method: str = "GET", auth: str | None = None, headers: dict[str, str] | None = None):
