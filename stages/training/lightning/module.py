@@ -1,0 +1,187 @@
+"""The ``LightningModule``: Ultralytics' detector, loss, schedule, EMA and validation, in Lightning's loop.
+
+Every number follows Ultralytics' ``BaseTrainer._do_train`` (8.4), read from its source:
+
+- the loss is Ultralytics' own (``DetectionModel.loss``): a sum over the process' images, times the
+  world size under DDP (DDP averages the processes' gradients), never divided by the accumulation.
+  Lightning's automatic loop divides what ``training_step`` returns by ``accumulate_grad_batches``, so
+  it is multiplied back (:func:`training_loss`): one optimizer step follows the gradient summed over
+  ``batch x accumulate`` images, as Ultralytics' does, and ``recipe``'s learning-rate rule holds for both.
+- warmup by forward pass (``ni``) over ``nw`` passes (:func:`warmup_values`): the bias rate falls from
+  ``warmup_bias_lr``, the others rise from 0, momentum rises from ``warmup_momentum``; after warmup,
+  each epoch's rate is ``initial_lr x lf(epoch)`` (:func:`epoch_lr`). Ultralytics also ramps the
+  accumulation from 1 during warmup; Lightning's ``accumulate_grad_batches`` is fixed for the run, so
+  here warmup steps accumulate as many batches as every other step (the one known difference).
+- the EMA (``ModelEMA``) is updated after every optimizer step, validated each epoch on global rank 0
+  by Ultralytics' validator, and saved in Ultralytics' checkpoint format (``save_model``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+
+from stages.training import ddp
+from stages.training.lightning.checkpoint import PIPELINE_KEY
+
+
+def training_loss(loss_sum: torch.Tensor, world_size: int, accumulate: int) -> torch.Tensor:
+    """What ``training_step`` returns so that the gradient Lightning backpropagates is Ultralytics'.
+
+    Ultralytics backpropagates ``loss_sum x world_size`` on every batch (the world size undoes DDP's
+    average); Lightning's automatic optimization backpropagates the returned value divided by
+    ``accumulate``.
+    """
+    return loss_sum * max(world_size, 1) * accumulate
+
+
+def warmup_values(
+    ni: int, nw: int, *, bias: bool, target_lr: float, warmup_bias_lr: float, warmup_momentum: float, momentum: float
+) -> tuple[float, float]:
+    """A parameter group's learning rate and momentum at forward pass ``ni`` of ``nw`` warmup passes (``ni <= nw``)."""
+    lr = float(np.interp(ni, [0, nw], [warmup_bias_lr if bias else 0.0, target_lr]))
+    return lr, float(np.interp(ni, [0, nw], [warmup_momentum, momentum]))
+
+
+def epoch_lr(initial_lr: float, lf: Any, epoch: int) -> float:
+    """The rate of an epoch after warmup: Ultralytics' ``LambdaLR`` stepped once at the start of each epoch."""
+    return float(initial_lr * lf(epoch))
+
+
+class DetectorModule(L.LightningModule):
+    """Ultralytics' ``DetectionModel`` trained by Lightning, with the toolbox doing Ultralytics' part."""
+
+    def __init__(self, toolbox: Any, world_size: int) -> None:
+        super().__init__()
+        self.model = toolbox.model
+        self.toolbox = toolbox  # not a Module: its model is this one's, registered above
+        self.world_size = world_size
+        self.batches = 0  # forward passes per epoch on this process (the loader's length)
+
+    # --- optimization -----------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # The rate is set by this module each epoch and pass (Ultralytics' schedule), not by a Lightning scheduler.
+        return self.toolbox.optimizer
+
+    def on_train_start(self) -> None:
+        tb = self.toolbox
+        tb.train_time_start = time.time()
+        tb.start_epoch = self.current_epoch
+        tb._load_stats()  # a resumed run keeps the epoch statistics it has (up to the checkpoint)
+
+    def on_train_epoch_start(self) -> None:
+        tb = self.toolbox
+        tb.epoch = self.current_epoch
+        self.batches = len(self.trainer.train_dataloader)
+        for group in tb.optimizer.param_groups:
+            group["lr"] = epoch_lr(group["initial_lr"], tb.lf, tb.epoch)
+        tb.tloss = None
+        tb._epoch_started()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        tb = self.toolbox
+        tb._batch_started()
+        nw = tb._get_warmup_iterations(self.batches)
+        ni = batch_idx + self.batches * self.current_epoch
+        if nw and ni <= nw:
+            for group in tb.optimizer.param_groups:
+                lr, momentum = warmup_values(
+                    ni,
+                    nw,
+                    bias=group.get("param_group") == "bias",
+                    target_lr=epoch_lr(group["initial_lr"], tb.lf, tb.epoch),
+                    warmup_bias_lr=tb.args.warmup_bias_lr,
+                    warmup_momentum=tb.args.warmup_momentum,
+                    momentum=tb.args.momentum,
+                )
+                group["lr"] = lr
+                if "momentum" in group:
+                    group["momentum"] = momentum
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        tb = self.toolbox
+        batch = tb.preprocess_batch(batch)
+        loss, items = self.model(batch)
+        tb.loss = loss.sum()
+        tb.loss_items = items
+        if not tb.loss_names:
+            tb.loss_names = tuple(items)
+            tb.metrics.update(dict.fromkeys(tb.label_loss_items(prefix="val"), 0.0))
+        tb.tloss = (
+            items
+            if tb.tloss is None
+            else {k: (tb.tloss[k] * batch_idx + v) / (batch_idx + 1) for k, v in items.items()}
+        )
+        self.log_dict({f"train/{k}": float(v) for k, v in items.items()}, on_step=True, on_epoch=False)
+        return training_loss(tb.loss, self.world_size, self.trainer.accumulate_grad_batches)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        optimizer.step(closure=optimizer_closure)
+        self.toolbox.ema.update(self.model)  # after every optimizer step, as Ultralytics' optimizer_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.toolbox._batch_ended()
+
+    # --- end of epoch: Ultralytics' validation, results.csv, checkpoints, early stop ----------------
+
+    def on_train_epoch_end(self) -> None:
+        tb = self.toolbox
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        if hasattr(criterion, "update"):
+            criterion.update()
+        tb.lr = {f"lr/pg{i}": group["lr"] for i, group in enumerate(tb.optimizer.param_groups)}
+        tb._epoch_ended()
+        final_epoch = tb.epoch + 1 >= tb.epochs
+        verdict: list[Any] = [None]
+        if self.global_rank == 0:
+            tb.ema.update_attr(self.model, include=["yaml", "nc", "args", "names", "stride", "class_weights"])
+            tb.metrics, tb.fitness = self._validate_alone()
+            tb.save_metrics(metrics={**tb.label_loss_items(tb.tloss), **tb.metrics, **tb.lr})
+            tb.stop = bool(tb.stopper(tb.epoch + 1, tb.fitness)) or final_epoch
+            tb.save_model()
+            verdict = [tb.stop]
+        # Every rank agrees on stopping: rank 0 validated; the others waited here.
+        stop = bool(self.trainer.strategy.broadcast(verdict, src=0)[0])
+        self.trainer.should_stop = self.trainer.should_stop or stop
+
+    def _validate_alone(self) -> tuple[dict[str, float], float]:
+        """Ultralytics' validation of the EMA, as a single process would run it (global rank 0 only)."""
+        tb = self.toolbox
+        world, tb.world_size = tb.world_size, 1  # no collective: the other ranks are not validating
+        try:
+            with ddp.single_process_validation():
+                metrics, fitness = tb.validate()
+        finally:
+            tb.world_size = world
+            self.model.train()
+        return metrics, fitness
+
+    # --- the pipeline's part of Lightning's checkpoint ---------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        tb = self.toolbox
+        checkpoint[PIPELINE_KEY] = {
+            "epochs_done": int(self.current_epoch) + 1,  # saved at the end of the epoch (ModelCheckpoint)
+            "ema": {k: v.detach().clone() for k, v in tb.ema.ema.state_dict().items()},
+            "updates": int(tb.ema.updates),
+            "best_fitness": None if tb.best_fitness is None else float(tb.best_fitness),
+            "stopper": {
+                "best_fitness": None if tb.stopper.best_fitness is None else float(tb.stopper.best_fitness),
+                "best_epoch": int(tb.stopper.best_epoch),
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        tb = self.toolbox
+        state = checkpoint[PIPELINE_KEY]
+        tb.ema = ModelEMA(self.model)
+        tb.ema.ema.load_state_dict(state["ema"])
+        tb.ema.updates = state["updates"]
+        tb.best_fitness = state["best_fitness"]
+        tb.stopper.__dict__.update(state["stopper"])
