@@ -8,6 +8,7 @@ callbacks, loggers, and reading its rank from torchrun's environment.
 - ``toolbox``: Ultralytics' trainer (the pipeline's ``PipelineTrainer``) built as a toolbox whose
   methods the loop calls (model, datasets, optimizer, validator, ``save_model``, ``save_metrics``,
   ``final_eval``) and whose ``train()`` never runs.
+- ``schedule``: the arithmetic (accumulation, the loss Lightning is given, warmup, the epoch's rate).
 - ``module``: the ``LightningModule``: Ultralytics' loss scaled as Ultralytics scales it, warmup and the
   per-epoch schedule, the EMA of the weights, validation and the run folder's per-epoch record.
 - ``data``: the ``LightningDataModule`` over Ultralytics' training dataset.

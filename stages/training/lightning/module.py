@@ -5,11 +5,11 @@ Every number follows Ultralytics' ``BaseTrainer._do_train`` (8.4), read from its
 - the loss is Ultralytics' own (``DetectionModel.loss``): a sum over the process' images, times the
   world size under DDP (DDP averages the processes' gradients), never divided by the accumulation.
   Lightning's automatic loop divides what ``training_step`` returns by ``accumulate_grad_batches``, so
-  it is multiplied back (:func:`training_loss`): one optimizer step follows the gradient summed over
+  it is multiplied back (``schedule.training_loss``): one optimizer step follows the gradient summed over
   ``batch x accumulate`` images, as Ultralytics' does, and ``recipe``'s learning-rate rule holds for both.
-- warmup by forward pass (``ni``) over ``nw`` passes (:func:`warmup_values`): the bias rate falls from
+- warmup by forward pass (``ni``) over ``nw`` passes (``schedule.warmup_values``): the bias rate falls from
   ``warmup_bias_lr``, the others rise from 0, momentum rises from ``warmup_momentum``; after warmup,
-  each epoch's rate is ``initial_lr x lf(epoch)`` (:func:`epoch_lr`). Ultralytics also ramps the
+  each epoch's rate is ``initial_lr x lf(epoch)`` (``schedule.epoch_lr``). Ultralytics also ramps the
   accumulation from 1 during warmup; Lightning's ``accumulate_grad_batches`` is fixed for the run, so
   here warmup steps accumulate as many batches as every other step (the one known difference).
 - the EMA (``ModelEMA``) is updated after every optimizer step, validated each epoch on global rank 0
@@ -22,35 +22,12 @@ import time
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from stages.training import ddp
 from stages.training.lightning.checkpoint import PIPELINE_KEY
-
-
-def training_loss(loss_sum: torch.Tensor, world_size: int, accumulate: int) -> torch.Tensor:
-    """What ``training_step`` returns so that the gradient Lightning backpropagates is Ultralytics'.
-
-    Ultralytics backpropagates ``loss_sum x world_size`` on every batch (the world size undoes DDP's
-    average); Lightning's automatic optimization backpropagates the returned value divided by
-    ``accumulate``.
-    """
-    return loss_sum * max(world_size, 1) * accumulate
-
-
-def warmup_values(
-    ni: int, nw: int, *, bias: bool, target_lr: float, warmup_bias_lr: float, warmup_momentum: float, momentum: float
-) -> tuple[float, float]:
-    """A parameter group's learning rate and momentum at forward pass ``ni`` of ``nw`` warmup passes (``ni <= nw``)."""
-    lr = float(np.interp(ni, [0, nw], [warmup_bias_lr if bias else 0.0, target_lr]))
-    return lr, float(np.interp(ni, [0, nw], [warmup_momentum, momentum]))
-
-
-def epoch_lr(initial_lr: float, lf: Any, epoch: int) -> float:
-    """The rate of an epoch after warmup: Ultralytics' ``LambdaLR`` stepped once at the start of each epoch."""
-    return float(initial_lr * lf(epoch))
+from stages.training.lightning.schedule import epoch_lr, training_loss, warmup_values
 
 
 class DetectorModule(L.LightningModule):

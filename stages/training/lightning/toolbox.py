@@ -20,7 +20,7 @@ from ultralytics.utils import RANK
 from ultralytics.utils.checks import check_imgsz
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
-from stages.training import recipe as rules
+from stages.training.lightning.schedule import accumulation
 from stages.training.settings import TrainerSettings
 from stages.training.trainer import PipelineTrainer, overrides
 
@@ -36,11 +36,6 @@ class LightningToolbox(PipelineTrainer):
 
     def train(self) -> None:
         raise RuntimeError("the Lightning backend runs the loop; the toolbox's train() is never called")
-
-
-def accumulation(global_batch: int, nbs: int, configured: int | None) -> int:
-    """Batches per optimizer step: ``train.lightning.accumulate_grad_batches``, or Ultralytics' rule from ``nbs``."""
-    return configured if configured is not None else rules.accumulation(global_batch, nbs)
 
 
 def build(
