@@ -3,7 +3,8 @@
 The detector, its loss, its data pipeline (mosaic and its closing), its optimizer parameter groups, its
 validator (mAP by the same code) and its checkpoint format stay Ultralytics'. What Lightning brings is
 the loop: strategies (``ddp``; ``fsdp`` on CUDA), precision plugins, gradient accumulation and clipping,
-callbacks, loggers, and reading its rank from torchrun's environment.
+callbacks (the learning-rate monitor), loggers (CSV, in the run folder), and reading its rank from
+torchrun's environment.
 
 - ``toolbox``: Ultralytics' trainer (the pipeline's ``PipelineTrainer``) built as a toolbox whose
   methods the loop calls (model, datasets, optimizer, validator, ``save_model``, ``save_metrics``,

@@ -1,6 +1,7 @@
 """Lightning's resume checkpoint: written whole, and the epochs it holds.
 
-Lightning writes ``last.ckpt`` (``ModelCheckpoint(save_last=True)``) through its checkpoint IO, which
+The module saves ``last.ckpt`` at the end of every epoch (``trainer.save_checkpoint``, as
+``ModelCheckpoint`` would, but after the epoch's validation). Lightning's checkpoint IO
 opens the target and writes into it: a kill or a full disk mid-save left a truncated file. Here the
 file is written into the scratch folder beside it, flushed, and put in place in one step
 (``stages.training.checkpoints.publish``, as the Ultralytics backend's checkpoints are).

@@ -7,8 +7,9 @@ placement) and the process group the worker already created (``_init_dist_connec
 when one exists), so nodes, ranks and timeouts are those of the Ultralytics backend.
 
 Only global rank 0 writes the run folder: ``results.csv``, ``weights/last.pt`` and ``best.pt`` in
-Ultralytics' format (by the toolbox), ``lightning/last.ckpt`` (the resume checkpoint, whole), and
-the recipe and epoch statistics; ``outputs.publish`` then reads it as it reads the other backend's.
+Ultralytics' format (by the toolbox), ``lightning/last.ckpt`` (the resume checkpoint, written whole
+by ``checkpoint.whole_file_io``), and the recipe and epoch statistics; ``outputs.publish`` then reads
+it as it reads the other backend's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from ultralytics.utils.torch_utils import parse_device, unset_deterministic
 
@@ -71,12 +72,10 @@ def build_trainer(hyper: Any, settings: TrainerSettings, run_dir: Path, accumula
         num_sanity_val_steps=0,
         reload_dataloaders_every_n_epochs=1,  # closing mosaic needs a new loader (data.DetectionData)
         use_distributed_sampler=True,
-        callbacks=[
-            ModelCheckpoint(
-                dirpath=folder, save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True
-            ),
-            LearningRateMonitor(logging_interval="step"),
-        ],
+        # The resume checkpoint is saved by the module at the very end of its epoch (after validation and
+        # the early-stop state), not by ModelCheckpoint, whose epoch-end hook is not ordered after the module's.
+        enable_checkpointing=False,
+        callbacks=[LearningRateMonitor(logging_interval="step")],
         logger=CSVLogger(save_dir=folder, name="logs", version=0),
         plugins=[checkpoint.whole_file_io()],
         default_root_dir=folder,

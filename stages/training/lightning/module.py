@@ -19,6 +19,7 @@ Every number follows Ultralytics' ``BaseTrainer._do_train`` (8.4), read from its
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -26,7 +27,7 @@ import torch
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from stages.training import ddp
-from stages.training.lightning.checkpoint import PIPELINE_KEY
+from stages.training.lightning.checkpoint import PIPELINE_KEY, last_checkpoint
 from stages.training.lightning.schedule import epoch_lr, training_loss, warmup_values
 
 
@@ -126,6 +127,8 @@ class DetectorModule(L.LightningModule):
         # Every rank agrees on stopping: rank 0 validated; the others waited here.
         stop = bool(self.trainer.strategy.broadcast(verdict, src=0)[0])
         self.trainer.should_stop = self.trainer.should_stop or stop
+        # Last: the resume checkpoint holds this epoch whole (a collective; global rank 0 writes it).
+        self.trainer.save_checkpoint(last_checkpoint(Path(tb.save_dir)))
 
     def _validate_alone(self) -> tuple[dict[str, float], float]:
         """Ultralytics' validation of the EMA, as a single process would run it (global rank 0 only)."""
