@@ -188,20 +188,20 @@ class TrainParams(_Section):
         if lightning.strategy == "fsdp" and self.distributed.world_size == 1:
             raise KeyedValueError(
                 "train.lightning.strategy",
-                "train.lightning.strategy: fsdp shards the model over several processes and one process trains "
+                "fsdp shards the model over several processes and one process trains "
                 "here (distributed.nnodes x distributed.nproc_per_node = 1); use auto or ddp",
             )
         if lightning.strategy == "fsdp" and self.device in {"cpu", "mps"}:
             raise KeyedValueError(
                 "train.lightning.strategy",
-                f"train.lightning.strategy: fsdp needs CUDA devices (device is {self.device}): Lightning "
+                f"fsdp needs CUDA devices (device is {self.device}): Lightning "
                 "2.6 refuses FSDP on any accelerator but CUDA (its accelerator connector raises 'requires a GPU "
                 "accelerator'); use ddp for CPU processes",
             )
         if lightning.precision == "16-mixed" and self.device in {"cpu", "mps"}:
             raise KeyedValueError(
                 "train.lightning.precision",
-                f"train.lightning.precision: 16-mixed needs CUDA (device is {self.device}); Lightning would "
+                f"16-mixed needs CUDA (device is {self.device}); Lightning would "
                 "silently train in bf16-mixed instead. Use bf16-mixed or 32-true",
             )
 

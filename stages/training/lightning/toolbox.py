@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
-from ultralytics.utils import RANK
+from ultralytics.utils import LOCAL_RANK, RANK
 from ultralytics.utils.checks import check_imgsz
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
+from stages.training import ddp
 from stages.training.lightning.schedule import accumulation
 from stages.training.settings import TrainerSettings
 from stages.training.trainer import PipelineTrainer, overrides
@@ -67,6 +68,11 @@ def build(
     if kept is not None and not results.exists():
         results.write_bytes(kept)
     tb.world_size = world_size
+    if tb.device.type == "cuda" and LOCAL_RANK != -1:
+        # Ultralytics' select_device picks the first listed GPU in every process; a launched process trains
+        # on its local rank's (the device Lightning gives it too), and the EMA must live there.
+        tb.device = torch.device("cuda", ddp.cuda_index(hyper.device, LOCAL_RANK))
+        torch.cuda.set_device(tb.device)
     tb.setup_model()  # a model YAML, or the weights of a local .pt (a fine-tune start, as Ultralytics)
     tb.model = tb.model.to(tb.device)
     tb.set_model_attributes()
