@@ -12,12 +12,16 @@ Every number follows Ultralytics' ``BaseTrainer._do_train`` (8.4), read from its
   each epoch's rate is ``initial_lr x lf(epoch)`` (``schedule.epoch_lr``). Ultralytics also ramps the
   accumulation from 1 during warmup; Lightning's ``accumulate_grad_batches`` is fixed for the run, so
   here warmup steps accumulate as many batches as every other step (the one known difference).
+- ``strategy: fsdp`` (CUDA only): the EMA reads the unsharded parameters (``summon_full_params``) and
+  the gradient norm is clipped by the root FSDP module, which Lightning's FSDP plugin leaves to the
+  user; not run on the CPU-only development machine (Lightning refuses FSDP on CPU).
 - the EMA (``ModelEMA``) is updated after every optimizer step, validated each epoch on global rank 0
   by Ultralytics' validator, and saved in Ultralytics' checkpoint format (``save_model``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -101,7 +105,35 @@ class DetectorModule(L.LightningModule):
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         optimizer.step(closure=optimizer_closure)
-        self.toolbox.ema.update(self.model)  # after every optimizer step, as Ultralytics' optimizer_step
+        with self._whole_parameters():
+            self.toolbox.ema.update(self.model)  # after every optimizer step, as Ultralytics' optimizer_step
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        sharded = self._fsdp_root()
+        if sharded is not None and gradient_clip_val:
+            # Lightning's FSDP precision plugin refuses norm clipping (plugins/precision/fsdp.py): the norm of
+            # sharded gradients is the root FSDP module's clip_grad_norm_ (a collective over the shards).
+            sharded.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _fsdp_root(self) -> Any:
+        """The root FSDP module under ``strategy: fsdp``, else ``None``."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = getattr(self.trainer.strategy, "model", None)
+        return wrapped if isinstance(wrapped, FullyShardedDataParallel) else None
+
+    def _whole_parameters(self) -> Any:
+        """Under FSDP, the unsharded parameters while the EMA reads them (a collective); else nothing to do."""
+        sharded = self._fsdp_root()
+        if sharded is None:
+            return contextlib.nullcontext()
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(sharded, writeback=False)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.toolbox._batch_ended()
