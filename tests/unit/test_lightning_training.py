@@ -28,6 +28,11 @@ def _header(path: Path) -> list[str]:
         return next(csv.reader(fh))
 
 
+def _rates(path: Path) -> list[float]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [float(v) for row in csv.DictReader(fh) for k, v in row.items() if k.startswith("lr/")]
+
+
 def _epochs(path: Path) -> list[int]:
     with path.open(newline="", encoding="utf-8") as fh:
         return [int(float(row["epoch"])) for row in csv.DictReader(fh)]
@@ -68,14 +73,16 @@ def test_the_stage_writes_the_same_outputs_with_the_trainer_named(staged, worksp
     assert metrics["recipe"]["accumulate"] == 4
     assert not any(cfg.runs.iterdir()), "the finished run folder is removed, as for the other backend"
 
-    # results.csv has the Ultralytics backend's columns: one epoch of it, on the same data.
+    # results.csv has the Ultralytics backend's columns, and the same learning rates epoch by epoch (warmup
+    # and schedule): the same 2 epochs of it, on the same data.
     from stages.training.trainer import fit as ultralytics_fit
 
     _root, data_yaml = workspace
-    hyper = TrainParams(epochs=1, **TINY)
+    hyper = TrainParams(epochs=2, **TINY)
     run = tmp_path / "ultralytics"
     ultralytics_fit(hyper, data_yaml, run, "yolo11n.yaml", spec.trainer_settings(hyper))
     assert _header(cfg.run_dir / "results.csv") == _header(run / "results.csv")
+    assert _rates(cfg.run_dir / "results.csv") == pytest.approx(_rates(run / "results.csv"), rel=1e-5)
 
 
 def test_best_pt_is_an_ultralytics_checkpoint_that_evaluates(staged):
