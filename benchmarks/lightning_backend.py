@@ -145,12 +145,14 @@ def main() -> int:
         ]
         for name, root, epochs in datasets:
             images = count_images(root)
-            for backend in ("ultralytics", "lightning"):
-                records = []
-                for seed in range(args.seeds):
+            runs: dict[str, list[dict]] = {"ultralytics": [], "lightning": []}
+            # Alternately, seed by seed: a change in the machine's load falls on both backends alike.
+            for seed in range(args.seeds):
+                for backend, records in runs.items():
                     train = {**base, "epochs": epochs, "seed": seed, "backend": backend}
                     records.append(child(root, train))
                     print(f"{name} {backend} seed {seed}: {records[-1]['map50_95']:.4f}", file=sys.stderr, flush=True)
+            for backend, records in runs.items():
                 speed[(name, backend)] = records
                 maps = [r["map50_95"] for r in records]
                 per_epoch = statistics.median(epoch_seconds(r, images) for r in records)
@@ -164,27 +166,30 @@ def main() -> int:
         images = count_images(sample_root)
         lines += [
             "",
-            f"#### Speed on the sample, {sample_epochs} epochs, seed 0: training seconds per epoch (first epoch "
-            "left out), data-wait share",
+            f"#### Speed on the sample, {sample_epochs} epochs: training seconds per epoch (first epoch left out; "
+            f"one process: median over the {args.seeds} seeds above; two: seed 0), data-wait share",
             "",
             "| processes | backend | s/epoch | / ultralytics | wait share | load |",
             "|---|---|---|---|---|---|",
         ]
         for processes in (1, 2):
-            per: dict[str, tuple[float, dict]] = {}
+            per: dict[str, tuple[float, float, float]] = {}
             for backend in ("ultralytics", "lightning"):
                 if processes == 1:
-                    record = speed[(sample_name, backend)][0]
+                    records = speed[(sample_name, backend)]
                 else:
                     train = {**base, "epochs": sample_epochs, "seed": 0, "backend": backend}
                     train["distributed"] = {"nproc_per_node": 2, "join_timeout_s": 120}
-                    record = child(sample_root, train)
-                per[backend] = (epoch_seconds(record, images), record)
-            for backend, (seconds, record) in per.items():
-                ratio = seconds / per["ultralytics"][0]
+                    records = [child(sample_root, train)]
+                per[backend] = (
+                    statistics.median(epoch_seconds(r, images) for r in records),
+                    statistics.median(wait_share(r) for r in records),
+                    statistics.mean(r["load"] for r in records),
+                )
+            for backend, (seconds, share, load) in per.items():
                 lines.append(
                     f"| {processes}{' (gloo, torchrun)' if processes == 2 else ''} | {backend} | {seconds:.2f} | "
-                    f"{ratio:.3f} | {wait_share(record):.3f} | {record['load']:.2f} |"
+                    f"{seconds / per['ultralytics'][0]:.3f} | {share:.3f} | {load:.2f} |"
                 )
         bf16 = child(
             sample_root,
