@@ -11,7 +11,10 @@ Every number follows Ultralytics' ``BaseTrainer._do_train`` (8.4), read from its
   ``warmup_bias_lr``, the others rise from 0, momentum rises from ``warmup_momentum``; after warmup,
   each epoch's rate is ``initial_lr x lf(epoch)`` (``schedule.epoch_lr``). Ultralytics also ramps the
   accumulation from 1 during warmup; Lightning's ``accumulate_grad_batches`` is fixed for the run, so
-  here warmup steps accumulate as many batches as every other step (the one known difference).
+  here warmup steps accumulate as many batches as every other step. And Lightning steps at the last
+  batch of every epoch with what it has accumulated, where Ultralytics carries a partial accumulation
+  into the next epoch. These two are the known differences; Ultralytics' NaN-loss recovery (reload
+  of ``last.pt``) and its AMP check are not reproduced either (Lightning's precision plugin decides).
 - ``strategy: fsdp`` (CUDA only): the EMA reads the unsharded parameters (``summon_full_params``) and
   the gradient norm is clipped by the root FSDP module, which Lightning's FSDP plugin leaves to the
   user; not run on the CPU-only development machine (Lightning refuses FSDP on CPU).
