@@ -47,7 +47,10 @@ def strategy(hyper: Any, settings: TrainerSettings, world: int) -> Any:
     if chosen == "fsdp":
         return FSDPStrategy(process_group_backend=settings.backend, timeout=timeout)
     if chosen == "ddp" or world > 1:
-        return DDPStrategy(process_group_backend=settings.backend, timeout=timeout)
+        # Each process keeps its own batch-norm statistics, as under Ultralytics' DDP (broadcast_buffers off):
+        # Lightning's default broadcast of every buffer from rank 0 on every forward pass cost ~45 % per epoch
+        # with two gloo processes on CPU (benchmarks/results/lightning_backend.md).
+        return DDPStrategy(process_group_backend=settings.backend, timeout=timeout, broadcast_buffers=False)
     return "auto"
 
 
