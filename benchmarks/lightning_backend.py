@@ -17,7 +17,7 @@ recorded next to every run. Prints a markdown table and appends it to
 
 Usage::
 
-    python benchmarks/lightning_backend.py [--epochs 15] [--coco-epochs 5] [--seeds 3]
+    python benchmarks/lightning_backend.py [--epochs 15] [--coco-epochs 5] [--seeds 3] [--accuracy-only | --two-only]
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def prepare(root: Path, coco: bool) -> Path:
         generate(SampleSpec(out=prepared))
         names = "{0: circle, 1: square, 2: triangle}"
         (prepared / "data.yaml").write_text(
-            f"path: {prepared}\ntrain: images/train\nval: images/val\nnames: {names}\n", encoding="utf-8"
+            f"path: {prepared}\ntrain: images/train\nval: images/val\nnames: {names}\n",
+            encoding="utf-8",
         )
     return root
 
@@ -84,7 +85,12 @@ def child(root: Path, train: dict) -> dict:
     """``one_training`` in a fresh process (seeds, deterministic mode, Lightning's state start clean)."""
     started_load = os.getloadavg()[0]
     proc = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps({"root": str(root), "train": train})],
+        [
+            sys.executable,
+            __file__,
+            "--one",
+            json.dumps({"root": str(root), "train": train}),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -121,42 +127,101 @@ def count_images(root: Path) -> int:
 def main() -> int:
     """Run every training, print and record the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15, help="epochs on the sample data (default: %(default)s)")
-    parser.add_argument("--coco-epochs", type=int, default=5, help="epochs on coco128 (default: %(default)s)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=15,
+        help="epochs on the sample data (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--coco-epochs",
+        type=int,
+        default=5,
+        help="epochs on coco128 (default: %(default)s)",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per backend (default: %(default)s)")
-    parser.add_argument("--imgsz", type=int, default=160, help="training image size (default: %(default)s)")
+    parser.add_argument(
+        "--imgsz",
+        type=int,
+        default=160,
+        help="training image size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--accuracy-only",
+        action="store_true",
+        help="only the sample's accuracy table (no coco128, speed, bf16, fsdp)",
+    )
+    parser.add_argument("--two-only", action="store_true", help="only the two-process speed rows (the sample, seed 0)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         job = json.loads(args.one)
-        print("RESULT " + json.dumps(one_training(Path(job["root"]), job["train"])), flush=True)
+        print(
+            "RESULT " + json.dumps(one_training(Path(job["root"]), job["train"])),
+            flush=True,
+        )
         return 0
 
-    base = {"imgsz": args.imgsz, "batch": 16, "workers": 2, "patience": 100, "deterministic": True}
-    lines = [f"### {datetime.date.today()}: {os.cpu_count()} cores, `python benchmarks/lightning_backend.py`", ""]
+    base = {
+        "imgsz": args.imgsz,
+        "batch": 16,
+        "workers": 2,
+        "patience": 100,
+        "deterministic": True,
+    }
+    command = " ".join(["python benchmarks/lightning_backend.py", *sys.argv[1:]])
+    lines = [f"### {datetime.date.today()}: {os.cpu_count()} cores, `{command}`", ""]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lightning-backend-") as tmp:
-        datasets = [("sample (96 train, 24 val)", prepare(Path(tmp) / "sample", coco=False), args.epochs)]
-        if COCO128.is_dir():
-            datasets.append(("coco128 (128 train, 32 val)", prepare(Path(tmp) / "coco", coco=True), args.coco_epochs))
+        datasets = [
+            (
+                "sample (96 train, 24 val)",
+                prepare(Path(tmp) / "sample", coco=False),
+                args.epochs,
+            )
+        ]
+        if args.accuracy_only or args.two_only:
+            pass
+        elif COCO128.is_dir():
+            datasets.append(
+                (
+                    "coco128 (128 train, 32 val)",
+                    prepare(Path(tmp) / "coco", coco=True),
+                    args.coco_epochs,
+                )
+            )
         else:
             lines += [f"coco128 is not at {COCO128}: skipped.", ""]
         speed: dict[tuple[str, str], list[dict]] = {}
-        lines += [
-            "#### mAP50-95 of the last epoch (EMA weights, Ultralytics' validator), one process, per seed",
-            "",
-            "| data | epochs | backend | per seed | mean | spread (min..max) | s/epoch (median) | wait share | load |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, root, epochs in datasets:
+        lines += (
+            []
+            if args.two_only
+            else [
+                "#### mAP50-95 of the last epoch (EMA weights, Ultralytics' validator), one process, per seed",
+                "",
+                "| data | epochs | backend | per seed | mean | spread (min..max) | s/epoch (median) | wait share "
+                "| load |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+        )
+        for name, root, epochs in [] if args.two_only else datasets:
             images = count_images(root)
             runs: dict[str, list[dict]] = {"ultralytics": [], "lightning": []}
             # Alternately, seed by seed: a change in the machine's load falls on both backends alike.
             for seed in range(args.seeds):
                 for backend, records in runs.items():
-                    train = {**base, **schedule(epochs), "seed": seed, "backend": backend}
+                    train = {
+                        **base,
+                        **schedule(epochs),
+                        "seed": seed,
+                        "backend": backend,
+                    }
                     records.append(child(root, train))
-                    print(f"{name} {backend} seed {seed}: {records[-1]['map50_95']:.4f}", file=sys.stderr, flush=True)
+                    print(
+                        f"{name} {backend} seed {seed}: {records[-1]['map50_95']:.4f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             for backend, records in runs.items():
                 speed[(name, backend)] = records
                 maps = [r["map50_95"] for r in records]
@@ -167,6 +232,14 @@ def main() -> int:
                     f"{statistics.mean(maps):.4f} | {min(maps):.4f}..{max(maps):.4f} | {per_epoch:.2f} | "
                     f"{share:.3f} | {statistics.mean(r['load'] for r in records):.2f} |"
                 )
+        if args.accuracy_only:
+            lines += [
+                "",
+                f"Whole benchmark: {(time.perf_counter() - started) / 60:.1f} min.",
+                "",
+            ]
+            publish("\n".join(lines), RESULTS)
+            return 0
         sample_name, sample_root, sample_epochs = datasets[0]
         images = count_images(sample_root)
         lines += [
@@ -177,13 +250,18 @@ def main() -> int:
             "| processes | backend | s/epoch | / ultralytics | wait share | load |",
             "|---|---|---|---|---|---|",
         ]
-        for processes in (1, 2):
+        for processes in (2,) if args.two_only else (1, 2):
             per: dict[str, tuple[float, float, float]] = {}
             for backend in ("ultralytics", "lightning"):
                 if processes == 1:
                     records = speed[(sample_name, backend)]
                 else:
-                    train = {**base, **schedule(sample_epochs), "seed": 0, "backend": backend}
+                    train = {
+                        **base,
+                        **schedule(sample_epochs),
+                        "seed": 0,
+                        "backend": backend,
+                    }
                     train["distributed"] = {"nproc_per_node": 2, "join_timeout_s": 120}
                     records = [child(sample_root, train)]
                 per[backend] = (
@@ -196,6 +274,10 @@ def main() -> int:
                     f"| {processes}{' (gloo, torchrun)' if processes == 2 else ''} | {backend} | {seconds:.2f} | "
                     f"{seconds / per['ultralytics'][0]:.3f} | {share:.3f} | {load:.2f} |"
                 )
+        if args.two_only:
+            lines += ["", f"Whole benchmark: {(time.perf_counter() - started) / 60:.1f} min.", ""]
+            publish("\n".join(lines), RESULTS)
+            return 0
         bf16 = child(
             sample_root,
             {
