@@ -44,6 +44,7 @@ from stages.data.datasets import read_prepared_yaml
 from stages.training import launch, outputs, spec
 from stages.training.facts import node_facts
 from stages.training.full_disk import full_disk_error, no_space, no_space_message
+from stages.training.lightning import require_lightning
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class TrainResult(BaseModel):
     device: str
     amp: bool
     backend: str  # nccl, gloo, or none for one process
+    trainer: str = "ultralytics"  # who ran the loop: ultralytics or lightning (train.backend)
     optimizer: str  # the optimizer actually used (optimizer: auto resolved)
     lr_rule: str
     sync_bn: bool
@@ -117,9 +119,11 @@ class TrainResult(BaseModel):
 
     def metrics_record(self) -> dict[str, Any]:
         """What ``metrics/train.json`` holds: numbers only."""
-        text = {"model", "device", "backend", "optimizer", "lr_rule", "sync_bn", "amp"}
+        text = {"model", "device", "backend", "optimizer", "lr_rule", "sync_bn", "amp", "trainer"}
         record = self.model_dump(mode="json", exclude=text)
         record["amp"] = int(self.amp)
+        # train.backend as a number (metrics files hold numbers; its name is in reports/train.json's "trainer")
+        record["trainer_lightning"] = int(self.trainer == "lightning")
         return record
 
     def report_record(self) -> dict[str, Any]:
@@ -132,6 +136,7 @@ class TrainResult(BaseModel):
             "optimizer": self.optimizer,
             "lr_rule": self.lr_rule,
             "sync_bn": "on" if self.sync_bn else "off",
+            "trainer": self.trainer,
         }
 
 
@@ -160,9 +165,12 @@ def _train(cfg: TrainConfig, model_source: str, run_dir: Path, fingerprint: str)
     """
     hyper = cfg.hyper
     if not launch.is_distributed(hyper):
-        from stages.training.trainer import fit
+        if hyper.backend == "lightning":
+            from stages.training.lightning.fit import fit
+        else:
+            from stages.training.trainer import fit
 
-        found = spec.resume_point(run_dir, fingerprint, hyper.epochs)
+        found = spec.run_resume_point(run_dir, fingerprint, hyper)
         if found is None:
             spec.start_run_dir(run_dir, fingerprint)
         else:
@@ -214,6 +222,8 @@ def run(cfg: TrainConfig) -> TrainResult:
 
 
 def _run(cfg: TrainConfig) -> TrainResult:
+    if cfg.hyper.backend == "lightning":  # before anything is built or trained
+        require_lightning()
     if cfg.class_floors:  # a typo in a per-class floor found now, not after the training
         check_class_floors(cfg.class_floors, read_prepared_yaml(cfg.data_yaml)["names"], cfg.data_yaml)
     ultralytics = import_ultralytics(cfg.workspace)
@@ -282,6 +292,8 @@ def print_launch(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         hyper = load_params(args.params).train
+        if hyper.backend == "lightning":  # every node will need it: said here, before any node starts
+            require_lightning()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,5 +22,7 @@ one concern per module; none of them imports a stage entry:
 - ``worker``: the program ``torch.distributed.run`` starts in every training process.
 - ``outputs``: a finished run folder made into the stage's outputs (model, run record, curves, the
   learning-rate curves) and the numbers of the training summary.
+- ``lightning``: the Lightning backend (``train.backend: lightning``): Lightning runs the loop around
+  Ultralytics' detector, loss, data, validator and checkpoint format, the trainer above as its toolbox.
 - ``full_disk``: a failure for want of space said first: the file not written, the space left, what to do.
 """

@@ -172,6 +172,7 @@ def run_summary(run_dir: Path, rows: list[dict[str, float]], stats: list[dict[st
         "optimizer": recipe["text"]["optimizer"],
         "lr_rule": recipe["text"]["lr_rule"],
         "sync_bn": recipe["text"]["sync_bn"] == "on",
+        "trainer": recipe["text"].get("trainer", "ultralytics"),
         "epochs_run": len(rows),
         "final_val_images": read_json(run_dir / FINAL_EVAL, stage=STAGE)["images"],
         "best_epoch": int(best_row["epoch"]) if "epoch" in best_row else None,

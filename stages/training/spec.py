@@ -217,6 +217,38 @@ def resume_point(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, in
     return None
 
 
+def lightning_resume_point(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, int] | None:
+    """:func:`resume_point` for the Lightning backend: its ``lightning/last.ckpt`` and the epochs it holds.
+
+    The same rules: the same fingerprint, a checkpoint read whole, fewer epochs done than configured;
+    rows of ``results.csv`` beyond the checkpoint are dropped. An unreadable checkpoint is removed.
+    """
+    from stages.training.lightning import checkpoint
+
+    marker = run_dir / FINGERPRINT
+    results = run_dir / "results.csv"
+    candidate = checkpoint.last_checkpoint(run_dir)
+    if not (marker.is_file() and results.is_file() and candidate.is_file()):
+        return None
+    if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+        return None
+    done = checkpoint.epochs_done(candidate)
+    if done is None:
+        candidate.unlink()
+        return None
+    if not 0 < done < epochs:
+        return None
+    _drop_rows_after(results, done)
+    return candidate, done
+
+
+def run_resume_point(run_dir: Path, fingerprint: str, hyper: TrainParams) -> tuple[Path, int] | None:
+    """The resume point of the run's backend (``train.backend``)."""
+    if hyper.backend == "lightning":
+        return lightning_resume_point(run_dir, fingerprint, hyper.epochs)
+    return resume_point(run_dir, fingerprint, hyper.epochs)
+
+
 def clear_checkpoints(run_dir: Path) -> None:
     """Remove a run folder's checkpoints and per-epoch record before it trains from the start.
 
@@ -226,6 +258,7 @@ def clear_checkpoints(run_dir: Path) -> None:
     import shutil
 
     shutil.rmtree(run_dir / "weights", ignore_errors=True)
+    shutil.rmtree(run_dir / "lightning", ignore_errors=True)  # the Lightning backend's checkpoint and logs
     for name in ("results.csv", "epoch_stats.csv"):
         (run_dir / name).unlink(missing_ok=True)
 

@@ -68,6 +68,10 @@ STAT_COLUMNS = ("epoch", "images_per_s", "dataloader_wait_share", "gpu_mem_peak_
 class PipelineTrainer(DetectionTrainer):
     """Ultralytics' ``DetectionTrainer`` with the launch, SyncBN, LR rule and throughput seams above."""
 
+    trainer_name = (
+        "ultralytics"  # who runs the loop, recorded in recipe.json (the Lightning backend's toolbox: lightning)
+    )
+
     def __init__(
         self,
         cfg: Any = DEFAULT_CFG,
@@ -256,6 +260,7 @@ class PipelineTrainer(DetectionTrainer):
                 "sync_bn": "on" if self.sync_bn_active else "off",
                 "amp": "on" if self.amp else "off",  # after the AMP check
                 "device": str(self.device),  # rank 0's
+                "trainer": self.trainer_name,
             },
         }
         (Path(self.save_dir) / RECIPE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -72,6 +72,10 @@ def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
     from stages.training import handshake
     from stages.training import spec as specs
 
+    if spec.hyper.backend == "lightning":  # refused before joining the others
+        from stages.training.lightning import require_lightning
+
+        require_lightning()
     store, prefix = handshake.worker_store(spec.hyper.distributed.join_timeout_s)
     placement = handshake.agree(head=head, store=store, prefix=prefix, timeout_s=spec.hyper.distributed.join_timeout_s)
     os.environ["RANK"] = str(placement.rank)
@@ -106,7 +110,7 @@ def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
         run_dir = workspace / spec.run_dir
         decision: dict[str, str | None] = {"checkpoint": None}
         if placement.rank == 0:
-            found = specs.resume_point(run_dir, spec.fingerprint, spec.hyper.epochs)
+            found = specs.run_resume_point(run_dir, spec.fingerprint, spec.hyper)
             decision["checkpoint"] = str(found[0]) if found else None
             if found is None:
                 specs.clear_checkpoints(run_dir)
@@ -119,7 +123,10 @@ def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
             run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yolo-rank-"))) / run_dir.name
         if resume_from is not None and not head:
             stack.callback(resume_from.unlink, missing_ok=True)
-        from stages.training.trainer import fit
+        if spec.hyper.backend == "lightning":
+            from stages.training.lightning.fit import fit
+        else:
+            from stages.training.trainer import fit
 
         source = specs.resolve_model(spec.model, workspace, Path(ultralytics.__file__).parent)
         trainer = fit(spec.hyper, workspace / spec.data_yaml, run_dir, source, spec.settings, resume_from)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from stages.core.config.base import _Section
+from stages.core.config.base import KeyedValueError, _Section
 
 
 class DistributedParams(_Section):
@@ -47,6 +47,26 @@ class DistributedParams(_Section):
     def world_size(self) -> int:
         """Training processes over all nodes."""
         return self.nnodes * self.nproc_per_node
+
+
+class LightningParams(_Section):
+    """How the Lightning backend runs the loop (``train.backend: lightning``, ``stages/training/lightning/``).
+
+    Read only when ``train.backend`` is ``lightning``. Under it, ``precision`` governs mixed precision
+    and ``train.amp`` is not used (Ultralytics' AMP flag has no meaning for Lightning's precision plugins).
+    """
+
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="auto: one process trains alone, several as DDP; fsdp shards the model (CUDA only)"
+    )
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = Field(
+        "32-true", description="Lightning's precision plugin; 16-mixed needs CUDA"
+    )
+    accumulate_grad_batches: int | None = Field(
+        None, ge=1, description="batches per optimizer step; null: max(round(nbs / batch), 1), as Ultralytics"
+    )
+    gradient_clip_val: float = Field(10.0, ge=0.0, description="gradient norm clip; 10 is Ultralytics' fixed clip")
+    log_every_n_steps: int = Field(50, ge=1, description="optimizer steps between two logged learning rates/losses")
 
 
 # The parts of `train` that do not change what is trained: how long the nodes wait, how often to restart.
@@ -119,6 +139,10 @@ class TrainParams(_Section):
     mosaic: float = Field(1.0, ge=0.0, le=1.0)
     close_mosaic: int = Field(10, ge=0)
     distributed: DistributedParams = Field(default_factory=DistributedParams)
+    backend: Literal["ultralytics", "lightning"] = Field(
+        "ultralytics", description="who runs the training loop: Ultralytics' trainer or PyTorch Lightning"
+    )
+    lightning: LightningParams = Field(default_factory=LightningParams)
 
     @field_validator("device", mode="before")
     @classmethod
@@ -154,11 +178,41 @@ class TrainParams(_Section):
                 "sync_bn needs CUDA: PyTorch's SyncBatchNorm trains only on GPUs; set sync_bn: false "
                 "to train several CPU processes (each keeps its own batch norm statistics)"
             )
+        if self.backend == "lightning":
+            self._check_lightning()
         return self
+
+    def _check_lightning(self) -> None:
+        """Refuse what Lightning would silently change or fail on later, naming the key."""
+        lightning = self.lightning
+        if lightning.strategy == "fsdp" and self.distributed.world_size == 1:
+            raise KeyedValueError(
+                "train.lightning.strategy",
+                "fsdp shards the model over several processes and one process trains "
+                "here (distributed.nnodes x distributed.nproc_per_node = 1); use auto or ddp",
+            )
+        if lightning.strategy == "fsdp" and self.device in {"cpu", "mps"}:
+            raise KeyedValueError(
+                "train.lightning.strategy",
+                f"fsdp needs CUDA devices (device is {self.device}): Lightning "
+                "2.6 refuses FSDP on any accelerator but CUDA (its accelerator connector raises 'requires a GPU "
+                "accelerator'); use ddp for CPU processes",
+            )
+        if lightning.precision == "16-mixed" and self.device in {"cpu", "mps"}:
+            raise KeyedValueError(
+                "train.lightning.precision",
+                f"16-mixed needs CUDA (device is {self.device}); Lightning would "
+                "silently train in bf16-mixed instead. Use bf16-mixed or 32-true",
+            )
 
     def training_identity(self) -> dict[str, Any]:
         """The values that decide what is trained (not where the nodes meet): fingerprints compare these."""
         data = self.model_dump(mode="json")
         for key in LAUNCH_ONLY_KEYS:
             data["distributed"].pop(key)
+        if self.backend == "ultralytics":
+            # Runs of the Ultralytics backend keep the fingerprint they had before the Lightning backend
+            # existed (an interrupted run still resumes), and Lightning's keys do not concern them.
+            data.pop("backend")
+            data.pop("lightning")
         return data
