@@ -15,7 +15,13 @@ import torch
 from stages.core.config import TrainParams, parse_params
 from stages.core.errors import ConfigError
 from stages.training.lightning import require_lightning
-from stages.training.lightning.schedule import accumulation, epoch_lr, training_loss, warmup_values
+from stages.training.lightning.schedule import (
+    accumulation,
+    epoch_lr,
+    training_loss,
+    warmup_accumulate,
+    warmup_values,
+)
 
 
 def _train(**train: object) -> TrainParams:
@@ -121,7 +127,7 @@ def test_accumulation_is_ultralytics_rule_unless_configured(batch, nbs, configur
 
 @pytest.mark.parametrize(("world", "accumulate"), [(1, 1), (1, 4), (2, 4), (4, 2)])
 def test_the_gradient_of_an_optimizer_step_is_ultralytics(world, accumulate):
-    """Ultralytics: backward(sum x world) per batch; Lightning: backward(returned / accumulate) per batch."""
+    """Both backpropagate ``sum x world`` on every batch and sum the passes of a step unscaled."""
     torch.manual_seed(0)
     weight = torch.randn(3, requires_grad=True)
     batches = [torch.randn(4, 3) for _ in range(accumulate)]
@@ -130,18 +136,39 @@ def test_the_gradient_of_an_optimizer_step_is_ultralytics(world, accumulate):
     ultralytics = weight.grad.clone()
     weight.grad = None
     for images in batches:
-        (training_loss((images @ weight).pow(2).sum(), world, accumulate) / accumulate).backward()
+        training_loss((images @ weight).pow(2).sum(), world).backward()
     assert torch.allclose(weight.grad, ultralytics)
 
 
-def test_lightning_divides_the_returned_loss_by_the_accumulation():
-    """The rule ``training_loss`` undoes, checked against Lightning's own closure (skipped without Lightning)."""
-    automatic = pytest.importorskip(
-        "lightning.pytorch.loops.optimization.automatic", reason="Lightning is not installed (the lightning extra)"
-    )
-    loss = torch.tensor(3.0)
-    result = automatic.ClosureResult.from_training_step_output(training_loss(loss, 2, 4), normalize=4)
-    assert float(result.loss) == pytest.approx(6.0)
+def _ultralytics_steps(batches: int, epochs: int, nw: int, accumulate: int) -> list[int]:
+    """The forward passes Ultralytics 8.4's ``_do_train`` steps after, its cadence written out."""
+    import numpy as np
+
+    steps, last, now = [], -1, accumulate
+    for ni in range(batches * epochs):
+        if nw and ni <= nw:
+            now = max(1, int(np.interp(ni, [0, nw], [1, accumulate]).round()))
+        if ni - last >= now:
+            steps.append(ni)
+            last = ni
+    return steps
+
+
+@pytest.mark.parametrize(("batches", "epochs", "nw", "accumulate"), [(6, 30, 18, 4), (2, 2, 2, 4), (5, 4, 0, 2)])
+def test_the_step_cadence_is_ultralytics(batches, epochs, nw, accumulate):
+    """The module's rule (``warmup_accumulate``, step when ``ni - last >= accumulate``) against Ultralytics'."""
+    steps, last, now = [], -1, accumulate
+    for ni in range(batches * epochs):
+        if nw and ni <= nw:
+            now = warmup_accumulate(ni, nw, accumulate)
+        if ni - last >= now:
+            steps.append(ni)
+            last = ni
+    assert steps == _ultralytics_steps(batches, epochs, nw, accumulate)
+    # The sample's case (6 batches, accumulate 4, 3 warmup epochs): fewer steps than 2 an epoch, which
+    # stepping at every epoch's last batch gave.
+    if (batches, accumulate) == (6, 4):
+        assert len(steps) < 2 * epochs
 
 
 def _ultralytics_warmup(ni: int, nw: int, bias: bool, target: float) -> tuple[float, float]:

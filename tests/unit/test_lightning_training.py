@@ -7,6 +7,7 @@ Skipped where Lightning is not installed (the ``lightning`` extra).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -57,11 +58,30 @@ def staged(tmp_path_factory: pytest.TempPathFactory):
     )
     params = parse_params({"train": {"backend": "lightning", "epochs": 2, **TINY}})
     cfg = stage.TrainConfig.from_params(params, root)
-    return cfg, stage.run(cfg)
+    with _counting_optimizer_steps() as steps:
+        result = stage.run(cfg)
+    return cfg, result, len(steps)
+
+
+@contextlib.contextmanager
+def _counting_optimizer_steps():
+    """The optimizer steps of a training in this process: both backends update the EMA once after each."""
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    steps: list[int] = []
+    update = ModelEMA.update
+
+    def counted(self, model):
+        steps.append(1)
+        return update(self, model)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModelEMA, "update", counted)
+        yield steps
 
 
 def test_the_stage_writes_the_same_outputs_with_the_trainer_named(staged, workspace, tmp_path):
-    cfg, result = staged
+    cfg, result, lightning_steps = staged
     assert result.trainer == "lightning" and result.epochs_run == 2
     metrics = json.loads(cfg.metrics.read_text())
     assert metrics["trainer_lightning"] == 1 and all(not isinstance(v, str) for v in metrics.values())
@@ -80,7 +100,11 @@ def test_the_stage_writes_the_same_outputs_with_the_trainer_named(staged, worksp
     _root, data_yaml = workspace
     hyper = TrainParams(epochs=2, **TINY)
     run = tmp_path / "ultralytics"
-    ultralytics_fit(hyper, data_yaml, run, "yolo11n.yaml", spec.trainer_settings(hyper))
+    with _counting_optimizer_steps() as steps:
+        ultralytics_fit(hyper, data_yaml, run, "yolo11n.yaml", spec.trainer_settings(hyper))
+    # The same optimizer steps: Ultralytics' cadence (accumulation ramped over warmup, a partial one carried
+    # over), not one at every epoch's end, which gave 2 here against Ultralytics' 1.
+    assert lightning_steps == len(steps) == 1
     assert _header(cfg.run_dir / "results.csv") == _header(run / "results.csv")
     assert _rates(cfg.run_dir / "results.csv") == pytest.approx(_rates(run / "results.csv"), rel=1e-5)
 
@@ -89,7 +113,7 @@ def test_best_pt_is_an_ultralytics_checkpoint_that_evaluates(staged):
     import torch
     import ultralytics
 
-    cfg, _ = staged
+    cfg, _, _ = staged
     ckpt = torch.load(cfg.best, map_location="cpu", weights_only=False)
     assert {"epoch", "ema", "train_args", "train_metrics", "train_results"} <= set(ckpt)
     assert ckpt["optimizer"] is None, "stripped at the end, as Ultralytics' final_eval does"

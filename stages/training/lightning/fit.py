@@ -54,8 +54,12 @@ def strategy(hyper: Any, settings: TrainerSettings, world: int) -> Any:
     return "auto"
 
 
-def build_trainer(hyper: Any, settings: TrainerSettings, run_dir: Path, accumulate: int, world: int) -> L.Trainer:
-    """The ``lightning.Trainer`` of a run: every setting from ``params.yaml`` (``train``, ``train.lightning``)."""
+def build_trainer(hyper: Any, settings: TrainerSettings, run_dir: Path, world: int) -> L.Trainer:
+    """The ``lightning.Trainer`` of a run: every setting from ``params.yaml`` (``train``, ``train.lightning``).
+
+    Accumulation and clipping are the module's (it steps at Ultralytics' cadence, ``module``): the
+    Trainer's own ``accumulate_grad_batches`` and ``gradient_clip_val`` stay unset.
+    """
     lightning = hyper.lightning
     cuda = hyper.device not in {"cpu", "mps"}
     folder = run_dir / checkpoint.FOLDER
@@ -66,9 +70,6 @@ def build_trainer(hyper: Any, settings: TrainerSettings, run_dir: Path, accumula
         strategy=strategy(hyper, settings, world),
         precision=lightning.precision,
         max_epochs=hyper.epochs,
-        accumulate_grad_batches=accumulate,
-        gradient_clip_val=lightning.gradient_clip_val or None,
-        gradient_clip_algorithm="norm",
         log_every_n_steps=lightning.log_every_n_steps,
         sync_batchnorm=hyper.sync_bn and world > 1,
         limit_val_batches=0,  # validation is Ultralytics' (the module's epoch end), not Lightning's loop
@@ -111,9 +112,9 @@ def fit(
     world = world_size()
     tb = toolbox.build(hyper, data_yaml, run_dir, model_source, settings, world)
     try:
-        module = DetectorModule(tb, world)
+        module = DetectorModule(tb, world, hyper.lightning.gradient_clip_val)
         data = DetectionData(tb, hyper.batch // world)
-        trainer = build_trainer(hyper, settings, run_dir, tb.accumulate, world)
+        trainer = build_trainer(hyper, settings, run_dir, world)
         trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
         tb.final_eval()  # best.pt by Ultralytics' validator; under several processes, rank 0 alone
     finally:

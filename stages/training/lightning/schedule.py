@@ -1,10 +1,10 @@
 """The Lightning backend's arithmetic, as Ultralytics' ``BaseTrainer._do_train`` (8.4) does it (no Lightning here).
 
 - :func:`accumulation`: batches per optimizer step, one rule for both backends.
-- :func:`training_loss`: the loss Lightning's automatic loop must be given for the gradient to be
-  Ultralytics' (its loss is a sum over the process' images, times the world size under DDP, and it
-  never divides by the accumulation; Lightning divides by ``accumulate_grad_batches``).
+- :func:`training_loss`: the loss backpropagated for the gradient to be Ultralytics' (a sum over the
+  process' images, times the world size under DDP, never divided by the accumulation).
 - :func:`warmup_values`: a parameter group's rate and momentum during warmup.
+- :func:`warmup_accumulate`: the forward passes per step during warmup (ramped from 1).
 - :func:`epoch_lr`: an epoch's rate after warmup (``LambdaLR`` with Ultralytics' ``lf``).
 """
 
@@ -18,14 +18,18 @@ import torch
 from stages.training import recipe as rules
 
 
-def training_loss(loss_sum: torch.Tensor, world_size: int, accumulate: int) -> torch.Tensor:
-    """What ``training_step`` returns so that the gradient Lightning backpropagates is Ultralytics'.
+def training_loss(loss_sum: torch.Tensor, world_size: int) -> torch.Tensor:
+    """What the module backpropagates on every batch: Ultralytics' ``loss_sum x world_size``.
 
-    Ultralytics backpropagates ``loss_sum x world_size`` on every batch (the world size undoes DDP's
-    average); Lightning's automatic optimization backpropagates the returned value divided by
-    ``accumulate``.
+    The world size undoes DDP's average of the processes' gradients; the accumulated passes add up
+    unscaled, as in Ultralytics' loop (``manual_backward`` divides by nothing).
     """
-    return loss_sum * max(world_size, 1) * accumulate
+    return loss_sum * max(world_size, 1)
+
+
+def warmup_accumulate(ni: int, nw: int, accumulate: int) -> int:
+    """Forward passes per step at pass ``ni`` of ``nw`` warmup passes: from 1 up to ``accumulate``, as Ultralytics."""
+    return max(1, int(np.interp(ni, [0, nw], [1, accumulate]).round()))
 
 
 def warmup_values(
