@@ -41,6 +41,11 @@ def _train(**train: object) -> TrainParams:
         ),
         ({"lightning": {"precision": "16-mixed"}}, "train.lightning.precision", "bf16-mixed instead"),
         ({"lightning": {"accumulate_grad_batches": 0}}, "train.lightning.accumulate_grad_batches", "greater"),
+        (
+            {"lr_scaling": "linear", "lightning": {"accumulate_grad_batches": 2}},
+            "train.lightning.accumulate_grad_batches",
+            "set nbs",
+        ),
         ({"lightning": {"gradient_clip_val": -1}}, "train.lightning.gradient_clip_val", "greater"),
         ({"lightning": {"devices": 2}}, "train.lightning.devices", "unknown key"),
         ({"backend": "keras"}, "train.backend", "ultralytics"),

@@ -185,6 +185,14 @@ class TrainParams(_Section):
     def _check_lightning(self) -> None:
         """Refuse what Lightning would silently change or fail on later, naming the key."""
         lightning = self.lightning
+        nominal = max(round(self.nbs / self.batch), 1)  # the accumulation nbs gives (stages/training/recipe.py)
+        if self.lr_scaling != "none" and lightning.accumulate_grad_batches not in (None, nominal):
+            raise KeyedValueError(
+                "train.lightning.accumulate_grad_batches",
+                f"{lightning.accumulate_grad_batches} batches per step with lr_scaling: {self.lr_scaling}, whose "
+                f"rule counts the images of a step from nbs ({nominal} batches of {self.batch}); set nbs "
+                "for the accumulation you want (one rule for both backends), or leave this null",
+            )
         if lightning.strategy == "fsdp" and self.distributed.world_size == 1:
             raise KeyedValueError(
                 "train.lightning.strategy",
