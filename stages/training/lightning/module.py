@@ -14,8 +14,7 @@ inside Lightning's loop, strategy and precision plugin (``manual_backward``, the
   (``schedule.warmup_accumulate``). Lightning's automatic loop instead steps at every epoch's last
   batch and keeps the accumulation fixed: on the sample (6 batches an epoch, accumulating 4) that made
   2 steps an epoch instead of 1.5, and a 30-epoch run 0.1 mAP50-95 better than Ultralytics' on every
-  seed (``benchmarks/results/lightning_backend.md``). Gradients are synchronised only on the backward
-  pass before a step (``block_backward_sync`` under DDP), and clipped at ``gradient_clip_val`` in
+  seed (``benchmarks/results/lightning_backend.md``). Gradients are clipped at ``gradient_clip_val`` in
   ``on_before_optimizer_step``, after the precision plugin has unscaled them.
 - warmup by forward pass over ``nw`` passes (``schedule.warmup_values``): the bias rate falls from
   ``warmup_bias_lr``, the others rise from 0, momentum rises from ``warmup_momentum``; after warmup,
@@ -118,11 +117,10 @@ class DetectorModule(L.LightningModule):
             else {k: (tb.tloss[k] * batch_idx + v) / (batch_idx + 1) for k, v in items.items()}
         )
         self.log_dict({f"train/{k}": float(v) for k, v in items.items()}, on_step=True, on_epoch=False)
-        # Gradients are summed over the processes only on the backward pass before a step (DDP's no_sync
-        # otherwise); a single process or FSDP has nothing to skip.
-        blocked = getattr(self.trainer.strategy, "block_backward_sync", None)
-        with contextlib.nullcontext() if step or blocked is None else blocked():
-            self.manual_backward(training_loss(tb.loss, self.world_size))
+        # Every pass's backward is averaged over the processes (the sum of averages is the average of the
+        # sums): DDP arms its reducer after each forward, which here ends after the backward, so skipping
+        # the synchronisation of the passes between steps (no_sync) would not hold across iterations.
+        self.manual_backward(training_loss(tb.loss, self.world_size))
         if step:
             optimizer = self.optimizers()
             optimizer.step()  # the precision plugin unscales, calls on_before_optimizer_step (the clip), steps
