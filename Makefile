@@ -116,7 +116,7 @@ retrain-ci: install
 
 ## All tiers, one test module per worker process, one worker more than there are cores: e2e modules
 ## spend part of their time waiting (servers starting, a launcher's join timeout, a queue worker), and
-## the extra worker keeps the cores busy then (2 cores: 99% busy with 3 workers, 86% with 2).
+## the extra worker keeps the cores busy then (2 cores: 96-99% busy with 3 workers, 86% with 2).
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15

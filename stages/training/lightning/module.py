@@ -117,9 +117,10 @@ class DetectorModule(L.LightningModule):
             else {k: (tb.tloss[k] * batch_idx + v) / (batch_idx + 1) for k, v in items.items()}
         )
         self.log_dict({f"train/{k}": float(v) for k, v in items.items()}, on_step=True, on_epoch=False)
-        # Every pass's backward is averaged over the processes (the sum of averages is the average of the
-        # sums): DDP arms its reducer after each forward, which here ends after the backward, so skipping
-        # the synchronisation of the passes between steps (no_sync) would not hold across iterations.
+        # Every pass's backward is averaged over the processes (a sum of averages is the average of the sums).
+        # Skipping the passes between steps (DDP's no_sync) is documented for a context around forward and
+        # backward, and the forward is DDP's own call around this method: one collective per pass instead
+        # (two gloo processes: 1.02x Ultralytics' epoch time with it, 0.92x with no_sync around the backward).
         self.manual_backward(training_loss(tb.loss, self.world_size))
         if step:
             optimizer = self.optimizers()
