@@ -68,9 +68,8 @@ STAT_COLUMNS = ("epoch", "images_per_s", "dataloader_wait_share", "gpu_mem_peak_
 class PipelineTrainer(DetectionTrainer):
     """Ultralytics' ``DetectionTrainer`` with the launch, SyncBN, LR rule and throughput seams above."""
 
-    trainer_name = (
-        "ultralytics"  # who runs the loop, recorded in recipe.json (the Lightning backend's toolbox: lightning)
-    )
+    # Who runs the loop, recorded in recipe.json (the Lightning backend's toolbox says lightning).
+    trainer_name = "ultralytics"
 
     def __init__(
         self,
