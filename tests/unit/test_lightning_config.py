@@ -33,11 +33,11 @@ def _train(**train: object) -> TrainParams:
     [
         ({"lightning": {"strategy": "deepspeed"}}, "train.lightning.strategy", "auto"),
         ({"lightning": {"precision": "64-true"}}, "train.lightning.precision", "bf16-mixed"),
-        ({"lightning": {"strategy": "fsdp"}}, "train.lightning.strategy", "one process"),
+        ({"lightning": {"strategy": "fsdp"}}, "train.lightning.strategy", "use ddp"),
         (
-            {"lightning": {"strategy": "fsdp"}, "batch": 4, "distributed": {"nproc_per_node": 2}},
+            {"lightning": {"strategy": "fsdp"}, "device": "0,1", "batch": 4, "distributed": {"nproc_per_node": 2}},
             "train.lightning.strategy",
-            "requires a GPU accelerator",
+            "BACKWARD_PRE",
         ),
         ({"lightning": {"precision": "16-mixed"}}, "train.lightning.precision", "bf16-mixed instead"),
         ({"lightning": {"accumulate_grad_batches": 0}}, "train.lightning.accumulate_grad_batches", "greater"),

@@ -177,3 +177,21 @@ def test_several_processes_keep_their_own_batch_norm_buffers_as_under_ultralytic
     chosen = strategy(hyper, spec.trainer_settings(hyper), 2)
     assert isinstance(chosen, DDPStrategy) and chosen._ddp_kwargs["broadcast_buffers"] is False
     assert chosen._process_group_backend == "gloo"
+
+
+def test_a_run_stopped_early_is_no_resume_point(workspace, tmp_path, monkeypatch):
+    """As the Ultralytics backend's finished (stripped) last.pt: a retry of the stage trains afresh."""
+    from ultralytics.utils.torch_utils import EarlyStopping
+
+    from stages.training.lightning import checkpoint
+    from stages.training.lightning.fit import fit
+
+    _root, data_yaml = workspace
+    hyper = parse_params({"train": {"backend": "lightning", "epochs": 3, **TINY}}).train
+    run = tmp_path / "run"
+    spec.start_run_dir(run, "fp")
+    monkeypatch.setattr(EarlyStopping, "__call__", lambda self, epoch, fitness: epoch >= 1)  # stop after epoch 1
+    fit(hyper, data_yaml, run, "yolo11n.yaml", spec.trainer_settings(hyper))
+    assert _epochs(run / "results.csv") == [1], "stopped early"
+    assert not checkpoint.last_checkpoint(run).exists()
+    assert spec.run_resume_point(run, "fp", hyper) is None

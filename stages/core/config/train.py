@@ -57,7 +57,7 @@ class LightningParams(_Section):
     """
 
     strategy: Literal["auto", "ddp", "fsdp"] = Field(
-        "auto", description="auto: one process trains alone, several as DDP; fsdp shards the model (CUDA only)"
+        "auto", description="auto: one process trains alone, several as DDP; fsdp is refused (the backend's step)"
     )
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = Field(
         "32-true", description="Lightning's precision plugin; 16-mixed needs CUDA"
@@ -66,7 +66,7 @@ class LightningParams(_Section):
         None, ge=1, description="batches per optimizer step; null: max(round(nbs / batch), 1), as Ultralytics"
     )
     gradient_clip_val: float = Field(10.0, ge=0.0, description="gradient norm clip; 10 is Ultralytics' fixed clip")
-    log_every_n_steps: int = Field(50, ge=1, description="optimizer steps between two logged learning rates/losses")
+    log_every_n_steps: int = Field(50, ge=1, description="training batches between two logged learning rates/losses")
 
 
 # The parts of `train` that do not change what is trained: how long the nodes wait, how often to restart.
@@ -193,18 +193,12 @@ class TrainParams(_Section):
                 f"rule counts the images of a step from nbs ({nominal} batches of {self.batch}); set nbs "
                 "for the accumulation you want (one rule for both backends), or leave this null",
             )
-        if lightning.strategy == "fsdp" and self.distributed.world_size == 1:
+        if lightning.strategy == "fsdp":
             raise KeyedValueError(
                 "train.lightning.strategy",
-                "fsdp shards the model over several processes and one process trains "
-                "here (distributed.nnodes x distributed.nproc_per_node = 1); use auto or ddp",
-            )
-        if lightning.strategy == "fsdp" and self.device in {"cpu", "mps"}:
-            raise KeyedValueError(
-                "train.lightning.strategy",
-                f"fsdp needs CUDA devices (device is {self.device}): Lightning "
-                "2.6 refuses FSDP on any accelerator but CUDA (its accelerator connector raises 'requires a GPU "
-                "accelerator'); use ddp for CPU processes",
+                "fsdp is not supported by the Lightning backend: it steps at Ultralytics' cadence by manual "
+                "optimization inside the strategy's forward, where FSDP refuses a backward pass and the full "
+                "parameters the EMA reads ('Expects BACKWARD_PRE or BACKWARD_POST state'); use ddp",
             )
         if lightning.precision == "16-mixed" and self.device in {"cpu", "mps"}:
             raise KeyedValueError(

@@ -2,7 +2,7 @@
 
 The detector, its loss, its data pipeline (mosaic and its closing), its optimizer parameter groups, its
 validator (mAP by the same code) and its checkpoint format stay Ultralytics'. What Lightning brings is
-the loop: strategies (``ddp``; ``fsdp`` on CUDA), precision plugins, gradient accumulation and clipping,
+the loop: the strategy (``ddp``; not ``fsdp``, see ``module``), precision plugins,
 callbacks (the learning-rate monitor), loggers (CSV, in the run folder), and reading its rank from
 torchrun's environment.
 

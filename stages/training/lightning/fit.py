@@ -40,12 +40,10 @@ def world_size() -> int:
 
 def strategy(hyper: Any, settings: TrainerSettings, world: int) -> Any:
     """Lightning's strategy for ``train.lightning.strategy`` with the pipeline's backend and timeout."""
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy
 
     chosen = hyper.lightning.strategy
     timeout = timedelta(seconds=settings.collective_timeout_s)
-    if chosen == "fsdp":
-        return FSDPStrategy(process_group_backend=settings.backend, timeout=timeout)
     if chosen == "ddp" or world > 1:
         # Each process keeps its own batch-norm statistics, as under Ultralytics' DDP (broadcast_buffers off):
         # Lightning's default broadcast of every buffer from rank 0 on every forward pass cost ~45 % per epoch
@@ -117,6 +115,10 @@ def fit(
         trainer = build_trainer(hyper, settings, run_dir, world)
         trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
         tb.final_eval()  # best.pt by Ultralytics' validator; under several processes, rank 0 alone
+        if trainer.global_rank == 0:
+            # A finished run (stopped early too) is no resume point, as the Ultralytics backend's stripped last.pt
+            # is not: a retry of the stage (publishing failed) trains afresh instead of adding epochs to it.
+            checkpoint.last_checkpoint(run_dir).unlink(missing_ok=True)
     finally:
         unset_deterministic()
     return tb

@@ -20,16 +20,15 @@ inside Lightning's loop, strategy and precision plugin (``manual_backward``, the
   ``warmup_bias_lr``, the others rise from 0, momentum rises from ``warmup_momentum``; after warmup,
   each epoch's rate is ``initial_lr x lf(epoch)`` (``schedule.epoch_lr``). Ultralytics' NaN-loss
   recovery (reload of ``last.pt``) and its AMP check are not reproduced (the precision plugin decides).
-- ``strategy: fsdp`` (CUDA only): the EMA reads the unsharded parameters (``summon_full_params``) and
-  the gradient norm is clipped by the root FSDP module, which Lightning's FSDP plugin leaves to the
-  user; not run on the CPU-only development machine (Lightning refuses FSDP on CPU).
+- no ``strategy: fsdp`` (the config refuses it): ``training_step`` runs inside the strategy's forward
+  (Lightning's forward redirection), where FSDP's state machine refuses a backward pass and the
+  unsharding the EMA needs; Ultralytics' cadence needs both there.
 - the EMA (``ModelEMA``) is updated after every optimizer step, validated each epoch on global rank 0
   by Ultralytics' validator, and saved in Ultralytics' checkpoint format (``save_model``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -127,35 +126,11 @@ class DetectorModule(L.LightningModule):
             optimizer.step()  # the precision plugin unscales, calls on_before_optimizer_step (the clip), steps
             optimizer.zero_grad()
             self.last_opt_step = ni
-            with self._whole_parameters():
-                tb.ema.update(self.model)  # after every optimizer step, as Ultralytics' optimizer_step
+            tb.ema.update(self.model)  # after every optimizer step, as Ultralytics' optimizer_step
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
-        if not self.gradient_clip_val:
-            return
-        sharded = self._fsdp_root()
-        if sharded is not None:
-            # Lightning's FSDP precision plugin refuses norm clipping (plugins/precision/fsdp.py): the norm of
-            # sharded gradients is the root FSDP module's clip_grad_norm_ (a collective over the shards).
-            sharded.clip_grad_norm_(self.gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, self.gradient_clip_val, "norm")
-
-    def _fsdp_root(self) -> Any:
-        """The root FSDP module under ``strategy: fsdp``, else ``None``."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        wrapped = getattr(self.trainer.strategy, "model", None)
-        return wrapped if isinstance(wrapped, FullyShardedDataParallel) else None
-
-    def _whole_parameters(self) -> Any:
-        """Under FSDP, the unsharded parameters while the EMA reads them (a collective); else nothing to do."""
-        sharded = self._fsdp_root()
-        if sharded is None:
-            return contextlib.nullcontext()
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        return FullyShardedDataParallel.summon_full_params(sharded, writeback=False)
+        if self.gradient_clip_val:  # after the precision plugin has unscaled the gradients
+            self.clip_gradients(optimizer, self.gradient_clip_val, "norm")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.toolbox._batch_ended()
