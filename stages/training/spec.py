@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,16 +197,35 @@ def resume_point(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, in
         ``(checkpoint, completed epochs)``, or ``None`` for a fresh start. A checkpoint that cannot be read
     is removed.
     """
+    candidates = (run_dir / "weights" / "last.pt", run_dir / "weights" / PREVIOUS)
+    return _resume_point(run_dir, fingerprint, epochs, candidates, checkpoint_epochs)
+
+
+def lightning_resume_point(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, int] | None:
+    """:func:`resume_point` for the Lightning backend: its ``lightning/last.ckpt`` and the epochs it holds."""
+    from stages.training.lightning import checkpoint
+
+    return _resume_point(run_dir, fingerprint, epochs, (checkpoint.last_checkpoint(run_dir),), checkpoint.epochs_done)
+
+
+def _resume_point(
+    run_dir: Path,
+    fingerprint: str,
+    epochs: int,
+    candidates: tuple[Path, ...],
+    read_epochs: Callable[[Path], int | None],
+) -> tuple[Path, int] | None:
+    """The rules of both backends: the same fingerprint, the first candidate read whole, fewer epochs done."""
     marker = run_dir / FINGERPRINT
     results = run_dir / "results.csv"
     if not (marker.is_file() and results.is_file()):
         return None
     if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
         return None
-    for candidate in (run_dir / "weights" / "last.pt", run_dir / "weights" / PREVIOUS):
+    for candidate in candidates:
         if not candidate.is_file():
             continue
-        done = checkpoint_epochs(candidate)
+        done = read_epochs(candidate)
         if done is None:
             # Gone, so that the next save does not keep this one as the previous checkpoint.
             candidate.unlink()
@@ -215,31 +235,6 @@ def resume_point(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, in
         _drop_rows_after(results, done)
         return candidate, done
     return None
-
-
-def lightning_resume_point(run_dir: Path, fingerprint: str, epochs: int) -> tuple[Path, int] | None:
-    """:func:`resume_point` for the Lightning backend: its ``lightning/last.ckpt`` and the epochs it holds.
-
-    The same rules: the same fingerprint, a checkpoint read whole, fewer epochs done than configured;
-    rows of ``results.csv`` beyond the checkpoint are dropped. An unreadable checkpoint is removed.
-    """
-    from stages.training.lightning import checkpoint
-
-    marker = run_dir / FINGERPRINT
-    results = run_dir / "results.csv"
-    candidate = checkpoint.last_checkpoint(run_dir)
-    if not (marker.is_file() and results.is_file() and candidate.is_file()):
-        return None
-    if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
-        return None
-    done = checkpoint.epochs_done(candidate)
-    if done is None:
-        candidate.unlink()
-        return None
-    if not 0 < done < epochs:
-        return None
-    _drop_rows_after(results, done)
-    return candidate, done
 
 
 def run_resume_point(run_dir: Path, fingerprint: str, hyper: TrainParams) -> tuple[Path, int] | None:

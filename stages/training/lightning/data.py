@@ -11,13 +11,11 @@ Ultralytics' ``_close_dataloader_mosaic``), and the new loader's workers start f
 
 from __future__ import annotations
 
-from copy import copy
 from typing import Any
 
 import lightning as L
 import torch
 from ultralytics.data.build import seed_worker
-from ultralytics.utils import LOGGER
 
 
 def mosaic_closed_at(epochs: int, close_mosaic: int) -> int | None:
@@ -41,11 +39,7 @@ class DetectionData(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         if not self.mosaic_closed and closing is not None and epoch >= closing:
             self.mosaic_closed = True
-            if hasattr(dataset, "mosaic"):
-                dataset.mosaic = False
-            if hasattr(dataset, "close_mosaic"):
-                LOGGER.info("Closing dataloader mosaic")
-                dataset.close_mosaic(hyp=copy(tb.args))
+            tb._close_dataloader_mosaic()  # Ultralytics' own, on the dataset its train_loader names (this one)
         workers = int(tb.args.workers)
         generator = torch.Generator()
         generator.manual_seed(int(tb.args.seed) + epoch)

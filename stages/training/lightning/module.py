@@ -35,7 +35,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+from ultralytics.utils.torch_utils import unwrap_model
 
 from stages.training import ddp
 from stages.training.lightning.checkpoint import PIPELINE_KEY, last_checkpoint
@@ -189,8 +189,7 @@ class DetectorModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         tb = self.toolbox
         state = checkpoint[PIPELINE_KEY]
-        tb.ema = ModelEMA(self.model)
-        tb.ema.ema.load_state_dict(state["ema"])
+        tb.ema.ema.load_state_dict(state["ema"])  # the EMA the toolbox built, before any strategy wrapped the model
         tb.ema.updates = state["updates"]
         tb.best_fitness = state["best_fitness"]
         tb.stopper.__dict__.update(state["stopper"])

@@ -108,7 +108,7 @@ def build(
     )
     tb._setup_scheduler()  # tb.lf; the loop sets the epoch's rate itself (module.epoch_lr)
     tb.validator = tb.get_validator()
-    tb.train_loader = _Counted(tb.train_dataset)  # what set_class_weights and the epoch statistics read
+    tb.train_loader = _Counted(tb.train_dataset)  # what set_class_weights, the epoch statistics and closing mosaic read
     tb.set_class_weights()
     tb.ema = ModelEMA(tb.model)
     tb.metrics = dict.fromkeys(tb.validator.metrics.keys, 0.0)
