@@ -22,6 +22,7 @@ The stage depends on the environment fingerprint, so a new GPU or TensorRT versi
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import shutil
 import sys
@@ -140,12 +141,29 @@ def _shown(path: Path, workspace: Path) -> str:
     return path.relative_to(workspace).as_posix() if path.is_relative_to(workspace) else str(path)
 
 
+def no_cuda_driver() -> bool:
+    """Whether this Linux machine has no CUDA driver at all: ``libcuda.so.1`` does not load.
+
+    PyTorch then sees no GPU either, and the stage says so without importing it (1.5 CPU-s of a
+    2-second stage on a CPU machine). Elsewhere, or with a driver, PyTorch decides.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return True
+    return False
+
+
 def missing_prerequisite() -> str | None:
     """Why a TensorRT engine cannot be built here, or ``None`` when it can.
 
     TensorRT counts as installed only with its bindings, not an empty namespace left by its type
     stubs (``stages.backends.tensorrt.tensorrt_missing``).
     """
+    if no_cuda_driver():
+        return "no CUDA GPU is visible (no CUDA driver: libcuda.so.1 does not load)"
     import torch
 
     if not torch.cuda.is_available():

@@ -250,8 +250,12 @@ def image_grid(tiles: Sequence[Image.Image], columns: int, caption: str) -> Imag
 
 
 def save_png(image: Image.Image, path: Path) -> None:
-    """Write ``image`` as PNG, atomically (written beside, then moved into place)."""
+    """Write ``image`` as PNG, atomically (written beside, then moved into place).
+
+    At zlib's default level: ``optimize=True`` (level 9 and a search over filters) made the 1044x550
+    prediction grid 5 % smaller in 1.17 CPU-s against 0.14 s, in every evaluate run.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", optimize=True)
+    image.save(tmp, format="PNG")
     tmp.replace(path)

@@ -59,7 +59,8 @@ def test_the_type_stubs_alone_do_not_count_as_tensorrt(monkeypatch):
     assert reason is not None and "type stubs" in reason and "'gpu' extra" in reason
     import torch
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the GPU half of the check passes
+    monkeypatch.setattr(build_engine, "no_cuda_driver", lambda: False)  # the GPU half of the check passes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert build_engine.missing_prerequisite() == reason
     with pytest.raises(BackendUnavailable, match="type stubs"):
         trt_runtime.require_tensorrt()
@@ -72,6 +73,28 @@ def test_bindings_with_a_version_and_a_builder_count_as_tensorrt(monkeypatch):
     fake.__version__ = "11.4.0.106"  # type: ignore[attr-defined]
     fake.Builder = object  # type: ignore[attr-defined]
     assert trt_runtime.tensorrt_missing() is None
+
+
+def test_without_a_cuda_driver_the_check_says_so_without_importing_pytorch(tmp_path):
+    """No ``libcuda.so.1`` (a CPU machine): no GPU, found in a fresh process that never imports torch."""
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the driver check is Linux's libcuda.so.1")
+    code = (
+        "import sys; from stages import build_engine as b; "
+        "print(b.no_cuda_driver(), b.missing_prerequisite(), 'torch' in sys.modules, sep='|')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    no_driver, reason, torch_imported = out.strip().split("|")
+    import torch
+
+    if no_driver == "False":
+        assert reason, "a driver but no TensorRT or no visible GPU still says why"
+        pytest.skip("this machine has a CUDA driver: PyTorch decides, as tested above")
+    assert not torch.cuda.is_available(), "no driver and yet PyTorch sees a GPU"
+    assert reason.startswith("no CUDA GPU is visible") and "libcuda.so.1" in reason
+    assert torch_imported == "False"
 
 
 # --- the ONNX models an engine is built from, and TensorRT's Q/DQ rules ------------------------------
