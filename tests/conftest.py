@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import importlib.util
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 COCO128 = REPO.parent / "shared" / "datasets" / "coco128"
+
+# Found, not imported: importing Lightning (and torchmetrics with it) costs every xdist worker about
+# 2.5 CPU-s while it collects, whether or not it runs a Lightning test.
+needs_lightning = pytest.mark.skipif(
+    importlib.util.find_spec("lightning") is None,
+    reason="Lightning is not installed (pip install 'yolo-pipeline[lightning]')",
+)
+
+
+def openvino_missing() -> str | None:
+    """Why the OpenVINO tests cannot run here (OpenVINO or NNCF not installed), or ``None``.
+
+    Found, not imported: it runs while every xdist worker collects (importing both costs 0.5 CPU-s).
+    """
+    missing = [name for name in ("nncf", "openvino") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"OpenVINO or NNCF is not installed (no {', '.join(missing)}); the 'openvino' extra brings them"
+    return None
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -80,18 +102,51 @@ def tiny_training_workspace(root: Path) -> tuple[Path, Path]:
     return root, data_yaml
 
 
-def tiny_yolo_export(root: Path, imgsz: int) -> dict[str, Path]:
-    """An untrained YOLO11n checkpoint in ``root`` and its FP32 ONNX export at ``imgsz`` px (no training,
-    no download): ``{"root", "pt", "onnx"}``."""
-    from stages.core.runtime import import_ultralytics
+def built_once(tmp_path_factory: pytest.TempPathFactory, key: str, build: Callable[[Path], None]) -> Path:
+    """The folder ``build`` fills, built once per test run and shared by the xdist workers.
 
-    ultralytics = import_ultralytics(root)
-    checkpoint = root / "model.pt"
-    ultralytics.YOLO("yolo11n.yaml", task="detect").save(str(checkpoint))
-    exported = ultralytics.YOLO(str(checkpoint), task="detect").export(
-        format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False, batch=1, device="cpu", verbose=False
-    )
-    return {"root": root, "pt": checkpoint, "onnx": Path(exported)}
+    Under pytest-xdist every worker's temporary folder lies in the run's own folder; the first worker
+    that asks builds there, under a file lock, and the others wait for it and reuse what it built.
+    ``key`` names what is built (a new key for other inputs); nothing outlives the run's folder.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / key
+    folder.mkdir(exist_ok=True)
+    built = folder / "built"
+    with (folder / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build fails
+        if not (folder / "ready").is_file():
+            shutil.rmtree(built, ignore_errors=True)  # what a failed build left
+            built.mkdir()
+            build(built)
+            (folder / "ready").touch()
+    return built
+
+
+def tiny_yolo_export(tmp_path_factory: pytest.TempPathFactory, name: str, imgsz: int) -> dict[str, Path]:
+    """An untrained YOLO11n checkpoint and its FP32 ONNX export at ``imgsz`` px in a new folder ``name``
+    (no training, no download): ``{"root", "pt", "onnx"}``.
+
+    Built once per test run (:func:`built_once`, 4.4 CPU-s; six modules ask for it) and copied.
+    """
+
+    def build(folder: Path) -> None:
+        from stages.core.runtime import import_ultralytics
+
+        ultralytics = import_ultralytics(folder)
+        checkpoint = folder / "model.pt"
+        ultralytics.YOLO("yolo11n.yaml", task="detect").save(str(checkpoint))
+        exported = ultralytics.YOLO(str(checkpoint), task="detect").export(
+            format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False, batch=1, device="cpu", verbose=False
+        )
+        assert Path(exported) == folder / "model.onnx", exported
+
+    built = built_once(tmp_path_factory, f"tiny-yolo-export-{imgsz}", build)
+    root = tmp_path_factory.mktemp(name)
+    for file in ("model.pt", "model.onnx"):
+        shutil.copyfile(built / file, root / file)
+    return {"root": root, "pt": root / "model.pt", "onnx": root / "model.onnx"}
 
 
 def smooth_images(count: int, imgsz: int, seed: int = 0):

@@ -13,13 +13,11 @@ import logging
 
 import pytest
 
-pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'yolo-pipeline[lightning]')")
-
 from stages.core.config import parse_params
 from stages.data.sample_data import SampleSpec, generate
-from tests.conftest import tiny_training_workspace
+from tests.conftest import needs_lightning, tiny_training_workspace
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, needs_lightning]
 
 
 def test_two_gloo_processes_train_with_lightning_through_the_launch_path(tmp_path, caplog):

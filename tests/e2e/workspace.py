@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import REPO, venv_env
+from tests.conftest import REPO, built_once, venv_env
 
 # Its sitecustomize.py refuses and logs every connection or name lookup beyond this machine, in
 # every Python process a workspace starts (see that file).
@@ -307,25 +306,14 @@ def _code_digest() -> str:
 
 
 def shared_template(tmp_path_factory: Any, **args: Any) -> Workspace:
-    """The workspace ``Workspace.build_sample_data(**args)`` makes, built once per test run.
-
-    Under pytest-xdist every worker's temporary folder lies in the run's own folder; the template is
-    built there, under a file lock, by the first worker that asks, and the others wait for it and
-    reuse it. Keyed by the arguments and the code copied, so no run reuses another's.
-    """
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    """The workspace ``Workspace.build_sample_data(**args)`` makes, built once per test run
+    (``tests.conftest.built_once``), keyed by the arguments and the code copied, so no run reuses another's."""
     key = hashlib.sha256(json.dumps([args, sorted(TINY.items()), _code_digest()], sort_keys=True).encode())
-    folder = shared / f"template-{key.hexdigest()[:16]}"
-    folder.mkdir(exist_ok=True)
-    root, home = folder / "ws", folder / "prefect-home"
-    with (folder / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build fails
-        if not (folder / "ready").is_file():
-            shutil.rmtree(root, ignore_errors=True)  # what a failed build left
-            shutil.rmtree(home, ignore_errors=True)
-            root.mkdir()
-            home.mkdir()
-            Workspace.build_sample_data(root, home, **args)
-            (folder / "ready").touch()
-    return Workspace(root, home)
+
+    def build(folder: Path) -> None:
+        (folder / "ws").mkdir()
+        (folder / "prefect-home").mkdir()
+        Workspace.build_sample_data(folder / "ws", folder / "prefect-home", **args)
+
+    folder = built_once(tmp_path_factory, f"template-{key.hexdigest()[:16]}", build)
+    return Workspace(folder / "ws", folder / "prefect-home")

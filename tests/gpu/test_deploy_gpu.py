@@ -24,7 +24,7 @@ IMGSZ = 160
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return tiny_yolo_export(tmp_path_factory.mktemp("gpu-deploy"), IMGSZ)
+    return tiny_yolo_export(tmp_path_factory, "gpu-deploy", IMGSZ)
 
 
 def _inputs(count: int = 4) -> np.ndarray:

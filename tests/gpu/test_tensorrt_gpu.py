@@ -29,7 +29,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return tiny_yolo_export(tmp_path_factory.mktemp("tensorrt-gpu"), IMGSZ)
+    return tiny_yolo_export(tmp_path_factory, "tensorrt-gpu", IMGSZ)
 
 
 def _build(source: Path, folder: Path, precision: str, batch_sizes: list[int]) -> Path:

@@ -56,7 +56,7 @@ def cpu_capture(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return tiny_yolo_export(tmp_path_factory.mktemp("graph"), 64)
+    return tiny_yolo_export(tmp_path_factory, "graph", 64)
 
 
 @pytest.fixture

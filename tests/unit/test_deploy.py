@@ -14,7 +14,7 @@ from stages.core.config import parse_params
 from stages.core.errors import BackendUnavailable, ConfigError, ExportError
 from stages.deploy.accuracy import LabelledImages, detection_map, letterboxed_xyxy, match
 from stages.deploy.int8 import check_scores, count_convs, head_tail_nodes, quantize
-from tests.conftest import deploy_inputs, smooth_images, tiny_yolo_export
+from tests.conftest import deploy_inputs, openvino_missing, smooth_images, tiny_yolo_export
 
 IMGSZ = 64
 
@@ -22,7 +22,7 @@ IMGSZ = 64
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An untrained YOLO11n checkpoint and its FP32 ONNX export at 64 px (no training, no download)."""
-    return tiny_yolo_export(tmp_path_factory.mktemp("tiny-model"), IMGSZ)
+    return tiny_yolo_export(tmp_path_factory, "tiny-model", IMGSZ)
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:
@@ -243,16 +243,7 @@ def test_gating_marks_an_artifact_over_its_limit_not_deployable_and_removes_it(t
     assert (deploy_dir / "model.onnx").is_file()
 
 
-def _openvino_missing() -> str | None:
-    try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
-    except ImportError as exc:
-        return f"OpenVINO or NNCF is not installed ({exc}); the 'openvino' extra brings them"
-    return None
-
-
-@pytest.mark.skipif(_openvino_missing() is not None, reason=_openvino_missing() or "")
+@pytest.mark.skipif(openvino_missing() is not None, reason=openvino_missing() or "")
 def test_openvino_fp32_runs_in_f32_and_int8_keeps_scores(tiny, tmp_path):
     from stages.backends.openvino_rt import convert
     from stages.deploy.int8 import quantize_openvino

@@ -35,7 +35,7 @@ IMGSZ = 64
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An untrained YOLO11n checkpoint and its FP32 ONNX export at 64 px (no training, no download)."""
-    return tiny_yolo_export(tmp_path_factory.mktemp("tiny-engine"), IMGSZ)
+    return tiny_yolo_export(tmp_path_factory, "tiny-engine", IMGSZ)
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:

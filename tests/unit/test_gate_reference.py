@@ -218,7 +218,7 @@ def _gate_config(
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return tiny_yolo_export(tmp_path_factory.mktemp("tiny-model"), IMGSZ)
+    return tiny_yolo_export(tmp_path_factory, "tiny-model", IMGSZ)
 
 
 def test_gate_fails_naming_both_numbers_when_ultralytics_does_not_reproduce_the_reference(tiny, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from stages.core.config import parse_params
 from stages.core.errors import ConfigError
 from stages.core.fingerprint import int8_extensions
 from stages.deploy.int8 import detect_target_cpu, int8_cpu, quantize
-from tests.conftest import deploy_inputs, smooth_images, tiny_yolo_export
+from tests.conftest import deploy_inputs, openvino_missing, smooth_images, tiny_yolo_export
 
 IMGSZ = 64
 
@@ -84,7 +84,7 @@ def test_target_cpu_is_a_params_key_with_three_values():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An untrained YOLO11n checkpoint and its FP32 ONNX export at 64 px (no training, no download)."""
-    return tiny_yolo_export(tmp_path_factory.mktemp("tiny-int8-cpu"), IMGSZ)
+    return tiny_yolo_export(tmp_path_factory, "tiny-int8-cpu", IMGSZ)
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:
@@ -176,15 +176,6 @@ def test_params_override_the_detected_cpu_both_ways(tiny, tmp_path, monkeypatch)
     assert _conv_weight_range(int8) == 127
 
 
-def _openvino_missing() -> str | None:
-    try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
-    except ImportError as exc:
-        return f"OpenVINO or NNCF is not installed ({exc}); the 'openvino' extra brings them"
-    return None
-
-
 def _ov_conv_weight_maxima(xml: Path) -> list[int]:
     """Per convolution of an INT8 IR, the largest |value| of its INT8 weights.
 
@@ -206,7 +197,7 @@ def _ov_conv_weight_maxima(xml: Path) -> list[int]:
     return maxima
 
 
-@pytest.mark.skipif(_openvino_missing() is not None, reason=_openvino_missing() or "")
+@pytest.mark.skipif(openvino_missing() is not None, reason=openvino_missing() or "")
 def test_nncf_overflow_fix_halves_every_convolution_weight_range_only_without_vnni(tiny, tmp_path):
     import onnx
     import openvino as ov

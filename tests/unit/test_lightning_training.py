@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'yolo-pipeline[lightning]')")
-
 from stages.core.config import TrainParams, parse_params
 from stages.training import spec
-from tests.conftest import tiny_training_workspace
+from tests.conftest import needs_lightning, tiny_training_workspace
+
+pytestmark = needs_lightning
 
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "optimizer": "SGD", "warmup_epochs": 1, "close_mosaic": 1}
 

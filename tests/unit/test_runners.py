@@ -25,7 +25,7 @@ OUTPUT = TensorMeta(name="output0", shape=[1, 84, ANCHORS], dtype="float32")  # 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return tiny_yolo_export(tmp_path_factory.mktemp("runners"), IMGSZ)
+    return tiny_yolo_export(tmp_path_factory, "runners", IMGSZ)
 
 
 def test_onnxruntime_names_its_tensors_binds_them_and_matches_a_plain_run(model):
