@@ -75,7 +75,7 @@ def test_bindings_with_a_version_and_a_builder_count_as_tensorrt(monkeypatch):
     assert trt_runtime.tensorrt_missing() is None
 
 
-def test_without_a_cuda_driver_the_check_says_so_without_importing_pytorch(tmp_path):
+def test_without_a_cuda_driver_the_check_says_so_without_importing_pytorch():
     """No ``libcuda.so.1`` (a CPU machine): no GPU, found in a fresh process that never imports torch."""
     import subprocess
 
