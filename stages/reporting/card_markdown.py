@@ -22,6 +22,7 @@ from stages.reporting.card_sections import (
     int8_note,
     latency_table,
     parity_cell,
+    trainer_text,
 )
 
 
@@ -98,7 +99,7 @@ def markdown(card: CardInputs) -> str:
         "## Training",
         "",
         f"{train['epochs_run']} epochs in {train['seconds']:.0f} s on `{train_facts['device']}` "
-        f"(AMP {train_facts['amp']}); best epoch {train['best_epoch']}. "
+        f"(AMP {train_facts['amp']}){trainer_text(train_facts)}; best epoch {train['best_epoch']}. "
         f"{train['distributed']['world_size']} training process(es) on {train['distributed']['nnodes']} node(s)"
         f"{', ' + train_facts['backend'] if train_facts['backend'] != 'none' else ''}; global batch "
         f"{train['recipe']['global_batch']} ({train['recipe']['images_per_step']} images per optimizer step); "

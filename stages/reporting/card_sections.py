@@ -30,6 +30,19 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+# reports/train.json's "trainer" (train.backend) in words: what ran the training loop.
+TRAINERS = {
+    "ultralytics": "Ultralytics' trainer",
+    "lightning": "Lightning (Ultralytics' model, data, loss and validation)",
+}
+
+
+def trainer_text(train_facts: dict[str, Any]) -> str:
+    """``", trained by <who>"`` from ``reports/train.json``, or nothing where the record does not say."""
+    trainer = train_facts.get("trainer")
+    return f", trained by {TRAINERS.get(trainer, trainer)}" if trainer else ""
+
+
 def merged_benchmark(numbers: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
     """``metrics/benchmark.json`` and ``reports/benchmark.json`` as one record per backend, with the skips."""
     facts = text.get("backends", {})

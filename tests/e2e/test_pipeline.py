@@ -152,6 +152,7 @@ def test_dvc_repro_runs_the_whole_chain(ws: Workspace):
     ):
         assert heading in card
     assert "| onnxruntime-cpu |" in card
+    assert "(AMP off), trained by Ultralytics' trainer; best epoch" in card
     env = ws.json("reports/environment.json")
     int8_said = "INT8 convolutions run on integer" if env["cpu_int8"] else "INT8 is not expected to be faster here"
     assert int8_said in card

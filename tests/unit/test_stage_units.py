@@ -9,7 +9,7 @@ import yaml
 from stages import build_engine
 from stages.core.config import parse_params
 from stages.core.errors import ConfigError, EngineUnavailable
-from stages.reporting.card_sections import data_version
+from stages.reporting.card_sections import data_version, trainer_text
 from stages.training.outputs import read_results_csv
 from stages.training.spec import resolve_model
 from tests.conftest import cuda_available
@@ -107,3 +107,9 @@ def test_data_version_outside_a_dvc_project_is_a_clear_error(tmp_path: Path):
         folder_version(tmp_path, "data/dataset")
     with pytest.raises(DatasetError, match="not found"):
         folder_version(tmp_path, "data/missing")
+
+
+def test_the_card_names_what_ran_the_training_loop():
+    assert trainer_text({"trainer": "ultralytics"}) == ", trained by Ultralytics' trainer"
+    assert trainer_text({"trainer": "lightning"}).startswith(", trained by Lightning (Ultralytics' model")
+    assert trainer_text({}) == "", "a record without the key says nothing rather than guess"
