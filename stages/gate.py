@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.core.common import read_json, stage_main
 from stages.core.config import Params
+from stages.core.data_version import dvc_lock_stage, load_as_dvc
 from stages.core.errors import GateFailed, StaleResult
 from stages.core.verdict import failed_checks
 
@@ -74,14 +75,6 @@ def _lookup(params: Any, dotted: str) -> Any:
     return params
 
 
-def _load_as_dvc(path: Path) -> Any:
-    """A YAML file parsed as DVC parses ``params.yaml`` and ``dvc.lock`` (YAML 1.2, ruamel): ``1e-3`` is a
-    number there and a string for PyYAML, so PyYAML would see a change where DVC sees none."""
-    from ruamel.yaml import YAML  # DVC's own YAML library, installed with it
-
-    return YAML(typ="safe").load(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def changed_params(workspace: Path, stage: str) -> list[str]:
     """The params a stage's recorded run used that have another value now, as ``key: then -> now``.
 
@@ -93,9 +86,9 @@ def changed_params(workspace: Path, stage: str) -> list[str]:
         One line per changed leaf key; empty when nothing changed or ``dvc.lock`` has no entry for the stage.
     """
     changes = []
-    lock = _load_as_dvc(workspace / "dvc.lock") or {}
-    for file, recorded in ((lock.get("stages") or {}).get(stage, {}).get("params") or {}).items():
-        now_file = _load_as_dvc(workspace / file) or {}
+    # Both read as DVC reads them: PyYAML would see a change in ``1e-3`` where DVC sees none.
+    for file, recorded in (dvc_lock_stage(workspace, stage).get("params") or {}).items():
+        now_file = load_as_dvc(workspace / file) or {}
         for key, then in recorded.items():
             now = _lookup(now_file, key)
             then_leaves = _leaves(then, key)

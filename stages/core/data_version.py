@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from stages.core.common import configure_logging, read_json
@@ -77,19 +76,30 @@ def dvc_file_version(workspace: Path, folder: str) -> RecordedVersion | None:
     dvc_file = workspace / f"{folder}.dvc"
     if not dvc_file.is_file():
         return None
-    outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
+    outs = (load_as_dvc(dvc_file) or {}).get("outs", [])
     if not outs or not outs[0].get("md5"):
         return None
     out = outs[0]
     return RecordedVersion(md5=out["md5"], nfiles=out.get("nfiles", 0), size=out.get("size", 0), source=f"{folder}.dvc")
 
 
+def load_as_dvc(path: Path) -> Any:
+    """A YAML file (``dvc.lock``, a ``.dvc`` file, ``params.yaml``) parsed as DVC parses it, or ``None``
+    where it does not exist.
+
+    YAML 1.2 through ruamel, DVC's own YAML library (installed with it): ``1e-3`` is a number there and a
+    string for PyYAML's YAML 1.1, and ``on``/``no`` are strings, not booleans; so a value reads as DVC
+    recorded and compares it. Every reader of DVC's files in the project goes through here.
+    """
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def dvc_lock_stage(workspace: Path, stage: str) -> dict[str, Any]:
-    """A stage's entry in ``dvc.lock`` (deps and outs with DVC's hashes), empty when there is none."""
-    lock = workspace / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    return (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage, {})
+    """A stage's entry in ``dvc.lock`` (deps, params and outs as DVC recorded them), empty when there is none."""
+    lock = load_as_dvc(workspace / "dvc.lock") or {}
+    return (lock.get("stages") or {}).get(stage) or {}
 
 
 def production_metadata(production: Path) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ import yaml
 
 from stages import build_engine
 from stages.core.config import parse_params
+from stages.core.data_version import dvc_lock_stage
 from stages.core.errors import ConfigError, EngineUnavailable
 from stages.reporting.card_sections import data_version, trainer_text
 from stages.training.outputs import read_results_csv
@@ -96,6 +97,19 @@ def test_data_version_prefers_dvc_lock(tmp_path: Path):
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert data_version(tmp_path, "data/dataset").startswith("bbb.dir (3 files")
     assert data_version(tmp_path / "nowhere", "data/dataset").startswith("unknown")
+
+
+def test_dvc_lock_is_read_as_dvc_reads_it(tmp_path: Path):
+    """One reader of dvc.lock for the gate, the data version, the training spec and the recorded outputs,
+    in YAML 1.2 as DVC writes and compares it (PyYAML read ``1e-3`` as a string and ``no`` as false)."""
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  train:\n    params:\n      params.yaml:\n"
+        "        train.lr0: 1e-3\n        train.optimizer: no\n"
+    )
+    recorded = dvc_lock_stage(tmp_path, "train")["params"]["params.yaml"]
+    assert recorded == {"train.lr0": 0.001, "train.optimizer": "no"}
+    assert dvc_lock_stage(tmp_path, "evaluate") == {}
+    assert dvc_lock_stage(tmp_path / "nowhere", "train") == {}
 
 
 def test_data_version_outside_a_dvc_project_is_a_clear_error(tmp_path: Path):
