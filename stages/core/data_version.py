@@ -89,8 +89,8 @@ def load_as_dvc(path: Path) -> Any:
 
     YAML 1.2 through ruamel, DVC's own YAML library (installed with it): ``1e-3`` is a number there and a
     string for PyYAML's YAML 1.1, and ``on``/``no`` are strings, not booleans; so a value reads as DVC
-    recorded and compares it. ``dvc.lock`` and the dataset's pointer are read through here (the
-    project's own ``dvc.yaml`` and ``params.yaml`` are read with PyYAML where only strings matter).
+    recorded and compares it. ``dvc.lock`` and the dataset's pointer are read through here;
+    ``params.yaml`` and ``dvc.yaml``, the project's own files, keep PyYAML (the params models coerce values).
     """
     from ruamel.yaml import YAML
 
