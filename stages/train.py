@@ -165,11 +165,7 @@ def _train(cfg: TrainConfig, model_source: str, run_dir: Path, fingerprint: str)
     """
     hyper = cfg.hyper
     if not launch.is_distributed(hyper):
-        if hyper.backend == "lightning":
-            from stages.training.lightning.fit import fit
-        else:
-            from stages.training.trainer import fit
-
+        fit = spec.backend_fit(hyper)
         found = spec.run_resume_point(run_dir, fingerprint, hyper)
         if found is None:
             spec.start_run_dir(run_dir, fingerprint)

@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from stages.core.config.train import nbs_accumulation
+
 Rule = Literal["none", "linear", "sqrt"]
 
 # Optimizers whose step is proportional to the summed gradient (Ultralytics' names, lower-cased).
@@ -43,7 +45,7 @@ ADAPTIVE = frozenset({"adam", "adamax", "adamw", "nadam", "radam", "rmsprop"})
 
 def accumulation(global_batch: int, nbs: int) -> int:
     """Forward passes Ultralytics accumulates per optimizer step (``max(round(nbs / batch), 1)``)."""
-    return max(round(nbs / global_batch), 1)
+    return nbs_accumulation(global_batch, nbs)
 
 
 def images_per_step(global_batch: int, nbs: int) -> int:

@@ -244,6 +244,18 @@ def run_resume_point(run_dir: Path, fingerprint: str, hyper: TrainParams) -> tup
     return resume_point(run_dir, fingerprint, hyper.epochs)
 
 
+def backend_fit(hyper: TrainParams) -> Callable[..., Any]:
+    """The ``fit`` of the run's backend (``train.backend``): ``stages.training.lightning.fit.fit`` or
+    ``stages.training.trainer.fit``, same arguments. Imported here, after Ultralytics is set up offline."""
+    if hyper.backend == "lightning":
+        from stages.training.lightning.fit import fit as lightning_fit
+
+        return lightning_fit
+    from stages.training.trainer import fit
+
+    return fit
+
+
 def clear_checkpoints(run_dir: Path) -> None:
     """Remove a run folder's checkpoints and per-epoch record before it trains from the start.
 
@@ -253,7 +265,9 @@ def clear_checkpoints(run_dir: Path) -> None:
     import shutil
 
     shutil.rmtree(run_dir / "weights", ignore_errors=True)
-    shutil.rmtree(run_dir / "lightning", ignore_errors=True)  # the Lightning backend's checkpoint and logs
+    from stages.training.lightning.checkpoint import FOLDER
+
+    shutil.rmtree(run_dir / FOLDER, ignore_errors=True)  # the Lightning backend's checkpoint and logs
     for name in ("results.csv", "epoch_stats.csv"):
         (run_dir / name).unlink(missing_ok=True)
 

@@ -123,11 +123,7 @@ def _work(spec: LaunchSpec, workspace: Path, *, head: bool) -> None:
             run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yolo-rank-"))) / run_dir.name
         if resume_from is not None and not head:
             stack.callback(resume_from.unlink, missing_ok=True)
-        if spec.hyper.backend == "lightning":
-            from stages.training.lightning.fit import fit
-        else:
-            from stages.training.trainer import fit
-
+        fit = specs.backend_fit(spec.hyper)
         source = specs.resolve_model(spec.model, workspace, Path(ultralytics.__file__).parent)
         trainer = fit(spec.hyper, workspace / spec.data_yaml, run_dir, source, spec.settings, resume_from)
     log.info("rank %d of %d: batches per epoch %s", placement.rank, placement.world_size, trainer.batches_per_epoch)

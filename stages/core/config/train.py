@@ -69,6 +69,15 @@ class LightningParams(_Section):
     log_every_n_steps: int = Field(50, ge=1, description="training batches between two logged learning rates/losses")
 
 
+def nbs_accumulation(global_batch: int, nbs: int) -> int:
+    """Forward passes Ultralytics accumulates per optimizer step: ``max(round(nbs / batch), 1)``.
+
+    Here, under the configuration, so that the params checks and the training recipe
+    (``stages.training.recipe.accumulation``) read one formula.
+    """
+    return max(round(nbs / global_batch), 1)
+
+
 # The parts of `train` that do not change what is trained: how long the nodes wait, how often to restart.
 LAUNCH_ONLY_KEYS = ("join_timeout_s", "collective_timeout_s", "max_restarts")
 
@@ -185,7 +194,7 @@ class TrainParams(_Section):
     def _check_lightning(self) -> None:
         """Refuse what Lightning would silently change or fail on later, naming the key."""
         lightning = self.lightning
-        nominal = max(round(self.nbs / self.batch), 1)  # the accumulation nbs gives (stages/training/recipe.py)
+        nominal = nbs_accumulation(self.batch, self.nbs)
         if self.lr_scaling != "none" and lightning.accumulate_grad_batches not in (None, nominal):
             raise KeyedValueError(
                 "train.lightning.accumulate_grad_batches",
